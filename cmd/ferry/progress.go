@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/cheggaaa/pb/v3"
+	"github.com/mattn/go-isatty"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+}
+
+// barTemplate shows name, bytes, bar, percent, the rate of bytes sent in
+// this attempt (resumed bytes excluded, so a resume does not look fast) and
+// the ETA derived from it.
+const barTemplate = `{{string . "name"}} {{counters . }} {{bar . "[" "=" ">" " " "]"}} {{percent . }} {{string . "rate"}} {{string . "eta"}}`
+
+// progressBar draws one file's pb/v3 bar on stderr; with bars off it
+// prints only the resume and restart notices.
+type progressBar struct {
+	s       *sender
+	f       file
+	bar     *pb.ProgressBar
+	start   time.Time
+	noticed bool
+}
+
+func (s *sender) newBar(f file, size int64) *progressBar {
+	b := &progressBar{s: s, f: f, start: time.Now()}
+	if s.bars {
+		b.bar = pb.New64(size).SetTemplateString(barTemplate).SetWriter(s.stderr).Set(pb.Bytes, true).
+			Set("name", f.remote).SetRefreshRate(200 * time.Millisecond)
+	}
+	return b
+}
+
+func (b *progressBar) update(p transfer.Progress) {
+	if !b.noticed {
+		b.noticed = true
+		b.notice(p)
+		if b.bar != nil {
+			b.bar.SetCurrent(p.ResumedFrom).Start()
+		}
+	}
+	if b.bar == nil {
+		return
+	}
+	b.bar.SetCurrent(p.Sent)
+	elapsed := time.Since(b.start).Seconds()
+	rate := float64(p.Sent-p.ResumedFrom) / max(elapsed, 1e-3)
+	b.bar.Set("rate", human(int64(rate))+"/s")
+	if rate > 0 {
+		eta := time.Duration(float64(p.Size-p.Sent) / rate * float64(time.Second))
+		b.bar.Set("eta", "ETA "+eta.Round(time.Second).String())
+	}
+}
+
+func (b *progressBar) notice(p transfer.Progress) {
+	if b.s.quiet {
+		return
+	}
+	if p.Restarted {
+		fmt.Fprintf(b.s.stderr, "ferry: %s changed since its partial was made; starting over\n", b.f.local)
+	}
+	if p.ResumedFrom > 0 {
+		fmt.Fprintf(b.s.stderr, "ferry: resuming %s at %s of %s\n", b.f.local, human(p.ResumedFrom), human(p.Size))
+	}
+}
+
+func (b *progressBar) finish(ok bool) {
+	if b.bar != nil && b.bar.IsStarted() {
+		if ok {
+			b.bar.SetCurrent(b.bar.Total())
+		}
+		b.bar.Finish()
+	}
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set by the linker for releases.
+var version = "dev"
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var runErr error
+	app := &cli.App{
+		Name:      "ferry",
+		Usage:     "send files to a ferryd daemon, verified with BLAKE3 and resumable",
+		Version:   version,
+		Reader:    stdin,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are ours (urfave/cli#610)
+		Commands: []*cli.Command{
+			sendCommand(ctx, stdout, stderr),
+			hashCommand(stdout),
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				cli.ShowAppHelp(c)
+				return fmt.Errorf("%w: a command is required", errUsage)
+			}
+			return fmt.Errorf("%w: unknown command %q", errUsage, c.Args().First())
+		},
+	}
+	runErr = app.Run(args)
+	if runErr == nil {
+		return exitOK
+	}
+	if !errors.Is(runErr, errReported) {
+		fmt.Fprintf(stderr, "ferry: %s\n", oneLine(runErr))
+	}
+	if isFlagError(runErr) {
+		return exitUsage
+	}
+	return exitCode(runErr)
+}
+
+// errReported wraps an error whose lines were already printed.
+var errReported = errors.New("reported")
+
+// isFlagError recognises urfave/cli's errors about flags that do not go
+// through OnUsageError (urfave/cli#610).
+func isFlagError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"flag provided but not defined", "invalid value", "Required flag", "flag needs an argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(err error) string {
+	return strings.NewReplacer("\n", " ", "\r", " ").Replace(err.Error())
+}
+
+// backoff returns the wait before retry n (1-based): base doubled each
+// time, capped at 30s, with ±50% jitter so that many senders cut by one
+// outage do not reconnect in step.
+func backoff(base time.Duration, n int, jitter func() float64) time.Duration {
+	d := base
+	for i := 1; i < n && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	d = min(d, 30*time.Second)
+	return time.Duration(float64(d) * (0.5 + jitter()))
+}

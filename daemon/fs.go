@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path"
+	"syscall"
+	"time"
+)
+
+// FS is the file system the partial store writes through, with names
+// relative to the root. It is the seam where tests put a crash-simulating
+// file system, so it exposes exactly the operations whose durability order
+// matters, directory fsync included.
+type FS interface {
+	OpenFile(name string, flag int, perm os.FileMode) (File, error)
+	Remove(name string) error
+	// Rename replaces newname atomically.
+	Rename(oldname, newname string) error
+	// Link creates newname as a hard link to oldname; it fails with an
+	// error matching fs.ErrExist if newname exists (never overwrites).
+	Link(oldname, newname string) error
+	// Mkdir creates one directory; it fails if name exists.
+	Mkdir(name string, perm os.FileMode) error
+	Lstat(name string) (os.FileInfo, error)
+	Chtimes(name string, atime, mtime time.Time) error
+	// SyncDir fsyncs the directory name, making its entries durable.
+	SyncDir(name string) error
+}
+
+// File is an open file of an FS. Safe for concurrent WriteAt and Sync.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Closer
+	Sync() error
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+	Chmod(mode os.FileMode) error
+}
+
+// FreeSpacer is implemented by an FS that can report the bytes available
+// to the daemon.
+type FreeSpacer interface {
+	FreeSpace() (int64, error)
+}
+
+// OSFS is the local file system under a root directory, with every name
+// resolved by os.Root: no name escapes the root, through "..", an absolute
+// path or a symlink.
+type OSFS struct {
+	root *os.Root
+}
+
+var (
+	_ FS         = (*OSFS)(nil)
+	_ FreeSpacer = (*OSFS)(nil)
+)
+
+// OpenOSFS opens dir (creating it with mode 0o750 if absent) as an OSFS.
+func OpenOSFS(dir string) (*OSFS, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &OSFS{root: r}, nil
+}
+
+// Close releases the root.
+func (f *OSFS) Close() error { return f.root.Close() }
+
+// Name returns the root directory's path.
+func (f *OSFS) Name() string { return f.root.Name() }
+
+func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	return f.root.OpenFile(name, flag, perm)
+}
+func (f *OSFS) Remove(name string) error                     { return f.root.Remove(name) }
+func (f *OSFS) Rename(oldname, newname string) error         { return f.root.Rename(oldname, newname) }
+func (f *OSFS) Link(oldname, newname string) error           { return f.root.Link(oldname, newname) }
+func (f *OSFS) Mkdir(name string, perm os.FileMode) error    { return f.root.Mkdir(name, perm) }
+func (f *OSFS) Lstat(name string) (os.FileInfo, error)       { return f.root.Lstat(name) }
+func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
+	return f.root.Chtimes(name, atime, mtime)
+}
+
+// SyncDir opens the directory under the root and fsyncs it.
+func (f *OSFS) SyncDir(name string) error {
+	d, err := f.root.Open(name)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// FreeSpace returns the bytes available to unprivileged users on the file
+// system holding the root (statfs f_bavail × f_bsize).
+func (f *OSFS) FreeSpace() (int64, error) {
+	d, err := f.root.Open(".")
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	var st syscall.Statfs_t
+	if err := syscall.Fstatfs(int(d.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// parentDir returns the directory holding name ("." for a top-level name).
+func parentDir(name string) string { return path.Dir(name) }
+
+// isNotExist reports whether err says a file does not exist.
+func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

@@ -1,0 +1,228 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// Config configures a Server. Store is required; zero values of the other
+// fields take the documented defaults.
+type Config struct {
+	// Store keeps partials and committed files.
+	Store Store
+	// MaxChunkSize is the largest chunk size in bytes the daemon agrees to;
+	// it bounds the memory of a session. Defaults to 4 MiB.
+	MaxChunkSize int
+	// SyncBytes is how many bytes may be written between fsyncs of a
+	// partial. Defaults to 16 MiB.
+	SyncBytes int64
+	// SyncInterval is the longest time written data waits for an fsync
+	// while chunks keep arriving. Defaults to 1s.
+	SyncInterval time.Duration
+	// IdleTimeout is how long a session may take to deliver one frame
+	// before it is dropped. Defaults to 60s.
+	IdleTimeout time.Duration
+	// MaxSize is the largest file size in bytes accepted; 0 means no limit.
+	MaxSize int64
+	// MaxSessions bounds concurrent sessions; further connections are
+	// refused as busy. Defaults to 64.
+	MaxSessions int
+	// MaxBadChunks is how many chunks failing verification one transfer
+	// tolerates before it is refused. Defaults to 16.
+	MaxBadChunks int
+	// Logger receives one line per session end and per transfer. Defaults
+	// to slog.Default().
+	Logger *slog.Logger
+	// Agent names the daemon in its Hello.
+	Agent string
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxChunkSize == 0 {
+		c.MaxChunkSize = 4 << 20
+	}
+	c.MaxChunkSize = min(max(c.MaxChunkSize, transfer.MinChunkSize), transfer.MaxChunkSize)
+	if c.SyncBytes <= 0 {
+		c.SyncBytes = 16 << 20
+	}
+	if c.SyncInterval <= 0 {
+		c.SyncInterval = time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 64
+	}
+	if c.MaxBadChunks <= 0 {
+		c.MaxBadChunks = 16
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Agent == "" {
+		c.Agent = "ferryd"
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("daemon: server closed")
+
+// Server receives transfers on any number of listeners, like net/http's
+// Server: Serve per listener, Shutdown to drain. Safe for concurrent use.
+type Server struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	holders   map[string]*session // partial key → the session using it
+	reserved  int64               // bytes promised to transfers in progress
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a Server for cfg.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("daemon: Config.Store is nil")
+	}
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &Server{
+		cfg: cfg, ctx: ctx, cancel: cancel,
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+		holders:   make(map[string]*session),
+	}, nil
+}
+
+// Serve accepts sessions on ln until Shutdown, then returns ErrServerClosed.
+// It closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer ln.Close()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				// Back off on EMFILE and the like, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed", "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accepting: %w", err)
+		}
+		delay = 0
+		s.ServeConn(conn)
+	}
+}
+
+// ServeConn runs one session on conn in a new goroutine, closing conn when
+// it ends. It refuses the session as busy when MaxSessions are running.
+func (s *Server) ServeConn(conn net.Conn) {
+	ss := newSession(s, conn)
+	s.mu.Lock()
+	full := len(s.sessions) >= s.cfg.MaxSessions
+	closed := s.closed
+	if !full && !closed {
+		s.sessions[ss] = struct{}{}
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
+	if full || closed {
+		go ss.refuseAndClose(full)
+		return
+	}
+	go func() {
+		defer s.wg.Done()
+		ss.run()
+		s.mu.Lock()
+		delete(s.sessions, ss)
+		s.mu.Unlock()
+	}()
+}
+
+// Shutdown stops accepting, tells every session to make its data durable
+// and end, and waits for them until ctx ends. Partials stay on disk for a
+// later resume.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.cancel(transfer.ErrShuttingDown)
+	for ss := range s.sessions {
+		ss.interrupt()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// hold marks key as used by ss, or reports that another session has it.
+func (s *Server) hold(key string, ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h, ok := s.holders[key]; ok && h != ss {
+		return false
+	}
+	s.holders[key] = ss
+	return true
+}
+
+func (s *Server) release(key string) {
+	s.mu.Lock()
+	delete(s.holders, key)
+	s.mu.Unlock()
+}
+
+// reserve promises n bytes of disk to a transfer, refusing when the free
+// space, less what is promised to others, is smaller.
+func (s *Server) reserve(n int64) bool {
+	ds, ok := s.cfg.Store.(interface{ FreeSpace() int64 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ok {
+		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < n {
+			return false
+		}
+	}
+	s.reserved += n
+	return true
+}
+
+func (s *Server) unreserve(n int64) {
+	s.mu.Lock()
+	s.reserved -= n
+	s.mu.Unlock()
+}

@@ -1,0 +1,426 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// session is one connection: a Hello, then any number of transfers one
+// after another. Its goroutine reads frames and writes verified chunks; a
+// syncer goroutine per transfer fsyncs and acknowledges.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	r    *bufio.Reader
+	log  *slog.Logger
+	wmu  sync.Mutex // serialises frames written to conn
+
+	chunkSize int
+	buf       []byte // one chunk frame; chunks are handled one at a time
+
+	intMu       sync.Mutex
+	interrupted bool
+}
+
+func newSession(srv *Server, conn net.Conn) *session {
+	return &session{
+		srv:  srv,
+		conn: conn,
+		r:    bufio.NewReaderSize(conn, 64<<10),
+		log:  srv.cfg.Logger.With("remote", conn.RemoteAddr().String()),
+	}
+}
+
+// interrupt makes a blocked read return at once, for Shutdown.
+func (ss *session) interrupt() {
+	ss.intMu.Lock()
+	ss.interrupted = true
+	ss.intMu.Unlock()
+	ss.conn.SetReadDeadline(time.Now())
+}
+
+// readDeadline arms the idle timeout for the next frame, unless the
+// session was interrupted (then the past deadline set by interrupt stays).
+func (ss *session) readDeadline() {
+	ss.intMu.Lock()
+	defer ss.intMu.Unlock()
+	if !ss.interrupted {
+		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	}
+}
+
+// send writes one control frame, bounded by the idle timeout so that a
+// peer that stops reading cannot pin the session.
+func (ss *session) send(m transfer.Message) error {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	return transfer.WriteMessage(ss.conn, m)
+}
+
+// refuse sends a refusal and logs it on one line.
+func (ss *session) refuse(err error) {
+	code := transfer.CodeOf(err)
+	msg := err.Error()
+	var re *transfer.RemoteError
+	if errors.As(err, &re) {
+		msg = re.Message
+	}
+	ss.log.Warn("refused", "code", code, "reason", msg)
+	ss.send(&transfer.RemoteError{Code: code, Message: msg})
+}
+
+func (ss *session) refuseAndClose(full bool) {
+	defer ss.conn.Close()
+	err := &transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"}
+	if full {
+		err = &transfer.RemoteError{Code: transfer.CodeBusy, Message: "too many sessions; retry later"}
+	}
+	ss.refuse(err)
+}
+
+func (ss *session) run() {
+	defer ss.conn.Close()
+	start := time.Now()
+	n, err := ss.serve()
+	reason := "closed by sender"
+	if err != nil {
+		reason = err.Error()
+	}
+	ss.log.Info("session ended", "transfers", n, "seconds", time.Since(start).Seconds(), "reason", reason)
+}
+
+// serve runs the handshake and the transfers, returning how many were
+// committed and why the session ended (nil for a clean close).
+func (ss *session) serve() (int, error) {
+	if err := ss.handshake(); err != nil {
+		return 0, err
+	}
+	committed := 0
+	for {
+		ss.readDeadline()
+		m, err := transfer.ReadMessage(ss.r)
+		if err == io.EOF {
+			return committed, nil
+		}
+		if err != nil {
+			return committed, ss.readFailed(err)
+		}
+		o, ok := m.(*transfer.Offer)
+		if !ok {
+			err := fmt.Errorf("%w: expected offer, got %T", transfer.ErrProtocol, m)
+			ss.refuse(err)
+			return committed, err
+		}
+		done, err := ss.transfer(o)
+		if done {
+			committed++
+		}
+		if err != nil {
+			return committed, err
+		}
+	}
+}
+
+func (ss *session) handshake() error {
+	ss.readDeadline()
+	m, err := transfer.ReadMessage(ss.r)
+	if err != nil {
+		return ss.readFailed(fmt.Errorf("reading hello: %w", err))
+	}
+	h, ok := m.(*transfer.Hello)
+	if !ok {
+		err := fmt.Errorf("%w: expected hello, got %T", transfer.ErrProtocol, m)
+		ss.refuse(err)
+		return err
+	}
+	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
+	ss.buf = make([]byte, transfer.ChunkHeaderSize+ss.chunkSize)
+	ss.log = ss.log.With("agent", h.Agent)
+	return ss.send(&transfer.Hello{
+		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
+		ChunkSize: uint32(ss.chunkSize), Agent: ss.srv.cfg.Agent,
+	})
+}
+
+// readFailed turns a read error into the reason the session ends, telling
+// the peer why when it is still listening.
+func (ss *session) readFailed(err error) error {
+	var ne net.Error
+	switch {
+	case ss.srv.ctx.Err() != nil:
+		err = context.Cause(ss.srv.ctx)
+		ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
+	case errors.As(err, &ne) && ne.Timeout():
+		err = fmt.Errorf("%w: no frame for %v", transfer.ErrTimeout, ss.srv.cfg.IdleTimeout)
+		ss.refuse(err)
+	case errors.Is(err, transfer.ErrProtocol) || errors.Is(err, transfer.ErrVersion):
+		ss.refuse(err)
+	}
+	return err
+}
+
+// partialKey names the partial of a transfer: it binds the credential that
+// started it and the destination name, so that one sender cannot write into
+// another's transfer. There are no credentials yet; all share "".
+func partialKey(credential, name string) string {
+	h := transfer.HashBytes([]byte("ferry partial v1\x00" + credential + "\x00" + name))
+	return hex.EncodeToString(h[:16])
+}
+
+// transfer handles one offer through commit. It returns whether the file
+// was committed, and a non-nil error when the session must end. Refusals
+// at offer time leave the session open for the next offer.
+func (ss *session) transfer(o *transfer.Offer) (bool, error) {
+	log := ss.log.With("name", o.Name, "size", o.Size) // slog escapes control characters and invalid UTF-8
+	if err := ss.admit(o); err != nil {
+		ss.refuse(err)
+		return false, nil
+	}
+	key := partialKey("", o.Name)
+	if !ss.srv.hold(key, ss) {
+		ss.refuse(fmt.Errorf("%w: %s is being received by another session; retry later", transfer.ErrBusy, transfer.QuoteName(o.Name)))
+		return false, nil
+	}
+	defer ss.srv.release(key)
+	if err := ss.checkExists(key, o.Name); err != nil {
+		ss.refuse(err)
+		return false, nil
+	}
+	p, restarted, err := ss.srv.cfg.Store.Open(key, o, o.Flags&transfer.OfferRestart != 0)
+	if err != nil {
+		log.Error("opening partial", "err", err)
+		ss.refuse(fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err))
+		return false, nil
+	}
+	defer p.Close()
+	st := p.State()
+	remaining := o.Size - st.DurableOffset
+	if !ss.srv.reserve(remaining) {
+		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining, transfer.QuoteName(o.Name)))
+		return false, nil
+	}
+	defer ss.srv.unreserve(remaining)
+	acc := &transfer.Accept{DurableOffset: st.DurableOffset, TailOffset: st.TailOffset,
+		TailLength: uint32(st.DurableOffset - st.TailOffset), TailHash: st.TailHash}
+	if restarted {
+		acc.Flags |= transfer.AcceptRestarted
+		log.Info("partial discarded", "reason", "source changed")
+	}
+	if err := ss.send(acc); err != nil {
+		return false, err
+	}
+	start := time.Now()
+	rx := newReceiver(ss, p, o)
+	err = rx.run()
+	attrs := []any{"resumed_from", st.DurableOffset, "durable_offset", rx.sync.durable(),
+		"received_bytes", rx.received, "seconds", time.Since(start).Seconds()}
+	if err != nil {
+		log.Warn("transfer interrupted", append(attrs, "err", err)...)
+		return false, err
+	}
+	log.Info("committed", attrs...)
+	return true, nil
+}
+
+// admit checks an offer before anything is opened for it.
+func (ss *session) admit(o *transfer.Offer) error {
+	if err := transfer.ValidateName(o.Name); err != nil {
+		return err
+	}
+	if max := ss.srv.cfg.MaxSize; max > 0 && o.Size > max {
+		return fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, max)
+	}
+	return nil
+}
+
+func (ss *session) checkExists(key, name string) error {
+	exists, err := ss.srv.cfg.Store.Exists(name)
+	if err != nil {
+		return err
+	}
+	if exists && !ss.srv.cfg.Store.Committing(key, name) {
+		return fmt.Errorf("%w: %s is already on the daemon; choose another --dest or remove it", transfer.ErrExists, transfer.QuoteName(name))
+	}
+	return nil
+}
+
+// receiver takes one transfer's chunks and trailer.
+type receiver struct {
+	ss       *session
+	p        Partial
+	o        *transfer.Offer
+	whole    *transfer.StreamHasher
+	sync     *syncer
+	next     int64 // offset of the next chunk expected
+	awaiting bool  // a chunk was nacked; skip frames until it comes again
+	bad      int   // chunks that failed verification
+	received int64 // chunk data bytes read from the wire
+	tail     syncPoint
+	lastSync time.Time
+}
+
+func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
+	st := p.State()
+	rx := &receiver{ss: ss, p: p, o: o, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
+		tail: syncPoint{offset: st.DurableOffset, tailOffset: st.TailOffset, tailHash: st.TailHash}, lastSync: time.Now()}
+	rx.sync = newSyncer(p, rx.tail, func(d int64) { ss.send(&transfer.Ack{DurableOffset: d}) })
+	if st.DurableOffset > 0 {
+		// Rebuild the whole-file hash from the durable prefix in the
+		// background while new chunks arrive (croc#1029).
+		rx.whole.CatchUp(ss.srv.ctx, p, st.DurableOffset)
+	}
+	return rx
+}
+
+// run reads frames until the trailer commits the file or the session
+// breaks. On every exit path the verified data is made durable first.
+func (rx *receiver) run() error {
+	err := rx.loop()
+	if err != nil {
+		if ferr := rx.sync.flush(rx.tail); ferr != nil {
+			rx.ss.log.Error("fsync after interruption", "err", ferr)
+		}
+	}
+	return err
+}
+
+func (rx *receiver) loop() error {
+	ss := rx.ss
+	for {
+		ss.readDeadline()
+		h, err := transfer.ReadFrameHeader(ss.r, ss.chunkSize)
+		if err != nil {
+			return ss.readFailed(noEOF(err))
+		}
+		switch h.Type {
+		case transfer.FrameChunk:
+			var c transfer.Chunk
+			if err := transfer.ReadChunk(ss.r, h, ss.buf, &c); err != nil {
+				return ss.readFailed(err)
+			}
+			if err := rx.chunk(&c); err != nil {
+				ss.refuse(err)
+				return err
+			}
+		case transfer.FrameTrailer:
+			p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+			if err != nil {
+				return ss.readFailed(err)
+			}
+			m, err := transfer.DecodeMessage(h.Type, p)
+			if err != nil {
+				return ss.readFailed(err)
+			}
+			if rx.awaiting {
+				continue // the sender will resend the nacked chunk, then the trailer
+			}
+			err = rx.commit(m.(*transfer.Trailer))
+			if err != nil {
+				ss.refuse(err)
+			}
+			return err
+		default:
+			return ss.readFailed(fmt.Errorf("%w: unexpected %v frame during transfer", transfer.ErrProtocol, h.Type))
+		}
+	}
+}
+
+// chunk verifies one chunk and writes it. A chunk that fails verification
+// is never written: the sender is told to resend from its offset.
+func (rx *receiver) chunk(c *transfer.Chunk) error {
+	n := int64(len(c.Data))
+	rx.received += n
+	if c.Offset != rx.next {
+		if rx.awaiting {
+			return nil // in flight before the sender saw the nack
+		}
+		return fmt.Errorf("%w: chunk at offset %d, expected %d", transfer.ErrProtocol, c.Offset, rx.next)
+	}
+	if n == 0 || c.Offset+n > rx.o.Size {
+		return fmt.Errorf("%w: chunk [%d,+%d) outside file of %d bytes", transfer.ErrProtocol, c.Offset, n, rx.o.Size)
+	}
+	if !c.Verify() {
+		rx.bad++
+		rx.ss.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
+		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
+			return fmt.Errorf("%w: %d chunks failed verification", transfer.ErrIntegrity, rx.bad)
+		}
+		rx.awaiting = true
+		return rx.ss.send(&transfer.Nack{Offset: c.Offset})
+	}
+	rx.awaiting = false
+	if err := rx.p.WriteAt(c.Data, c.Offset); err != nil {
+		return storageError("writing chunk", err)
+	}
+	if err := rx.sync.failed(); err != nil {
+		return storageError("fsync", err)
+	}
+	rx.whole.Write(c.Offset, c.Data)
+	rx.next += n
+	rx.tail = syncPoint{offset: rx.next, tailOffset: c.Offset, tailHash: c.Hash}
+	cfg := &rx.ss.srv.cfg
+	if rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval {
+		rx.sync.request(rx.tail)
+		rx.lastSync = time.Now()
+	}
+	return nil
+}
+
+// commit checks the whole-file hash and commits, in DESIGN.md's order.
+func (rx *receiver) commit(t *transfer.Trailer) error {
+	if rx.next != rx.o.Size {
+		return fmt.Errorf("%w: trailer at offset %d of %d", transfer.ErrProtocol, rx.next, rx.o.Size)
+	}
+	if err := rx.sync.flush(rx.tail); err != nil {
+		return storageError("fsync", err)
+	}
+	h, err := rx.whole.Sum(rx.ss.srv.ctx, rx.o.Size)
+	if err != nil {
+		return storageError("whole-file hash", err)
+	}
+	if h != t.Hash {
+		// Every chunk verified, yet the whole does not: the stored prefix
+		// is not what was sent. Start the next attempt from zero.
+		if err := rx.p.Sync(0, 0, transfer.Hash{}); err != nil {
+			rx.ss.log.Error("resetting partial", "err", err)
+		}
+		return fmt.Errorf("%w: whole-file BLAKE3 %x, sender's %x", transfer.ErrIntegrity, h, t.Hash)
+	}
+	if err := rx.p.Commit(); err != nil {
+		if errors.Is(err, transfer.ErrExists) || errors.Is(err, transfer.ErrBadName) {
+			return err
+		}
+		return storageError("commit", err)
+	}
+	return rx.ss.send(&transfer.Committed{Size: rx.o.Size, Hash: h})
+}
+
+// storageError classifies a storage failure for the sender: no space is
+// permanent for this attempt, anything else is an internal error worth a
+// retry (the partial stays at its durable offset).
+func storageError(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %s: %v", transfer.ErrNoSpace, what, err)
+	}
+	return fmt.Errorf("%w: %s: %v", transfer.ErrInternal, what, err)
+}
+
+func noEOF(err error) error {
+	if err == io.EOF {
+		return fmt.Errorf("sender closed the session mid-transfer: %w", io.ErrUnexpectedEOF)
+	}
+	return err
+}
+

@@ -1,0 +1,348 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// Store keeps partials and commits them under their final names. It is the
+// seam for other backends (object storage); session code touches files
+// only through it. Implementations are safe for concurrent use on distinct
+// keys; the server never lets two sessions use one key at once.
+type Store interface {
+	// Open returns the partial under key for the transfer o offers. An
+	// existing partial that records the same source is resumed at its
+	// durable offset, after its tail chunk is re-verified, unless restart is
+	// set; any other is discarded (restarted is then true) and a new one
+	// starts at offset 0.
+	Open(key string, o *transfer.Offer, restart bool) (p Partial, restarted bool, err error)
+	// Exists reports whether something already has name, which a commit
+	// must not overwrite. Errors wrap transfer.ErrBadName when name cannot
+	// be resolved inside the root (a symlink out, a file as a directory).
+	Exists(name string) (bool, error)
+	// Committing reports whether the partial under key is already linked
+	// at name: a commit that was cut short after the link, so finishing it
+	// is not an overwrite.
+	Committing(key, name string) bool
+}
+
+// Partial is one transfer's data and state. Its methods are called from
+// one session, but WriteAt and Sync may run concurrently.
+type Partial interface {
+	// State returns the last durable state.
+	State() State
+	// WriteAt writes verified chunk data at off; it is not durable yet.
+	WriteAt(p []byte, off int64) error
+	// ReadAt reads back stored data (for the whole-file hash on resume).
+	ReadAt(p []byte, off int64) (int, error)
+	// Sync fsyncs all data written so far, then atomically records
+	// durable offset d whose tail chunk starts at tailOffset with hash
+	// tailHash. On error the recorded durable offset stays where it was.
+	Sync(d, tailOffset int64, tailHash transfer.Hash) error
+	// Commit applies mode and mtime, fsyncs, links the data into place at
+	// its name without overwriting, fsyncs the directory, then removes the
+	// partial. It returns an error wrapping transfer.ErrExists if another
+	// file took the name meanwhile.
+	Commit() error
+	// Close releases the partial, leaving it on disk for a later resume.
+	Close() error
+}
+
+// DirStore keeps partials as files under ReservedDir in a root:
+//
+//	.ferry/partials/KEY.data   the transfer's bytes; only [0, durable) is trusted
+//	.ferry/partials/KEY.state  the state record (EncodeState), replaced atomically
+//	.ferry/partials/KEY.tmp    a state record being written; ignored on open
+//
+// KEY is derived by the session from the credential and the destination
+// name. Committed files are hard links of KEY.data at their name, so a
+// commit never copies data.
+type DirStore struct {
+	fs FS
+}
+
+var _ Store = (*DirStore)(nil)
+
+// partialsDir holds the partials, relative to the root.
+var partialsDir = path.Join(transfer.ReservedDir, "partials")
+
+// NewDirStore returns a store on fs, creating the partials directory.
+func NewDirStore(fs FS) (*DirStore, error) {
+	if err := mkdirs(fs, partialsDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", partialsDir, err)
+	}
+	return &DirStore{fs: fs}, nil
+}
+
+// FreeSpace returns the bytes available on the store's file system, or -1
+// if it cannot tell.
+func (s *DirStore) FreeSpace() int64 {
+	if fsp, ok := s.fs.(FreeSpacer); ok {
+		if n, err := fsp.FreeSpace(); err == nil {
+			return n
+		}
+	}
+	return -1
+}
+
+func (s *DirStore) paths(key string) (data, state, tmp string) {
+	base := path.Join(partialsDir, key)
+	return base + ".data", base + ".state", base + ".tmp"
+}
+
+// Exists implements Store.
+func (s *DirStore) Exists(name string) (bool, error) {
+	_, err := s.fs.Lstat(name)
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotExist(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
+}
+
+// Committing implements Store.
+func (s *DirStore) Committing(key, name string) bool {
+	data, _, _ := s.paths(key)
+	a, err1 := s.fs.Lstat(data)
+	b, err2 := s.fs.Lstat(name)
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+// Open implements Store.
+func (s *DirStore) Open(key string, o *transfer.Offer, restart bool) (Partial, bool, error) {
+	if !validKey(key) {
+		return nil, false, fmt.Errorf("bug: partial key %q", key)
+	}
+	st, found := s.loadState(key)
+	if found && st.sameSource(o) && !restart {
+		if p, err := s.resume(key, st); err == nil {
+			return p, false, nil
+		}
+	}
+	p, err := s.create(key, o)
+	return p, found, err
+}
+
+func validKey(key string) bool {
+	return len(key) >= 16 && len(key) <= 64 && strings.Trim(key, "0123456789abcdef") == ""
+}
+
+// loadState reads key's state record; a missing or damaged one counts as
+// no partial at all, since nothing it describes can be trusted.
+func (s *DirStore) loadState(key string) (*State, bool) {
+	_, statePath, _ := s.paths(key)
+	f, err := s.fs.OpenFile(statePath, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	b := make([]byte, stateFixed+transfer.MaxNameLen+transfer.HashSize+1)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && err != io.EOF {
+		return nil, false
+	}
+	st, err := DecodeState(b[:n])
+	return st, err == nil
+}
+
+// resume opens key's data, drops bytes past the durable offset and
+// re-verifies the tail chunk against the state record, so that nothing
+// unverified or damaged is ever offered to a sender.
+func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
+	dataPath, _, _ := s.paths(key)
+	f, err := s.fs.OpenFile(dataPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	p := &dirPartial{s: s, key: key, f: f, st: *st}
+	if err := p.verifyTail(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *dirPartial) verifyTail() error {
+	fi, err := p.f.Stat()
+	if err != nil {
+		return err
+	}
+	d := p.st.DurableOffset
+	if fi.Size() < d {
+		return fmt.Errorf("data is %d bytes, durable offset %d", fi.Size(), d)
+	}
+	if fi.Size() > d {
+		if err := p.f.Truncate(d); err != nil {
+			return err
+		}
+	}
+	if d == 0 {
+		return nil
+	}
+	buf := make([]byte, d-p.st.TailOffset)
+	if _, err := p.f.ReadAt(buf, p.st.TailOffset); err != nil {
+		return err
+	}
+	if transfer.HashBytes(buf) != p.st.TailHash {
+		return fmt.Errorf("tail chunk at offset %d does not match its recorded hash", p.st.TailOffset)
+	}
+	return nil
+}
+
+// create starts an empty partial for o, replacing whatever key held.
+func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
+	dataPath, statePath, _ := s.paths(key)
+	if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+		return nil, err
+	}
+	f, err := s.fs.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	// The data file's directory entry must be durable before any state
+	// record that points at it.
+	if err := s.fs.SyncDir(partialsDir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
+	return &dirPartial{s: s, key: key, f: f, st: st}, nil
+}
+
+// dirPartial is a DirStore partial.
+type dirPartial struct {
+	s   *DirStore
+	key string
+	f   File
+	st  State // durable state; written only by Sync, read by the session
+}
+
+func (p *dirPartial) State() State { return p.st }
+
+func (p *dirPartial) WriteAt(b []byte, off int64) error {
+	_, err := p.f.WriteAt(b, off)
+	return err
+}
+
+func (p *dirPartial) ReadAt(b []byte, off int64) (int, error) { return p.f.ReadAt(b, off) }
+
+func (p *dirPartial) Sync(d, tailOffset int64, tailHash transfer.Hash) error {
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("fsync partial data: %w", err)
+	}
+	st := p.st
+	st.DurableOffset, st.TailOffset, st.TailHash = d, tailOffset, tailHash
+	if err := p.writeState(&st); err != nil {
+		return err
+	}
+	p.st = st
+	return nil
+}
+
+// writeState replaces the state record atomically: temp file, fsync,
+// rename. Without a directory fsync the rename may be lost in a crash,
+// which leaves the older record: still true, only less far.
+func (p *dirPartial) writeState(st *State) error {
+	_, statePath, tmpPath := p.s.paths(p.key)
+	f, err := p.s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing state record: %w", err)
+	}
+	_, err = f.WriteAt(EncodeState(st), 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = p.s.fs.Rename(tmpPath, statePath)
+	}
+	if err != nil {
+		return fmt.Errorf("writing state record: %w", err)
+	}
+	return nil
+}
+
+func (p *dirPartial) Commit() error {
+	dataPath, statePath, _ := p.s.paths(p.key)
+	name := p.st.Name
+	if err := p.f.Chmod(os.FileMode(p.st.Mode) & os.ModePerm); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	mtime := time.Unix(0, p.st.MtimeNs)
+	if err := p.s.fs.Chtimes(dataPath, mtime, mtime); err != nil {
+		return fmt.Errorf("setting mtime: %w", err)
+	}
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("fsync before commit: %w", err)
+	}
+	if err := mkdirs(p.s.fs, parentDir(name), 0o755); err != nil {
+		return fmt.Errorf("%w: creating directory for %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
+	}
+	if err := p.s.fs.Link(dataPath, name); err != nil {
+		if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("linking into place: %w", err)
+		}
+		if !p.s.Committing(p.key, name) {
+			return fmt.Errorf("%w: %s", transfer.ErrExists, transfer.QuoteName(name))
+		}
+	}
+	if err := p.s.fs.SyncDir(parentDir(name)); err != nil {
+		return fmt.Errorf("fsync directory of %s: %w", transfer.QuoteName(name), err)
+	}
+	// The file is committed. What follows only tidies up; a crash here
+	// leaves a partial that Committing recognises.
+	p.f.Close()
+	p.f = nil
+	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+		return fmt.Errorf("removing state record: %w", err)
+	}
+	if err := p.s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
+		return fmt.Errorf("removing partial data: %w", err)
+	}
+	return p.s.fs.SyncDir(partialsDir)
+}
+
+func (p *dirPartial) Close() error {
+	if p.f == nil {
+		return nil
+	}
+	err := p.f.Close()
+	p.f = nil
+	return err
+}
+
+// mkdirs creates dir and its missing parents one at a time, fsyncing each
+// new directory's parent so that the entry survives a crash.
+func mkdirs(fs FS, dir string, perm os.FileMode) error {
+	if dir == "." || dir == "" {
+		return nil
+	}
+	fi, err := fs.Lstat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", transfer.QuoteName(dir))
+		}
+		return nil
+	}
+	if !isNotExist(err) {
+		return err
+	}
+	if err := mkdirs(fs, parentDir(dir), perm); err != nil {
+		return err
+	}
+	if err := fs.Mkdir(dir, perm); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return fs.SyncDir(parentDir(dir))
+}

@@ -1,0 +1,106 @@
+package daemon
+
+import (
+	"sync"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// syncPoint is a durable offset to record with its tail chunk.
+type syncPoint struct {
+	offset     int64
+	tailOffset int64
+	tailHash   transfer.Hash
+}
+
+// syncer fsyncs a partial in the background so that reading and verifying
+// the next chunks overlaps the disk flush. Requests coalesce: while one
+// fsync runs, later requests collapse into the newest. After each
+// successful sync the durable offset is acknowledged to the sender. Once a
+// sync fails the syncer stays failed: a failed fsync may have dropped dirty
+// pages, so the data after the last durable offset is never trusted again
+// ("fsyncgate").
+type syncer struct {
+	p   Partial
+	ack func(durable int64)
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	want    syncPoint
+	done    syncPoint
+	running bool
+	err     error
+}
+
+func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
+	s := &syncer{p: p, ack: ack, want: durable, done: durable}
+	s.cond.L = &s.mu
+	return s
+}
+
+// request asks for pt to become durable, without waiting.
+func (s *syncer) request(pt syncPoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pt.offset > s.want.offset {
+		s.want = pt
+	}
+	if !s.running && s.err == nil && s.want.offset > s.done.offset {
+		s.running = true
+		go s.loop()
+	}
+}
+
+func (s *syncer) loop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.err == nil && s.want.offset > s.done.offset {
+		pt := s.want
+		s.mu.Unlock()
+		err := s.p.Sync(pt.offset, pt.tailOffset, pt.tailHash)
+		if err == nil {
+			s.ack(pt.offset)
+		}
+		s.mu.Lock()
+		if err != nil {
+			s.err = err
+		} else {
+			s.done = pt
+		}
+		s.cond.Broadcast()
+	}
+	s.running = false
+	s.cond.Broadcast()
+}
+
+// flush makes pt durable and waits for it (and for any sync in progress).
+func (s *syncer) flush(pt syncPoint) error {
+	s.request(pt)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.running || (s.err == nil && s.done.offset < pt.offset) {
+		s.cond.Wait()
+	}
+	return s.err
+}
+
+// requested returns the newest offset asked for.
+func (s *syncer) requested() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.want.offset
+}
+
+// durable returns the last offset made durable.
+func (s *syncer) durable() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done.offset
+}
+
+// failed returns the error of a failed sync, if any.
+func (s *syncer) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}

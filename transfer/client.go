@@ -1,0 +1,437 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// ClientOptions configure a sender session. The zero value is usable.
+type ClientOptions struct {
+	// ChunkSize is the chunk size in bytes proposed in the Hello; the
+	// daemon may lower it. Defaults to DefaultChunkSize.
+	ChunkSize int
+	// Agent names the sending software in the Hello, for the daemon's logs.
+	Agent string
+}
+
+// Client is the sending end of one session. Transfers on a Client run one
+// at a time; a Client is not safe for concurrent use.
+type Client struct {
+	rwc       io.ReadWriteCloser
+	r         *bufio.Reader
+	chunkSize int
+	streaming bool  // the current transfer has passed its offer
+	broken    error // set once the session can carry no more transfers
+}
+
+// Handshake exchanges Hellos over rwc and returns a Client ready to Send.
+// It returns an error wrapping ErrVersion if the daemon speaks another
+// major version, or the daemon's *RemoteError if it refuses the session.
+// If ctx ends during the handshake, rwc is closed.
+func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
+	stop := context.AfterFunc(ctx, func() { rwc.Close() })
+	defer stop()
+	cs := opts.ChunkSize
+	if cs == 0 {
+		cs = DefaultChunkSize
+	}
+	if cs < MinChunkSize || cs > MaxChunkSize {
+		return nil, fmt.Errorf("chunk size %d outside %d..%d", cs, MinChunkSize, MaxChunkSize)
+	}
+	hello := &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: uint32(cs), Agent: opts.Agent}
+	if err := WriteMessage(rwc, hello); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10)}
+	m, err := ReadMessage(c.r)
+	if err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("reading daemon hello: %w", err))
+	}
+	switch m := m.(type) {
+	case *Hello:
+		if int(m.ChunkSize) > cs {
+			return nil, fmt.Errorf("%w: daemon chose chunk size %d above proposed %d", ErrProtocol, m.ChunkSize, cs)
+		}
+		c.chunkSize = int(m.ChunkSize)
+		return c, nil
+	case *RemoteError:
+		return nil, m
+	default:
+		return nil, fmt.Errorf("%w: expected hello, got %v", ErrProtocol, m.frameType())
+	}
+}
+
+// ChunkSize returns the negotiated chunk size in bytes.
+func (c *Client) ChunkSize() int { return c.chunkSize }
+
+// Close closes the session's connection.
+func (c *Client) Close() error { return c.rwc.Close() }
+
+// Progress is a snapshot of one transfer, passed to SendOptions.Progress.
+type Progress struct {
+	Size          int64 // bytes in the file
+	ResumedFrom   int64 // durable offset the daemon accepted at
+	Sent          int64 // offset up to which chunks are written to the session
+	DurableOffset int64 // last durable offset the daemon acknowledged
+	Restarted     bool  // the daemon's partial held other content and was discarded
+}
+
+// SendOptions configure one transfer.
+type SendOptions struct {
+	// Progress, if set, is called from Send's goroutine after each chunk is
+	// written and each acknowledgement arrives. It must return quickly.
+	Progress func(Progress)
+	// MaxNacks is how many times one chunk may be rejected by the daemon
+	// before Send gives up with ErrIntegrity. Defaults to 3.
+	MaxNacks int
+}
+
+// Result describes a committed transfer.
+type Result struct {
+	Size        int64 // bytes
+	ResumedFrom int64 // durable offset the daemon accepted at
+	SentBytes   int64 // chunk data bytes written in this session, resends included
+	Restarted   bool  // a partial for this name held other content and was discarded
+	Hash        Hash  // whole-file BLAKE3, as b3sum prints it
+}
+
+// Send offers src under the remote name and sends it until the daemon
+// commits it. It resumes from the daemon's durable offset after checking
+// that the daemon's tail chunk matches src, and restarts from 0 when it
+// does not. It returns the daemon's refusal as a *RemoteError (which
+// matches ErrExists, ErrBadName, … with errors.Is), ErrIntegrity when a
+// chunk was rejected more than MaxNacks times or the daemon's whole-file
+// hash disagrees, ErrSourceChanged when src shrank, or the I/O error that
+// broke the session. After any error other than a refusal at offer time the
+// Client must not be reused. If ctx ends, the connection is closed.
+func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOptions) (Result, error) {
+	if c.broken != nil {
+		return Result{}, fmt.Errorf("session unusable: %w", c.broken)
+	}
+	stop := context.AfterFunc(ctx, func() { c.rwc.Close() })
+	defer stop()
+	if opts.MaxNacks == 0 {
+		opts.MaxNacks = 3
+	}
+	res, err := c.send(ctx, src, name, opts)
+	var re *RemoteError
+	if err != nil && !(errors.As(err, &re) && res.SentBytes == 0 && !c.streaming) {
+		c.broken = err
+	}
+	return res, ctxErr(ctx, err)
+}
+
+func (c *Client) send(ctx context.Context, src Source, name string, opts SendOptions) (Result, error) {
+	c.streaming = false
+	offer, err := src.offer(name)
+	if err != nil {
+		return Result{}, err
+	}
+	acc, err := c.offer(offer)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Size: src.Size, Restarted: acc.Flags&AcceptRestarted != 0}
+	if ok, err := c.tailMatches(src, acc); err != nil {
+		return res, err
+	} else if !ok {
+		offer.Flags |= OfferRestart
+		if acc, err = c.offer(offer); err != nil {
+			return res, err
+		}
+		if acc.DurableOffset != 0 {
+			return res, fmt.Errorf("%w: restart accepted at offset %d", ErrProtocol, acc.DurableOffset)
+		}
+		res.Restarted = true
+	}
+	res.ResumedFrom = acc.DurableOffset
+	c.streaming = true
+	s := newStream(ctx, c, src, acc.DurableOffset, opts)
+	s.progress.Restarted = res.Restarted
+	res.SentBytes, res.Hash, err = s.run()
+	return res, err
+}
+
+// offer writes o and reads the daemon's answer.
+func (c *Client) offer(o *Offer) (*Accept, error) {
+	if err := WriteMessage(c.rwc, o); err != nil {
+		return nil, err
+	}
+	m, err := ReadMessage(c.r)
+	if err != nil {
+		return nil, fmt.Errorf("reading answer to offer: %w", err)
+	}
+	switch m := m.(type) {
+	case *Accept:
+		if m.DurableOffset > o.Size {
+			return nil, fmt.Errorf("%w: accepted at %d beyond size %d", ErrProtocol, m.DurableOffset, o.Size)
+		}
+		return m, nil
+	case *RemoteError:
+		return nil, m
+	}
+	return nil, fmt.Errorf("%w: expected accept, got %v", ErrProtocol, m.frameType())
+}
+
+// tailMatches checks the daemon's tail chunk against src, so that a source
+// that changed since the partial was made is caught before a byte is
+// appended to it.
+func (c *Client) tailMatches(src Source, acc *Accept) (bool, error) {
+	if acc.DurableOffset == 0 {
+		return true, nil
+	}
+	buf := make([]byte, acc.TailLength)
+	if err := src.readFull(buf, acc.TailOffset); err != nil {
+		return false, err
+	}
+	return HashBytes(buf) == acc.TailHash, nil
+}
+
+// ctxErr prefers ctx's error over the I/O error that closing the
+// connection on cancellation caused.
+func ctxErr(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	}
+	return err
+}
+
+var errNacked = errors.New("chunk rejected")
+
+// stream sends one transfer's chunks from a start offset: a producer
+// goroutine reads and hashes chunks ahead of the writer, a reader goroutine
+// takes the daemon's acks and nacks, and run (the writer) puts chunks on the
+// wire and rewinds the producer when a chunk is rejected (go-back-N).
+type stream struct {
+	ctx       context.Context
+	c         *Client
+	src       Source
+	opts      SendOptions
+	pool      *BufferPool
+	whole     *StreamHasher
+	inbox     chan Message
+	readErr   chan error
+	progress  Progress
+	nacks     map[int64]int
+	sentBytes int64
+}
+
+func newStream(ctx context.Context, c *Client, src Source, start int64, opts SendOptions) *stream {
+	s := &stream{
+		ctx: ctx, c: c, src: src, opts: opts,
+		pool:     NewBufferPool(c.chunkSize),
+		whole:    NewStreamHasher(),
+		inbox:    make(chan Message, 16),
+		readErr:  make(chan error, 1),
+		progress: Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
+		nacks:    make(map[int64]int),
+	}
+	if start > 0 {
+		s.whole.CatchUp(ctx, src.R, start)
+	}
+	return s
+}
+
+// chunkItem is a chunk read and hashed by the producer; buf returns to the pool.
+type chunkItem struct {
+	chunk Chunk
+	buf   *[]byte
+	err   error
+}
+
+func (s *stream) run() (int64, Hash, error) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go s.readLoop(ctx)
+	off := s.progress.ResumedFrom
+	for {
+		err := s.sendFrom(ctx, off)
+		if err == nil {
+			var done bool
+			var h Hash
+			done, h, off, err = s.finish(ctx)
+			if done || err != nil {
+				return s.sentBytes, h, err
+			}
+			continue
+		}
+		var n *nackError
+		if !errors.As(err, &n) {
+			return s.sentBytes, Hash{}, err
+		}
+		off = n.offset
+	}
+}
+
+type nackError struct{ offset int64 }
+
+func (e *nackError) Error() string { return fmt.Sprintf("chunk at offset %d rejected", e.offset) }
+
+// sendFrom writes chunks from off to the end of the file. It returns a
+// *nackError when the daemon rejected a chunk meanwhile.
+func (s *stream) sendFrom(ctx context.Context, off int64) error {
+	pctx, stop := context.WithCancel(ctx)
+	items := make(chan chunkItem, 4)
+	go s.produce(pctx, off, items)
+	defer func() {
+		stop()
+		for it := range items { // the producer closes items on every exit
+			if it.buf != nil {
+				s.pool.Put(it.buf)
+			}
+		}
+	}()
+	for {
+		select {
+		case it, ok := <-items:
+			if !ok {
+				return nil
+			}
+			if it.err != nil {
+				return it.err
+			}
+			err := WriteChunk(s.c.rwc, &it.chunk)
+			s.pool.Put(it.buf)
+			if err != nil {
+				return err
+			}
+			s.sentBytes += int64(len(it.chunk.Data))
+			s.progress.Sent = it.chunk.Offset + int64(len(it.chunk.Data))
+			s.report()
+		case m := <-s.inbox:
+			if err := s.handle(m); err != nil {
+				return err
+			}
+		case err := <-s.readErr:
+			return err
+		}
+	}
+}
+
+// produce reads chunks from off into pooled buffers, hashes each one and
+// feeds the whole-file hasher, and closes items when done or cancelled.
+func (s *stream) produce(ctx context.Context, off int64, items chan<- chunkItem) {
+	defer close(items)
+	cs := int64(s.c.chunkSize)
+	for off < s.src.Size {
+		n := min(cs, s.src.Size-off)
+		buf := s.pool.Get()
+		data := (*buf)[:n]
+		it := chunkItem{buf: buf}
+		if err := s.src.readFull(data, off); err != nil {
+			s.pool.Put(buf)
+			it = chunkItem{err: err}
+		} else {
+			it.chunk = Chunk{Offset: off, Hash: HashBytes(data), Data: data}
+			s.whole.Write(off, data)
+		}
+		select {
+		case items <- it:
+		case <-ctx.Done():
+			if it.buf != nil {
+				s.pool.Put(it.buf)
+			}
+			return
+		}
+		if it.err != nil {
+			return
+		}
+		off += n
+	}
+}
+
+// finish sends the trailer and waits for the commit. If the daemon rejects
+// a chunk that was still in flight, it returns done=false and the offset to
+// resend from.
+func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, err error) {
+	h, err = s.whole.Sum(ctx, s.src.Size)
+	if err != nil {
+		return false, h, 0, err
+	}
+	if err := WriteMessage(s.c.rwc, &Trailer{Hash: h}); err != nil {
+		return false, h, 0, err
+	}
+	for {
+		var m Message
+		select {
+		case m = <-s.inbox:
+		case err := <-s.readErr:
+			return false, h, 0, err
+		}
+		if cm, ok := m.(*Committed); ok {
+			if cm.Hash != h || cm.Size != s.src.Size {
+				return false, h, 0, fmt.Errorf("%w: daemon committed %d bytes with BLAKE3 %x, sent %d bytes with %x",
+					ErrIntegrity, cm.Size, cm.Hash, s.src.Size, h)
+			}
+			s.progress.DurableOffset = cm.Size
+			s.report()
+			return true, h, 0, nil
+		}
+		err := s.handle(m)
+		var n *nackError
+		if errors.As(err, &n) {
+			return false, h, n.offset, nil
+		}
+		if err != nil {
+			return false, h, 0, err
+		}
+	}
+}
+
+// handle acts on a message from the daemon during a transfer.
+func (s *stream) handle(m Message) error {
+	switch m := m.(type) {
+	case *Ack:
+		if m.DurableOffset < s.progress.DurableOffset || m.DurableOffset > s.src.Size {
+			return fmt.Errorf("%w: ack of durable offset %d after %d", ErrProtocol, m.DurableOffset, s.progress.DurableOffset)
+		}
+		s.progress.DurableOffset = m.DurableOffset
+		s.report()
+		return nil
+	case *Nack:
+		if m.Offset < s.progress.DurableOffset || m.Offset >= max(s.src.Size, 1) {
+			return fmt.Errorf("%w: nack at offset %d", ErrProtocol, m.Offset)
+		}
+		s.nacks[m.Offset]++
+		if s.nacks[m.Offset] > s.opts.MaxNacks {
+			return fmt.Errorf("%w: chunk at offset %d rejected %d times", ErrIntegrity, m.Offset, s.nacks[m.Offset])
+		}
+		return &nackError{offset: m.Offset}
+	case *RemoteError:
+		return m
+	}
+	return fmt.Errorf("%w: unexpected %v during transfer", ErrProtocol, m.frameType())
+}
+
+func (s *stream) report() {
+	if s.opts.Progress != nil {
+		s.opts.Progress(s.progress)
+	}
+}
+
+// readLoop forwards the daemon's messages to inbox until the session ends
+// or the transfer commits or is refused.
+func (s *stream) readLoop(ctx context.Context) {
+	for {
+		m, err := ReadMessage(s.c.r)
+		if err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("daemon closed the session: %w", io.ErrUnexpectedEOF)
+			}
+			s.readErr <- err
+			return
+		}
+		select {
+		case s.inbox <- m:
+		case <-ctx.Done():
+			return
+		}
+		switch m.(type) {
+		case *Committed, *RemoteError:
+			return
+		}
+	}
+}

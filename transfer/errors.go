@@ -1,0 +1,125 @@
+package transfer
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a refusal code carried on the wire in a Refuse frame. Codes are
+// stable across protocol versions; new codes may be added, and a peer that
+// receives an unknown code treats it as CodeInternal.
+type Code uint16
+
+// Refusal codes. docs/PROTOCOL.md lists them with their meaning.
+const (
+	CodeVersion      Code = 1  // unsupported protocol version
+	CodeProtocol     Code = 2  // malformed or unexpected frame
+	CodeBadName      Code = 3  // destination name refused
+	CodeExists       Code = 4  // a committed file already has that name
+	CodeTooLarge     Code = 5  // declared size above the daemon's limit
+	CodeNoSpace      Code = 6  // not enough disk space on the daemon
+	CodeBusy         Code = 7  // another session holds this transfer
+	CodeIntegrity    Code = 8  // chunk or whole-file hash did not match
+	CodeInternal     Code = 9  // I/O or other failure on the daemon
+	CodeShuttingDown Code = 10 // the daemon is draining
+	CodeUnauthorized Code = 11 // credential missing or refused
+	CodeTimeout      Code = 12 // the peer was idle too long
+)
+
+// Sentinel errors that callers branch on. A *RemoteError matches the sentinel
+// of its code with errors.Is.
+var (
+	ErrVersion      = errors.New("unsupported protocol version")
+	ErrProtocol     = errors.New("protocol violation")
+	ErrBadName      = errors.New("bad file name")
+	ErrExists       = errors.New("file exists")
+	ErrTooLarge     = errors.New("file too large")
+	ErrNoSpace      = errors.New("no space left on daemon")
+	ErrBusy         = errors.New("transfer busy in another session")
+	ErrIntegrity    = errors.New("integrity check failed")
+	ErrInternal     = errors.New("daemon internal error")
+	ErrShuttingDown = errors.New("daemon shutting down")
+	ErrUnauthorized = errors.New("unauthorized")
+	ErrTimeout      = errors.New("idle timeout")
+
+	// ErrSourceChanged is returned by Send when the source file changed
+	// while it was being sent (size or content no longer match what was
+	// offered). Retrying starts the transfer over.
+	ErrSourceChanged = errors.New("source file changed during transfer")
+)
+
+// codeToError and errorToCode keep both sides in step (syncthing's pattern).
+var codeToError = map[Code]error{
+	CodeVersion:      ErrVersion,
+	CodeProtocol:     ErrProtocol,
+	CodeBadName:      ErrBadName,
+	CodeExists:       ErrExists,
+	CodeTooLarge:     ErrTooLarge,
+	CodeNoSpace:      ErrNoSpace,
+	CodeBusy:         ErrBusy,
+	CodeIntegrity:    ErrIntegrity,
+	CodeInternal:     ErrInternal,
+	CodeShuttingDown: ErrShuttingDown,
+	CodeUnauthorized: ErrUnauthorized,
+	CodeTimeout:      ErrTimeout,
+}
+
+// CodeOf returns the refusal code for err: the code of a *RemoteError, the
+// code whose sentinel err wraps, or CodeInternal.
+func CodeOf(err error) Code {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return re.Code
+	}
+	for c, s := range codeToError {
+		if errors.Is(err, s) {
+			return c
+		}
+	}
+	return CodeInternal
+}
+
+// RemoteError is a refusal received from (or sent to) the peer.
+type RemoteError struct {
+	Code    Code
+	Message string
+}
+
+func (e *RemoteError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("refused: %v", e.sentinel())
+	}
+	return fmt.Sprintf("refused: %s", e.Message)
+}
+
+// Is reports whether target is the sentinel for e's code.
+func (e *RemoteError) Is(target error) bool {
+	return e.sentinel() == target
+}
+
+func (e *RemoteError) sentinel() error {
+	if s, ok := codeToError[e.Code]; ok {
+		return s
+	}
+	return ErrInternal
+}
+
+// Retryable reports whether a new session may succeed where err failed:
+// network and I/O errors, integrity failures (the chunk is sent again), and
+// refusals that describe a passing state of the daemon. Refusals about the
+// request itself (bad name, exists, too large, no space, unauthorized,
+// version) are permanent.
+func Retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re *RemoteError
+	if errors.As(err, &re) {
+		switch re.Code {
+		case CodeBusy, CodeInternal, CodeShuttingDown, CodeTimeout, CodeIntegrity, CodeProtocol:
+			return true
+		}
+		return false
+	}
+	return true
+}

@@ -1,0 +1,356 @@
+package transfer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unicode/utf8"
+)
+
+// HashSize is the size in bytes of a BLAKE3 hash as ferry uses it.
+const HashSize = 32
+
+// Hash is a 32-byte BLAKE3 digest.
+type Hash [HashSize]byte
+
+// ProtocolMajor and ProtocolMinor are the protocol version this package
+// speaks. Peers with a different major version refuse each other; minor
+// versions only add optional fields and flags.
+const (
+	ProtocolMajor = 1
+	ProtocolMinor = 0
+)
+
+// helloMagic opens every Hello payload, so that a stray client (HTTP, TLS)
+// is told apart from an old ferry at once.
+var helloMagic = [4]byte{'F', 'R', 'R', 'Y'}
+
+// Message is a decoded control frame: *Hello, *Offer, *Accept, *RemoteError
+// (a refusal), *Ack, *Nack, *Trailer or *Committed.
+type Message interface {
+	frameType() FrameType
+	appendPayload(b []byte) []byte
+}
+
+// Hello opens a session in both directions. The sender proposes a chunk
+// size; the daemon answers with the chunk size both will use (never larger
+// than proposed).
+type Hello struct {
+	Major, Minor uint16
+	ChunkSize    uint32 // bytes; MinChunkSize..MaxChunkSize
+	Agent        string // software name and version, for logs; ≤ 256 bytes
+}
+
+// Offer starts a transfer: the destination name, the source's metadata and
+// its identity (size, mtime, inode, BLAKE3 of the first IdentityPrefix bytes).
+type Offer struct {
+	Flags    OfferFlags
+	Size     int64  // bytes; 0..MaxFileSize
+	Mode     uint32 // permission bits (0o777 mask)
+	MtimeNs  int64  // modification time, nanoseconds since the Unix epoch
+	Inode    uint64 // source inode, 0 if unknown
+	PrefixID Hash   // BLAKE3 of the first min(Size, IdentityPrefix) bytes
+	Name     string // slash-separated, relative to the daemon root; see ValidateName
+}
+
+// OfferFlags modify an Offer.
+type OfferFlags uint32
+
+const (
+	// OfferRestart asks the daemon to discard any partial for this name and
+	// start at offset 0: the sender found that the partial's tail chunk does
+	// not match its file.
+	OfferRestart OfferFlags = 1 << 0
+)
+
+// IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.
+// Fixed (not the chunk size) so that identity survives a change of chunk size.
+const IdentityPrefix = 64 << 10
+
+// MaxFileSize is the largest size an Offer may declare: 2^62 bytes, so that
+// offset arithmetic never overflows int64.
+const MaxFileSize = 1 << 62
+
+// Accept answers an Offer. DurableOffset is where the sender continues; the
+// tail chunk [TailOffset, TailOffset+TailLength) ends at DurableOffset and
+// TailHash is its BLAKE3, which the sender checks against its own file
+// before sending more. TailLength is 0 when DurableOffset is 0.
+type Accept struct {
+	Flags         AcceptFlags
+	DurableOffset int64
+	TailOffset    int64
+	TailLength    uint32
+	TailHash      Hash
+}
+
+// AcceptFlags describe an Accept.
+type AcceptFlags uint32
+
+const (
+	// AcceptRestarted says a partial existed for this name but belonged to
+	// different content, so the daemon discarded it.
+	AcceptRestarted AcceptFlags = 1 << 0
+)
+
+// Ack reports the daemon's durable offset for the current transfer.
+type Ack struct {
+	DurableOffset int64
+}
+
+// Nack says the chunk at Offset failed verification and was not written;
+// the daemon ignores chunks and trailers until the chunk at Offset arrives.
+type Nack struct {
+	Offset int64
+}
+
+// Trailer ends a transfer's data with the sender's whole-file BLAKE3.
+type Trailer struct {
+	Hash Hash
+}
+
+// Committed tells the sender the file is verified, fsync'ed and renamed
+// into place under its final name.
+type Committed struct {
+	Size int64
+	Hash Hash
+}
+
+// Maximum string lengths in bytes, checked by the decoder.
+const (
+	maxAgent   = 256
+	MaxNameLen = 4096
+	maxMessage = 1024
+)
+
+func (*Hello) frameType() FrameType       { return FrameHello }
+func (*Offer) frameType() FrameType       { return FrameOffer }
+func (*Accept) frameType() FrameType      { return FrameAccept }
+func (*RemoteError) frameType() FrameType { return FrameRefuse }
+func (*Ack) frameType() FrameType         { return FrameAck }
+func (*Nack) frameType() FrameType        { return FrameNack }
+func (*Trailer) frameType() FrameType     { return FrameTrailer }
+func (*Committed) frameType() FrameType   { return FrameCommitted }
+
+func (m *Hello) appendPayload(b []byte) []byte {
+	b = append(b, helloMagic[:]...)
+	b = binary.BigEndian.AppendUint16(b, m.Major)
+	b = binary.BigEndian.AppendUint16(b, m.Minor)
+	b = binary.BigEndian.AppendUint32(b, m.ChunkSize)
+	return appendString(b, m.Agent)
+}
+
+func (m *Offer) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
+	b = binary.BigEndian.AppendUint32(b, m.Mode)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.MtimeNs))
+	b = binary.BigEndian.AppendUint64(b, m.Inode)
+	b = append(b, m.PrefixID[:]...)
+	return appendString(b, m.Name)
+}
+
+func (m *Accept) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.TailOffset))
+	b = binary.BigEndian.AppendUint32(b, m.TailLength)
+	return append(b, m.TailHash[:]...)
+}
+
+func (m *RemoteError) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	msg := m.Message
+	if len(msg) > maxMessage {
+		msg = msg[:maxMessage]
+	}
+	return appendString(b, msg)
+}
+
+func (m *Ack) appendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
+}
+
+func (m *Nack) appendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(m.Offset))
+}
+
+func (m *Trailer) appendPayload(b []byte) []byte { return append(b, m.Hash[:]...) }
+
+func (m *Committed) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
+	return append(b, m.Hash[:]...)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+// EncodeMessage returns m's frame payload (without the frame header).
+func EncodeMessage(m Message) []byte { return m.appendPayload(nil) }
+
+// DecodeMessage decodes the payload p of a control frame of type t. Every
+// field is checked: lengths against their bounds, offsets and sizes for
+// sign and range, strings for valid UTF-8, and no trailing bytes. Errors
+// wrap ErrProtocol, or ErrVersion for a Hello of another major version.
+func DecodeMessage(t FrameType, p []byte) (Message, error) {
+	d := decoder{p: p}
+	var m Message
+	switch t {
+	case FrameHello:
+		m = d.hello()
+	case FrameOffer:
+		m = d.offer()
+	case FrameAccept:
+		m = d.accept()
+	case FrameRefuse:
+		m = &RemoteError{Code: Code(d.u16()), Message: d.str(maxMessage)}
+	case FrameAck:
+		m = &Ack{DurableOffset: d.offset()}
+	case FrameNack:
+		m = &Nack{Offset: d.offset()}
+	case FrameTrailer:
+		m = &Trailer{Hash: d.hash()}
+	case FrameCommitted:
+		m = &Committed{Size: d.offset(), Hash: d.hash()}
+	default:
+		return nil, fmt.Errorf("%w: %v is not a control frame", ErrProtocol, t)
+	}
+	if d.err == nil && len(d.p) != 0 {
+		d.fail("%d trailing bytes", len(d.p))
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("decoding %v: %w", t, d.err)
+	}
+	return m, nil
+}
+
+func (d *decoder) hello() *Hello {
+	var magic [4]byte
+	copy(magic[:], d.take(4))
+	if d.err == nil && magic != helloMagic {
+		d.fail("bad magic %q: not a ferry peer", magic[:])
+		return nil
+	}
+	m := &Hello{Major: d.u16(), Minor: d.u16(), ChunkSize: d.u32(), Agent: d.str(maxAgent)}
+	if d.err == nil && m.Major != ProtocolMajor {
+		d.err = fmt.Errorf("%w: peer speaks v%d.%d, this side v%d", ErrVersion, m.Major, m.Minor, ProtocolMajor)
+	}
+	if d.err == nil && (m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize) {
+		d.fail("chunk size %d outside %d..%d", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	}
+	return m
+}
+
+func (d *decoder) offer() *Offer {
+	m := &Offer{
+		Flags:    OfferFlags(d.u32()),
+		Size:     d.offset(),
+		Mode:     d.u32(),
+		MtimeNs:  int64(d.u64()),
+		Inode:    d.u64(),
+		PrefixID: d.hash(),
+		Name:     d.raw(MaxNameLen), // ValidateName judges the bytes
+	}
+	if d.err == nil && m.Mode&^0o7777 != 0 {
+		d.fail("mode %#o has bits outside 0o7777", m.Mode)
+	}
+	return m
+}
+
+func (d *decoder) accept() *Accept {
+	m := &Accept{
+		Flags:         AcceptFlags(d.u32()),
+		DurableOffset: d.offset(),
+		TailOffset:    d.offset(),
+		TailLength:    d.u32(),
+		TailHash:      d.hash(),
+	}
+	if d.err == nil && m.TailOffset+int64(m.TailLength) != m.DurableOffset {
+		d.fail("tail [%d,+%d) does not end at durable offset %d", m.TailOffset, m.TailLength, m.DurableOffset)
+	}
+	if d.err == nil && m.TailLength > MaxChunkSize {
+		d.fail("tail length %d above %d", m.TailLength, MaxChunkSize)
+	}
+	return m
+}
+
+// decoder reads big-endian fields from p, remembering the first error.
+type decoder struct {
+	p   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
+	}
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if len(d.p) < n {
+		d.fail("payload too short")
+		return nil
+	}
+	b := d.p[:n]
+	d.p = d.p[n:]
+	return b
+}
+
+func (d *decoder) u16() uint16 {
+	if b := d.take(2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if b := d.take(4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if b := d.take(8); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+// offset reads a size or offset: a uint64 that must be ≤ MaxFileSize.
+func (d *decoder) offset() int64 {
+	v := d.u64()
+	if v > MaxFileSize {
+		d.fail("offset or size %d above %d", v, uint64(MaxFileSize))
+		return 0
+	}
+	return int64(v)
+}
+
+func (d *decoder) hash() (h Hash) {
+	copy(h[:], d.take(HashSize))
+	return h
+}
+
+// str reads a length-prefixed UTF-8 string of at most max bytes.
+func (d *decoder) str(max int) string {
+	s := d.raw(max)
+	if d.err == nil && !utf8.ValidString(s) {
+		d.fail("string is not valid UTF-8")
+		return ""
+	}
+	return s
+}
+
+// raw reads a length-prefixed byte string of at most max bytes.
+func (d *decoder) raw(max int) string {
+	n := int(d.u16())
+	if d.err == nil && n > max {
+		d.fail("string of %d bytes above %d", n, max)
+		return ""
+	}
+	return string(d.take(n))
+}

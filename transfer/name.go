@@ -1,0 +1,70 @@
+package transfer
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MaxComponentLen is the longest path component, in bytes, a name may
+// have: NAME_MAX on Linux and most other systems.
+const MaxComponentLen = 255
+
+// ReservedDir is the top-level directory under the root where the daemon
+// keeps partials. No transfer may name it.
+const ReservedDir = ".ferry"
+
+// ValidateName checks a destination name from the network: a non-empty,
+// slash-separated path relative to the root, of valid UTF-8 with no control
+// characters, whose components are not empty, ".", or "..", are at most
+// MaxComponentLen bytes, and whose first component is not ReservedDir. The
+// whole name is at most MaxNameLen bytes. It returns an error wrapping
+// ErrBadName that names the problem. ValidateName does not look at the file
+// system: symlinks are handled by resolving names under an os.Root.
+func ValidateName(name string) error {
+	if err := validateName(name); err != nil {
+		return fmt.Errorf("%w: %s: %s", ErrBadName, QuoteName(name), err)
+	}
+	return nil
+}
+
+func validateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty")
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("longer than %d bytes", MaxNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("not valid UTF-8")
+	case name[0] == '/':
+		return fmt.Errorf("absolute")
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return fmt.Errorf("contains control character %U", r)
+		}
+		if r == '\\' {
+			// Refused so that a name means the same on every system.
+			return fmt.Errorf("contains a backslash")
+		}
+	}
+	for i, c := range strings.Split(name, "/") {
+		switch {
+		case c == "" || c == ".":
+			return fmt.Errorf("empty or '.' component")
+		case c == "..":
+			return fmt.Errorf("'..' component")
+		case len(c) > MaxComponentLen:
+			return fmt.Errorf("component longer than %d bytes", MaxComponentLen)
+		case i == 0 && c == ReservedDir:
+			return fmt.Errorf("%s is reserved for partials", ReservedDir)
+		}
+	}
+	return nil
+}
+
+// QuoteName returns name escaped for a log line or terminal: Go-quoted, so
+// control characters and invalid UTF-8 show as escapes, never raw.
+func QuoteName(name string) string { return strconv.Quote(name) }
