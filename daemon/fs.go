@@ -79,11 +79,11 @@ func (f *OSFS) Name() string { return f.root.Name() }
 func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
 	return f.root.OpenFile(name, flag, perm)
 }
-func (f *OSFS) Remove(name string) error                     { return f.root.Remove(name) }
-func (f *OSFS) Rename(oldname, newname string) error         { return f.root.Rename(oldname, newname) }
-func (f *OSFS) Link(oldname, newname string) error           { return f.root.Link(oldname, newname) }
-func (f *OSFS) Mkdir(name string, perm os.FileMode) error    { return f.root.Mkdir(name, perm) }
-func (f *OSFS) Lstat(name string) (os.FileInfo, error)       { return f.root.Lstat(name) }
+func (f *OSFS) Remove(name string) error                  { return f.root.Remove(name) }
+func (f *OSFS) Rename(oldname, newname string) error      { return f.root.Rename(oldname, newname) }
+func (f *OSFS) Link(oldname, newname string) error        { return f.root.Link(oldname, newname) }
+func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }
+func (f *OSFS) Lstat(name string) (os.FileInfo, error)    { return f.root.Lstat(name) }
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
 	return f.root.Chtimes(name, atime, mtime)
 }

@@ -31,9 +31,17 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxSize is the largest file size in bytes accepted; 0 means no limit.
 	MaxSize int64
-	// MaxSessions bounds concurrent sessions; further connections are
-	// refused as busy. Defaults to 64.
+	// MaxSessions bounds concurrent sessions past their Hello; further
+	// sessions are refused as busy. Defaults to 64.
 	MaxSessions int
+	// MaxPending bounds connections that have not completed their Hello,
+	// so that idle or slow-loris clients cannot take the session slots of
+	// real senders. Further connections are closed at once. Defaults to
+	// 1024.
+	MaxPending int
+	// HandshakeTimeout is how long a connection may take to deliver its
+	// Hello. Defaults to 10s.
+	HandshakeTimeout time.Duration
 	// MaxBadChunks is how many chunks failing verification one transfer
 	// tolerates before it is refused. Defaults to 16.
 	MaxBadChunks int
@@ -61,6 +69,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 64
 	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1024
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
 	if c.MaxBadChunks <= 0 {
 		c.MaxBadChunks = 16
 	}
@@ -86,8 +100,11 @@ type Server struct {
 	closed    bool
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
+	pending   int                 // sessions in sessions that have not completed their Hello
+	active    int                 // sessions past their Hello
 	holders   map[string]*session // partial key → the session using it
 	reserved  int64               // bytes promised to transfers in progress
+	pools     map[int]*transfer.BufferPool
 	wg        sync.WaitGroup
 }
 
@@ -103,6 +120,7 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		holders:   make(map[string]*session),
+		pools:     make(map[int]*transfer.BufferPool),
 	}, nil
 }
 
@@ -141,14 +159,16 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // ServeConn runs one session on conn in a new goroutine, closing conn when
-// it ends. It refuses the session as busy when MaxSessions are running.
+// it ends. When MaxPending connections are already waiting for their
+// Hello, conn is closed at once.
 func (s *Server) ServeConn(conn net.Conn) {
 	ss := newSession(s, conn)
 	s.mu.Lock()
-	full := len(s.sessions) >= s.cfg.MaxSessions
+	full := s.pending >= s.cfg.MaxPending
 	closed := s.closed
 	if !full && !closed {
 		s.sessions[ss] = struct{}{}
+		s.pending++
 		s.wg.Add(1)
 	}
 	s.mu.Unlock()
@@ -161,8 +181,27 @@ func (s *Server) ServeConn(conn net.Conn) {
 		ss.run()
 		s.mu.Lock()
 		delete(s.sessions, ss)
+		if ss.admitted {
+			s.active--
+		} else {
+			s.pending--
+		}
 		s.mu.Unlock()
 	}()
+}
+
+// admit moves ss from pending to active once its Hello is read, or reports
+// that MaxSessions are active.
+func (s *Server) admit(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active >= s.cfg.MaxSessions {
+		return false
+	}
+	s.pending--
+	s.active++
+	ss.admitted = true
+	return true
 }
 
 // Shutdown stops accepting, tells every session to make its data durable
@@ -225,4 +264,17 @@ func (s *Server) unreserve(n int64) {
 	s.mu.Lock()
 	s.reserved -= n
 	s.mu.Unlock()
+}
+
+// pool returns the shared pool of chunk frame buffers of size bytes.
+// Sessions negotiate few distinct chunk sizes, so the map stays small.
+func (s *Server) pool(size int) *transfer.BufferPool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[size]
+	if !ok {
+		p = transfer.NewBufferPool(size)
+		s.pools[size] = p
+	}
+	return p
 }

@@ -27,18 +27,23 @@ type session struct {
 	wmu  sync.Mutex // serialises frames written to conn
 
 	chunkSize int
-	buf       []byte // one chunk frame; chunks are handled one at a time
+	buf       []byte // one chunk frame, from the server's pool during a transfer
 
 	intMu       sync.Mutex
 	interrupted bool
+
+	admitted bool // counted as active by the server; guarded by srv.mu
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
 	return &session{
 		srv:  srv,
 		conn: conn,
-		r:    bufio.NewReaderSize(conn, 64<<10),
-		log:  srv.cfg.Logger.With("remote", conn.RemoteAddr().String()),
+		// Chunk payloads bypass this buffer (bufio reads large requests
+		// straight into the caller's slice), so it stays small: idle
+		// connections are cheap.
+		r:   bufio.NewReaderSize(conn, 16<<10),
+		log: srv.cfg.Logger.With("remote", conn.RemoteAddr().String()),
 	}
 }
 
@@ -52,11 +57,13 @@ func (ss *session) interrupt() {
 
 // readDeadline arms the idle timeout for the next frame, unless the
 // session was interrupted (then the past deadline set by interrupt stays).
-func (ss *session) readDeadline() {
+func (ss *session) readDeadline() { ss.readDeadlineIn(ss.srv.cfg.IdleTimeout) }
+
+func (ss *session) readDeadlineIn(d time.Duration) {
 	ss.intMu.Lock()
 	defer ss.intMu.Unlock()
 	if !ss.interrupted {
-		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+		ss.conn.SetReadDeadline(time.Now().Add(d))
 	}
 }
 
@@ -81,13 +88,16 @@ func (ss *session) refuse(err error) {
 	ss.send(&transfer.RemoteError{Code: code, Message: msg})
 }
 
+// refuseAndClose turns a connection away before its Hello: with a
+// refusal when shutting down, silently when too many are pending (writing
+// to each of a flood of clients would only feed it).
 func (ss *session) refuseAndClose(full bool) {
 	defer ss.conn.Close()
-	err := &transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"}
 	if full {
-		err = &transfer.RemoteError{Code: transfer.CodeBusy, Message: "too many sessions; retry later"}
+		ss.log.Warn("connection dropped", "reason", "too many connections waiting for their hello")
+		return
 	}
-	ss.refuse(err)
+	ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
 }
 
 func (ss *session) run() {
@@ -134,7 +144,7 @@ func (ss *session) serve() (int, error) {
 }
 
 func (ss *session) handshake() error {
-	ss.readDeadline()
+	ss.readDeadlineIn(min(ss.srv.cfg.HandshakeTimeout, ss.srv.cfg.IdleTimeout))
 	m, err := transfer.ReadMessage(ss.r)
 	if err != nil {
 		return ss.readFailed(fmt.Errorf("reading hello: %w", err))
@@ -145,8 +155,12 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
+	if !ss.srv.admit(ss) {
+		err := &transfer.RemoteError{Code: transfer.CodeBusy, Message: fmt.Sprintf("daemon has %d sessions, its limit; retry later", ss.srv.cfg.MaxSessions)}
+		ss.refuse(err)
+		return err
+	}
 	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
-	ss.buf = make([]byte, transfer.ChunkHeaderSize+ss.chunkSize)
 	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
@@ -211,7 +225,6 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining, transfer.QuoteName(o.Name)))
 		return false, nil
 	}
-	defer ss.srv.unreserve(remaining)
 	acc := &transfer.Accept{DurableOffset: st.DurableOffset, TailOffset: st.TailOffset,
 		TailLength: uint32(st.DurableOffset - st.TailOffset), TailHash: st.TailHash}
 	if restarted {
@@ -221,9 +234,17 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	if err := ss.send(acc); err != nil {
 		return false, err
 	}
+	// The chunk buffer is held only while a transfer runs, so idle
+	// sessions cost a read buffer, not a chunk.
+	pool := ss.srv.pool(transfer.ChunkHeaderSize + ss.chunkSize)
+	buf := pool.Get()
+	ss.buf = *buf
+	defer func() { ss.buf = nil; pool.Put(buf) }()
 	start := time.Now()
 	rx := newReceiver(ss, p, o)
+	rx.reserved = remaining
 	err = rx.run()
+	ss.srv.unreserve(rx.reserved)
 	attrs := []any{"resumed_from", st.DurableOffset, "durable_offset", rx.sync.durable(),
 		"received_bytes", rx.received, "seconds", time.Since(start).Seconds()}
 	if err != nil {
@@ -267,6 +288,7 @@ type receiver struct {
 	awaiting bool  // a chunk was nacked; skip frames until it comes again
 	bad      int   // chunks that failed verification
 	received int64 // chunk data bytes read from the wire
+	reserved int64 // disk space still promised to this transfer, in bytes
 	tail     syncPoint
 	lastSync time.Time
 }
@@ -369,6 +391,10 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	}
 	rx.whole.Write(c.Offset, c.Data)
 	rx.next += n
+	// The bytes now occupy disk, so free space reflects them: stop
+	// promising them too.
+	rx.ss.srv.unreserve(n)
+	rx.reserved -= n
 	rx.tail = syncPoint{offset: rx.next, tailOffset: c.Offset, tailHash: c.Hash}
 	cfg := &rx.ss.srv.cfg
 	if rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval {
@@ -423,4 +449,3 @@ func noEOF(err error) error {
 	}
 	return err
 }
-

@@ -146,12 +146,13 @@ func WriteMessage(w io.Writer, m Message) error {
 // is refused here: chunk payloads are read with ReadChunk into pooled
 // buffers.
 func ReadMessage(r io.Reader) (Message, error) {
-	h, err := ReadFrameHeader(r, 0)
+	h, err := ReadFrameHeader(r, MaxChunkSize)
 	if err != nil {
 		return nil, err
 	}
 	if h.Type == FrameChunk {
-		return nil, fmt.Errorf("%w: unexpected chunk frame", ErrProtocol)
+		// Not read: the payload may be large, and the session ends anyway.
+		return nil, fmt.Errorf("%w: chunk frame outside a transfer", ErrProtocol)
 	}
 	p, err := ReadControl(r, h, nil)
 	if err != nil {

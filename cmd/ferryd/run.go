@@ -75,6 +75,10 @@ func flags() []cli.Flag {
 			Usage: "refuse files larger than this many bytes (0: no limit)"},
 		&cli.IntFlag{Name: "max-sessions", Value: 64, EnvVars: []string{"FERRY_MAX_SESSIONS"},
 			Usage: "most sessions at once; more are refused as busy"},
+		&cli.IntFlag{Name: "max-pending", Value: 1024, EnvVars: []string{"FERRY_MAX_PENDING"},
+			Usage: "most connections still waiting for their hello; more are closed at once"},
+		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
+			Usage: "drop a connection that sends no hello for this long"},
 		&cli.IntFlag{Name: "max-chunk-size", Value: 4 << 20, EnvVars: []string{"FERRY_MAX_CHUNK_SIZE"},
 			Usage: "largest chunk size in bytes agreed with senders (bounds memory per session)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
@@ -107,6 +111,7 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer) error {
 		Store: store, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: c.Int("max-chunk-size"), SyncBytes: c.Int64("sync-bytes"), SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout: c.Duration("idle-timeout"), MaxSize: c.Int64("max-size"), MaxSessions: c.Int("max-sessions"),
+		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
 	})
 	if err != nil {
 		return err
