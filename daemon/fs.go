@@ -23,6 +23,9 @@ type FS interface {
 	Link(oldname, newname string) error
 	// Mkdir creates one directory; it fails if name exists.
 	Mkdir(name string, perm os.FileMode) error
+	// Lstat describes name without following a symlink. The FileInfo's
+	// Sys is a *syscall.Stat_t (as the os package's is) whose Dev and Ino
+	// identify the file, so that hard links can be recognised.
 	Lstat(name string) (os.FileInfo, error)
 	Chtimes(name string, atime, mtime time.Time) error
 	// SyncDir fsyncs the directory name, making its entries durable.

@@ -33,6 +33,8 @@ type session struct {
 	interrupted bool
 
 	admitted bool // counted as active by the server; guarded by srv.mu
+
+	reoffer *transfer.Offer // an offer that replaced an accepted transfer before its first chunk
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
@@ -119,19 +121,23 @@ func (ss *session) serve() (int, error) {
 	}
 	committed := 0
 	for {
-		ss.readDeadline()
-		m, err := transfer.ReadMessage(ss.r)
-		if err == io.EOF {
-			return committed, nil
-		}
-		if err != nil {
-			return committed, ss.readFailed(err)
-		}
-		o, ok := m.(*transfer.Offer)
-		if !ok {
-			err := fmt.Errorf("%w: expected offer, got %T", transfer.ErrProtocol, m)
-			ss.refuse(err)
-			return committed, err
+		o := ss.reoffer
+		ss.reoffer = nil
+		if o == nil {
+			ss.readDeadline()
+			m, err := transfer.ReadMessage(ss.r)
+			if err == io.EOF {
+				return committed, nil
+			}
+			if err != nil {
+				return committed, ss.readFailed(err)
+			}
+			var ok bool
+			if o, ok = m.(*transfer.Offer); !ok {
+				err := fmt.Errorf("%w: expected offer, got %T", transfer.ErrProtocol, m)
+				ss.refuse(err)
+				return committed, err
+			}
 		}
 		done, err := ss.transfer(o)
 		if done {
@@ -245,6 +251,9 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	rx.reserved = remaining
 	err = rx.run()
 	ss.srv.unreserve(rx.reserved)
+	if errors.Is(err, errReoffered) {
+		return false, nil
+	}
 	attrs := []any{"resumed_from", st.DurableOffset, "durable_offset", rx.sync.durable(),
 		"received_bytes", rx.received, "seconds", time.Since(start).Seconds()}
 	if err != nil {
@@ -277,6 +286,10 @@ func (ss *session) checkExists(key, name string) error {
 	return nil
 }
 
+// errReoffered ends a transfer whose Accept the sender answered with a
+// new offer; the session goes on with that offer.
+var errReoffered = errors.New("offer replaced before the first chunk")
+
 // receiver takes one transfer's chunks and trailer.
 type receiver struct {
 	ss       *session
@@ -291,6 +304,8 @@ type receiver struct {
 	reserved int64 // disk space still promised to this transfer, in bytes
 	tail     syncPoint
 	lastSync time.Time
+
+	stopCatchUp context.CancelFunc // nil unless a catch-up runs
 }
 
 func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
@@ -301,7 +316,9 @@ func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
 	if st.DurableOffset > 0 {
 		// Rebuild the whole-file hash from the durable prefix in the
 		// background while new chunks arrive (croc#1029).
-		rx.whole.CatchUp(ss.srv.ctx, p, st.DurableOffset)
+		ctx, cancel := context.WithCancel(ss.srv.ctx)
+		rx.stopCatchUp = cancel
+		rx.whole.CatchUp(ctx, p, st.DurableOffset)
 	}
 	return rx
 }
@@ -309,6 +326,14 @@ func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
 // run reads frames until the trailer commits the file or the session
 // breaks. On every exit path the verified data is made durable first.
 func (rx *receiver) run() error {
+	// The catch-up goroutine reads the partial, which is closed once run
+	// returns: stop it and wait for it (Sum returns when it has ended).
+	defer func() {
+		if rx.stopCatchUp != nil {
+			rx.stopCatchUp()
+			rx.whole.Sum(context.Background(), 0)
+		}
+	}()
 	err := rx.loop()
 	if err != nil {
 		if ferr := rx.sync.flush(rx.tail); ferr != nil {
@@ -336,6 +361,23 @@ func (rx *receiver) loop() error {
 				ss.refuse(err)
 				return err
 			}
+		case transfer.FrameOffer:
+			// A sender whose file does not match the partial's tail chunk
+			// answers the Accept with a new offer (OfferRestart) instead
+			// of a chunk.
+			if rx.received > 0 {
+				return ss.readFailed(fmt.Errorf("%w: offer in the middle of a transfer", transfer.ErrProtocol))
+			}
+			p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+			if err != nil {
+				return ss.readFailed(err)
+			}
+			m, err := transfer.DecodeMessage(h.Type, p)
+			if err != nil {
+				return ss.readFailed(err)
+			}
+			ss.reoffer = m.(*transfer.Offer)
+			return errReoffered
 		case transfer.FrameTrailer:
 			p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
 			if err != nil {

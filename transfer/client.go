@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
+	"unicode/utf8"
 )
 
 // ClientOptions configure a sender session. The zero value is usable.
@@ -41,7 +43,11 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	if cs < MinChunkSize || cs > MaxChunkSize {
 		return nil, fmt.Errorf("chunk size %d outside %d..%d", cs, MinChunkSize, MaxChunkSize)
 	}
-	hello := &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: uint32(cs), Agent: opts.Agent}
+	agent := opts.Agent
+	if len(agent) > maxAgent || !utf8.ValidString(agent) {
+		agent = "ferry" // the agent is for logs only; never fail a session over it
+	}
+	hello := &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: uint32(cs), Agent: agent}
 	if err := WriteMessage(rwc, hello); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
@@ -115,6 +121,11 @@ func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOpt
 	defer stop()
 	if opts.MaxNacks == 0 {
 		opts.MaxNacks = 3
+	}
+	if len(name) > MaxNameLen {
+		// The daemon would refuse it too, but the frame could not even
+		// carry a name this long.
+		return Result{}, fmt.Errorf("%w: remote name is %d bytes, the limit is %d", ErrBadName, len(name), MaxNameLen)
 	}
 	res, err := c.send(ctx, src, name, opts)
 	var re *RemoteError
@@ -229,9 +240,6 @@ func newStream(ctx context.Context, c *Client, src Source, start int64, opts Sen
 		progress: Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
 		nacks:    make(map[int64]int),
 	}
-	if start > 0 {
-		s.whole.CatchUp(ctx, src.R, start)
-	}
 	return s
 }
 
@@ -247,6 +255,11 @@ func (s *stream) run() (int64, Hash, error) {
 	defer cancel()
 	go s.readLoop(ctx)
 	off := s.progress.ResumedFrom
+	if off > 0 {
+		// Hash the prefix the daemon already has while chunks past it
+		// go out; cancelled with this attempt, not left re-reading.
+		s.whole.CatchUp(ctx, s.src.R, off)
+	}
 	for {
 		err := s.sendFrom(ctx, off)
 		if err == nil {
@@ -296,7 +309,7 @@ func (s *stream) sendFrom(ctx context.Context, off int64) error {
 			err := WriteChunk(s.c.rwc, &it.chunk)
 			s.pool.Put(it.buf)
 			if err != nil {
-				return err
+				return s.writeFailed(err)
 			}
 			s.sentBytes += int64(len(it.chunk.Data))
 			s.progress.Sent = it.chunk.Offset + int64(len(it.chunk.Data))
@@ -352,7 +365,7 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 		return false, h, 0, err
 	}
 	if err := WriteMessage(s.c.rwc, &Trailer{Hash: h}); err != nil {
-		return false, h, 0, err
+		return false, h, 0, s.writeFailed(err)
 	}
 	for {
 		var m Message
@@ -377,6 +390,31 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 		}
 		if err != nil {
 			return false, h, 0, err
+		}
+	}
+}
+
+// refusalWait is how long a failed write waits for the refusal that
+// usually explains it: a daemon that refuses mid-transfer closes the
+// session, and the sender's next write fails before it reads why.
+const refusalWait = 2 * time.Second
+
+// writeFailed returns the daemon's refusal if one arrives shortly after a
+// write failed, and err otherwise, so that the user sees "no space" or
+// "integrity" (and the right exit code) rather than "broken pipe".
+func (s *stream) writeFailed(err error) error {
+	timer := time.NewTimer(refusalWait)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-s.inbox:
+			if re, ok := m.(*RemoteError); ok {
+				return re
+			}
+		case <-s.readErr:
+			return err
+		case <-timer.C:
+			return err
 		}
 	}
 }

@@ -106,11 +106,12 @@ func (e *RemoteError) sentinel() error {
 
 // Retryable reports whether a new session may succeed where err failed:
 // network and I/O errors, integrity failures (the chunk is sent again), and
-// refusals that describe a passing state of the daemon. Refusals about the
-// request itself (bad name, exists, too large, no space, unauthorized,
-// version) are permanent.
+// refusals that describe a passing state of the daemon (and unknown codes,
+// which count as CodeInternal). Refusals about the request itself (bad
+// name, exists, too large, no space, unauthorized) and a version mismatch
+// found by either side are permanent.
 func Retryable(err error) bool {
-	if err == nil {
+	if err == nil || errors.Is(err, ErrVersion) || errors.Is(err, ErrBadName) {
 		return false
 	}
 	var re *RemoteError
@@ -119,7 +120,8 @@ func Retryable(err error) bool {
 		case CodeBusy, CodeInternal, CodeShuttingDown, CodeTimeout, CodeIntegrity, CodeProtocol:
 			return true
 		}
-		return false
+		_, known := codeToError[re.Code]
+		return !known // an unknown code counts as CodeInternal
 	}
 	return true
 }

@@ -3,6 +3,7 @@ package transfer
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -158,9 +159,16 @@ func (m *Accept) appendPayload(b []byte) []byte {
 
 func (m *RemoteError) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
-	msg := m.Message
+	// The decoder insists on valid UTF-8 of at most maxMessage bytes, so
+	// cut at a rune boundary: a refusal must never turn into a protocol
+	// error on the peer.
+	msg := strings.ToValidUTF8(m.Message, "\uFFFD")
 	if len(msg) > maxMessage {
-		msg = msg[:maxMessage]
+		n := maxMessage
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		msg = msg[:n]
 	}
 	return appendString(b, msg)
 }
@@ -231,10 +239,15 @@ func (d *decoder) hello() *Hello {
 		d.fail("bad magic %q: not a ferry peer", magic[:])
 		return nil
 	}
-	m := &Hello{Major: d.u16(), Minor: d.u16(), ChunkSize: d.u32(), Agent: d.str(maxAgent)}
+	m := &Hello{Major: d.u16(), Minor: d.u16()}
+	// The version is judged before the rest: another major version may lay
+	// out the rest of its Hello differently, and must still be told why.
 	if d.err == nil && m.Major != ProtocolMajor {
 		d.err = fmt.Errorf("%w: peer speaks v%d.%d, this side v%d", ErrVersion, m.Major, m.Minor, ProtocolMajor)
+		return m
 	}
+	m.ChunkSize = d.u32()
+	m.Agent = d.str(maxAgent)
 	if d.err == nil && (m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize) {
 		d.fail("chunk size %d outside %d..%d", m.ChunkSize, MinChunkSize, MaxChunkSize)
 	}

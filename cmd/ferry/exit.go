@@ -30,6 +30,10 @@ func exitCode(err error) int {
 		return exitIntegrity
 	case errors.As(err, &re) && !transfer.Retryable(re):
 		return exitRefused
+	case errors.Is(err, transfer.ErrVersion), errors.Is(err, transfer.ErrBadName):
+		// Found on this side, before the daemon could refuse: still a
+		// refusal of the request, not a failure worth retrying.
+		return exitRefused
 	}
 	return exitFailed
 }

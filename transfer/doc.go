@@ -1,0 +1,53 @@
+// Package transfer is what both ends of ferry share: the wire protocol
+// (frames, messages, version negotiation, refusal codes), chunking, BLAKE3
+// hashing, destination-name validation, and the sender engine (Handshake,
+// Client.Send) as a library. It knows no flags, terminals or daemon root.
+//
+// The full specification, with every payload layout, the session flow,
+// resume and the daemon's durability order, is docs/PROTOCOL.md. In short:
+//
+// # Frames
+//
+// Every frame is a 5-byte header, then its payload. All integers are
+// big-endian.
+//
+//	offset 0  u8   type     1 Hello, 2 Offer, 3 Accept, 4 Refuse, 5 Chunk,
+//	                        6 Ack, 7 Nack, 8 Trailer, 9 Committed
+//	offset 1  u32  length   payload bytes after the header
+//
+// ReadFrameHeader checks length before any allocation: at most
+// MaxControlPayload (64 KiB) for control frames, ChunkHeaderSize plus the
+// negotiated chunk size for chunk frames. An unknown type, an oversized
+// frame, a short or over-long field, trailing bytes, invalid UTF-8 in a
+// string, or a size or offset above MaxFileSize (2^62) is an error
+// wrapping ErrProtocol.
+//
+// A chunk payload is offset (u64, at 0), length (u32, at 8), BLAKE3 of the
+// data (32 bytes, at 12), then the data (at 44). Strings are a u16 length
+// and the bytes; hashes are 32-byte BLAKE3 digests, the value b3sum prints.
+//
+// # Versions
+//
+// A Hello opens the session in both directions: "FRRY", major (u16),
+// minor (u16), chunk size (u32, MinChunkSize..MaxChunkSize), agent. The
+// sender proposes a chunk size and the daemon answers with the size both
+// use, never larger. Bytes 0-7 of a Hello are fixed across versions, and
+// the major version is judged before the rest, so a peer of another major
+// version always gets a Refuse with CodeVersion and a readable reason
+// (ErrVersion on this side), never a hang or a garbled error. Minor
+// versions only add flag bits, or fields a peer sends once the other side's
+// Hello has announced them.
+//
+// # Transfers
+//
+// A session carries transfers one after another: Offer (name, size, mode,
+// mtime and the source's identity), Accept (durable offset and the tail
+// chunk's hash, which the sender checks against its file before sending
+// more) or Refuse (a stable Code; see errors.go), pipelined Chunks
+// answered by Acks of the durable offset and Nacks of rejected chunks
+// (go-back-N), a Trailer with the whole-file BLAKE3, and Committed.
+//
+// Refusals arrive as *RemoteError, which matches its sentinel with
+// errors.Is (errors.Is(err, ErrExists)); Retryable says whether a new
+// session may succeed.
+package transfer

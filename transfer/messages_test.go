@@ -1,0 +1,291 @@
+package transfer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// sampleMessages holds one or more instances of every control message,
+// with fields at their bounds.
+func sampleMessages() []struct {
+	name string
+	msg  Message
+} {
+	h := HashBytes([]byte("ferry"))
+	return []struct {
+		name string
+		msg  Message
+	}{
+		{"hello", &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: DefaultChunkSize, Agent: "ferry/test"}},
+		{"hello min chunk, empty agent", &Hello{Major: ProtocolMajor, Minor: 7, ChunkSize: MinChunkSize}},
+		{"hello max chunk, longest agent", &Hello{Major: ProtocolMajor, ChunkSize: MaxChunkSize, Agent: strings.Repeat("a", maxAgent)}},
+		{"hello unicode agent", &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize, Agent: "fähre/1 ⛴"}},
+		{"offer", &Offer{Size: 12345, Mode: 0o644, MtimeNs: 1700000000123456789, Inode: 42, PrefixID: h, Name: "dir/file.bin"}},
+		{"offer restart", &Offer{Flags: OfferRestart, Size: 0, Mode: 0o7777, MtimeNs: -1, Inode: 1<<64 - 1, Name: "a"}},
+		{"offer max size and name", &Offer{Size: MaxFileSize, Name: strings.Repeat("n", MaxNameLen)}},
+		{"offer invalid UTF-8 name passes the decoder", &Offer{Size: 1, Name: "bad\xffname"}},
+		{"accept fresh", &Accept{}},
+		{"accept resume", &Accept{DurableOffset: 3 << 20, TailOffset: 2 << 20, TailLength: 1 << 20, TailHash: h}},
+		{"accept restarted", &Accept{Flags: AcceptRestarted}},
+		{"accept max tail", &Accept{DurableOffset: MaxFileSize, TailOffset: MaxFileSize - MaxChunkSize, TailLength: MaxChunkSize, TailHash: h}},
+		{"refuse", &RemoteError{Code: CodeExists, Message: `file exists: "a" is already on the daemon`}},
+		{"refuse unknown code, empty message", &RemoteError{Code: 999}},
+		{"refuse longest message", &RemoteError{Code: CodeBadName, Message: strings.Repeat("é", maxMessage/2)}},
+		{"ack", &Ack{DurableOffset: 1 << 40}},
+		{"ack zero", &Ack{}},
+		{"nack", &Nack{Offset: MaxFileSize}},
+		{"trailer", &Trailer{Hash: h}},
+		{"committed", &Committed{Size: 99, Hash: h}},
+		{"committed empty file", &Committed{Size: 0, Hash: HashBytes(nil)}},
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, tt := range sampleMessages() {
+		t.Run(tt.name, func(t *testing.T) {
+			p := EncodeMessage(tt.msg)
+			got, err := DecodeMessage(tt.msg.frameType(), p)
+			if err != nil {
+				t.Fatalf("DecodeMessage: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.msg) {
+				t.Fatalf("decoded %#v, want %#v", got, tt.msg)
+			}
+			if again := EncodeMessage(got); !bytes.Equal(again, p) {
+				t.Fatalf("re-encoded %x, want %x", again, p)
+			}
+
+			// The same through a frame on a stream.
+			var buf bytes.Buffer
+			if err := WriteMessage(&buf, tt.msg); err != nil {
+				t.Fatal(err)
+			}
+			if buf.Len() != FrameHeaderSize+len(p) {
+				t.Fatalf("frame is %d bytes, want %d", buf.Len(), FrameHeaderSize+len(p))
+			}
+			if buf.Bytes()[0] != byte(tt.msg.frameType()) || binary.BigEndian.Uint32(buf.Bytes()[1:]) != uint32(len(p)) {
+				t.Fatalf("frame header % x", buf.Bytes()[:FrameHeaderSize])
+			}
+			got, err = ReadMessage(&buf)
+			if err != nil {
+				t.Fatalf("ReadMessage: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.msg) {
+				t.Fatalf("read %#v, want %#v", got, tt.msg)
+			}
+			if buf.Len() != 0 {
+				t.Fatalf("%d bytes left after the frame", buf.Len())
+			}
+		})
+	}
+}
+
+// TestMessageLayout pins the byte offsets documented in docs/PROTOCOL.md.
+func TestMessageLayout(t *testing.T) {
+	h := Hash{0: 0xaa, 31: 0xbb}
+	tests := []struct {
+		name string
+		msg  Message
+		want []byte
+	}{
+		{"hello", &Hello{Major: 1, Minor: 2, ChunkSize: 0x00100000, Agent: "ab"},
+			[]byte{'F', 'R', 'R', 'Y', 0, 1, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b'}},
+		{"offer", &Offer{Flags: 1, Size: 0x0102, Mode: 0o644, MtimeNs: 0x0304, Inode: 0x0506, PrefixID: h, Name: "x"},
+			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 1, 0xa4},
+				[]byte{0, 0, 0, 0, 0, 0, 3, 4}, []byte{0, 0, 0, 0, 0, 0, 5, 6}, h[:], []byte{0, 1, 'x'})},
+		{"accept", &Accept{Flags: 1, DurableOffset: 0x30, TailOffset: 0x10, TailLength: 0x20, TailHash: h},
+			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 0x30}, []byte{0, 0, 0, 0, 0, 0, 0, 0x10}, []byte{0, 0, 0, 0x20}, h[:])},
+		{"refuse", &RemoteError{Code: CodeBusy, Message: "m"}, []byte{0, 7, 0, 1, 'm'}},
+		{"ack", &Ack{DurableOffset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
+		{"nack", &Nack{Offset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
+		{"trailer", &Trailer{Hash: h}, h[:]},
+		{"committed", &Committed{Size: 5, Hash: h}, cat([]byte{0, 0, 0, 0, 0, 0, 0, 5}, h[:])},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := EncodeMessage(tt.msg); !bytes.Equal(got, tt.want) {
+				t.Fatalf("payload\n got % x\nwant % x", got, tt.want)
+			}
+		})
+	}
+}
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// put returns a copy of p with v written big-endian at off (len 2, 4 or 8
+// by v's type).
+func put(p []byte, off int, v any) []byte {
+	q := append([]byte(nil), p...)
+	switch v := v.(type) {
+	case uint16:
+		binary.BigEndian.PutUint16(q[off:], v)
+	case uint32:
+		binary.BigEndian.PutUint32(q[off:], v)
+	case uint64:
+		binary.BigEndian.PutUint64(q[off:], v)
+	default:
+		panic("bug: put of " + reflect.TypeOf(v).String())
+	}
+	return q
+}
+
+func TestDecodeMessageRejects(t *testing.T) {
+	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
+	offer := EncodeMessage(&Offer{Size: 10, Mode: 0o644, Name: "f"})
+	accept := EncodeMessage(&Accept{DurableOffset: 100, TailOffset: 60, TailLength: 40})
+	refuse := EncodeMessage(&RemoteError{Code: CodeExists, Message: "m"})
+	type tc struct {
+		name    string
+		typ     FrameType
+		payload []byte
+		want    error  // ErrProtocol or ErrVersion
+		msg     string // substring of the error
+	}
+	tests := []tc{
+		// Hello.
+		{"hello bad magic", FrameHello, cat([]byte("HTTP"), hello[4:]), ErrProtocol, "bad magic"},
+		{"hello TLS record", FrameHello, []byte{0x16, 0x03, 0x01, 0x02, 0, 1, 0, 0, 0, 0x10, 0, 0, 0, 0}, ErrProtocol, "not a ferry peer"},
+		{"hello major 2", FrameHello, put(hello, 4, uint16(2)), ErrVersion, "v2.0"},
+		{"hello major 0", FrameHello, put(hello, 4, uint16(0)), ErrVersion, "v0.0"},
+		{"hello major 2 with another layout", FrameHello, cat(hello[:4], []byte{0, 2, 0, 5}), ErrVersion, "v2.5"},
+		{"hello major 2 with a longer layout", FrameHello, cat(put(hello, 4, uint16(2)), []byte("new fields")), ErrVersion, "v2.0"},
+		{"hello chunk size below min", FrameHello, put(hello, 8, uint32(MinChunkSize-1)), ErrProtocol, "chunk size"},
+		{"hello chunk size zero", FrameHello, put(hello, 8, uint32(0)), ErrProtocol, "chunk size"},
+		{"hello chunk size above max", FrameHello, put(hello, 8, uint32(MaxChunkSize+1)), ErrProtocol, "chunk size"},
+		{"hello agent too long", FrameHello, cat(hello[:12], []byte{1, 1}, bytes.Repeat([]byte("a"), maxAgent+1)), ErrProtocol, "above 256"},
+		{"hello agent invalid UTF-8", FrameHello, cat(hello[:12], []byte{0, 2, 0xc3, 0x28}), ErrProtocol, "UTF-8"},
+		{"hello agent length beyond payload", FrameHello, cat(hello[:12], []byte{0, 9, 'a'}), ErrProtocol, "too short"},
+		{"hello short", FrameHello, hello[:11], ErrProtocol, "too short"},
+		{"hello magic only", FrameHello, hello[:4], ErrProtocol, "too short"},
+		{"hello trailing byte", FrameHello, cat(hello, []byte{0}), ErrProtocol, "trailing"},
+		// Offer.
+		{"offer size 2^62+1", FrameOffer, put(offer, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"offer size 2^63-1", FrameOffer, put(offer, 4, uint64(1<<63-1)), ErrProtocol, "above"},
+		{"offer negative size", FrameOffer, put(offer, 4, uint64(1<<63)), ErrProtocol, "above"},
+		{"offer mode setuid ok but 0o10000 not", FrameOffer, put(offer, 12, uint32(0o10000)), ErrProtocol, "mode"},
+		{"offer mode type bits", FrameOffer, put(offer, 12, uint32(0o40755)), ErrProtocol, "mode"},
+		{"offer name too long", FrameOffer, cat(offer[:64], []byte{0x10, 0x01}, bytes.Repeat([]byte("n"), MaxNameLen+1)), ErrProtocol, "above 4096"},
+		{"offer name length beyond payload", FrameOffer, cat(offer[:64], []byte{0, 5, 'f'}), ErrProtocol, "too short"},
+		{"offer short", FrameOffer, offer[:63], ErrProtocol, "too short"},
+		{"offer trailing byte", FrameOffer, cat(offer, []byte{0}), ErrProtocol, "trailing"},
+		// Accept.
+		{"accept tail does not end at durable offset", FrameAccept, put(accept, 12, uint64(50)), ErrProtocol, "does not end"},
+		{"accept tail past durable offset", FrameAccept, put(accept, 20, uint32(41)), ErrProtocol, "does not end"},
+		{"accept tail longer than max chunk", FrameAccept,
+			put(put(put(accept, 4, uint64(2*MaxChunkSize)), 12, uint64(MaxChunkSize-1)), 20, uint32(MaxChunkSize+1)), ErrProtocol, "tail length"},
+		{"accept durable offset above max", FrameAccept, put(accept, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"accept tail offset above max", FrameAccept, put(accept, 12, uint64(1<<63)), ErrProtocol, "above"},
+		{"accept short", FrameAccept, accept[:55], ErrProtocol, "too short"},
+		{"accept trailing byte", FrameAccept, cat(accept, []byte{0}), ErrProtocol, "trailing"},
+		// Refuse.
+		{"refuse message too long", FrameRefuse, cat([]byte{0, 1, 0x04, 0x01}, bytes.Repeat([]byte("m"), maxMessage+1)), ErrProtocol, "above 1024"},
+		{"refuse message invalid UTF-8", FrameRefuse, []byte{0, 1, 0, 3, 'a', 0xff, 'b'}, ErrProtocol, "UTF-8"},
+		{"refuse message cut mid-rune", FrameRefuse, []byte{0, 1, 0, 1, 0xc3}, ErrProtocol, "UTF-8"},
+		{"refuse short", FrameRefuse, []byte{0, 1, 0}, ErrProtocol, "too short"},
+		{"refuse trailing byte", FrameRefuse, cat(refuse, []byte{0}), ErrProtocol, "trailing"},
+		// Ack, Nack, Trailer, Committed.
+		{"ack above max", FrameAck, put(make([]byte, 8), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"ack short", FrameAck, make([]byte, 7), ErrProtocol, "too short"},
+		{"ack trailing byte", FrameAck, make([]byte, 9), ErrProtocol, "trailing"},
+		{"nack negative", FrameNack, put(make([]byte, 8), 0, uint64(1<<63)), ErrProtocol, "above"},
+		{"nack short", FrameNack, nil, ErrProtocol, "too short"},
+		{"trailer short", FrameTrailer, make([]byte, 31), ErrProtocol, "too short"},
+		{"trailer trailing byte", FrameTrailer, make([]byte, 33), ErrProtocol, "trailing"},
+		{"committed size above max", FrameCommitted, put(make([]byte, 40), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"committed short", FrameCommitted, make([]byte, 39), ErrProtocol, "too short"},
+		// Frame types that are not control frames.
+		{"chunk is not a control frame", FrameChunk, make([]byte, ChunkHeaderSize), ErrProtocol, "not a control frame"},
+		{"type 0", 0, nil, ErrProtocol, "not a control frame"},
+		{"type 10", 10, nil, ErrProtocol, "not a control frame"},
+	}
+	for _, typ := range []FrameType{FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted} {
+		tests = append(tests, tc{typ.String() + " empty", typ, nil, ErrProtocol, "too short"})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := DecodeMessage(tt.typ, tt.payload)
+			if err == nil {
+				t.Fatalf("decoded %#v, want an error", m)
+			}
+			if m != nil {
+				t.Errorf("returned message %#v with error", m)
+			}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("error %q does not wrap %q", err, tt.want)
+			}
+			if tt.want == ErrVersion && errors.Is(err, ErrProtocol) {
+				t.Errorf("version error %q also wraps ErrProtocol", err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not mention %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestDecodeMessageAccepts(t *testing.T) {
+	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize})
+	offer := EncodeMessage(&Offer{Size: 10, Name: "f"})
+	tests := []struct {
+		name    string
+		typ     FrameType
+		payload []byte
+	}{
+		{"hello of a newer minor version", FrameHello, put(hello, 6, uint16(9))},
+		{"offer with unknown flags (added by minor versions)", FrameOffer, put(offer, 0, uint32(0xfffffffe))},
+		{"offer with setuid, setgid and sticky bits", FrameOffer, put(offer, 12, uint32(0o7777))},
+		{"offer with a negative mtime", FrameOffer, put(offer, 16, uint64(1<<63))},
+		{"refuse with a code this side does not know", FrameRefuse, []byte{0xff, 0xff, 0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := DecodeMessage(tt.typ, tt.payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := EncodeMessage(m); !bytes.Equal(got, tt.payload) {
+				t.Fatalf("re-encoded % x, want % x", got, tt.payload)
+			}
+		})
+	}
+}
+
+// TestRefuseMessageTruncation checks that a refusal message longer than
+// the wire allows is cut to a prefix that still decodes: at a rune
+// boundary, so that a long non-ASCII name in a reason cannot turn a
+// refusal into a protocol error on the sender.
+func TestRefuseMessageTruncation(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  string
+	}{
+		{"ASCII", strings.Repeat("x", 3000)},
+		{"two-byte runes across the limit", "a" + strings.Repeat("é", 1000)},
+		{"three-byte runes across the limit", strings.Repeat("€", 1000)},
+		{"four-byte runes across the limit", "ab" + strings.Repeat("🚢", 1000)},
+		{"invalid UTF-8 in the reason", "name \xff\xfe is bad"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := DecodeMessage(FrameRefuse, EncodeMessage(&RemoteError{Code: CodeBadName, Message: tt.msg}))
+			if err != nil {
+				t.Fatalf("refusal does not decode: %v", err)
+			}
+			got := m.(*RemoteError).Message
+			if len(got) > maxMessage || !utf8.ValidString(got) {
+				t.Fatalf("message of %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
+			}
+			if utf8.ValidString(tt.msg) && !strings.HasPrefix(tt.msg, got) {
+				t.Fatalf("message %q is not a prefix of the original", got)
+			}
+			if utf8.ValidString(tt.msg) && len(tt.msg) > maxMessage && len(got) < maxMessage-utf8.UTFMax {
+				t.Fatalf("message cut to %d bytes, want close to %d", len(got), maxMessage)
+			}
+		})
+	}
+}
