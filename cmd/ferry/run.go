@@ -37,11 +37,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				cli.ShowAppHelp(c)
-				return fmt.Errorf("%w: a command is required", errUsage)
+				return fmt.Errorf("%w: a command is required: send or hash (see ferry --help)", errUsage)
 			}
-			return fmt.Errorf("%w: unknown command %q", errUsage, c.Args().First())
+			return fmt.Errorf("%w: unknown command %q (see ferry --help)", errUsage, c.Args().First())
 		},
+	}
+	// urfave/cli prints "Incorrect Usage" and help on the app's Writer
+	// (stdout) unless each command handles its own usage errors; stdout
+	// carries results only, so the one-line error goes to stderr instead.
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = app.OnUsageError
 	}
 	runErr = app.Run(args)
 	if runErr == nil {

@@ -47,7 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				code = exitUsage
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			return serve(ctx, c, stderr)
+			return serve(ctx, c, stderr, &code)
 		},
 	}
 	if err := app.Run(args); err != nil {
@@ -88,9 +88,11 @@ func flags() []cli.Flag {
 	}
 }
 
-func serve(ctx context.Context, c *cli.Context, stderr io.Writer) error {
+// serve runs the daemon until a signal; it sets *code for usage errors.
+func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) error {
 	log, err := newLogger(c.String("log-level"), stderr)
 	if err != nil {
+		*code = exitUsage
 		return err
 	}
 	root := c.String("root")

@@ -1,0 +1,37 @@
+# ferry — see README.md. Every target runs from a fresh clone with Go and make.
+
+GO ?= go
+
+.PHONY: build test demo bench lint fuzz
+
+build:
+	$(GO) build -trimpath -o bin/ ./cmd/...
+
+test:
+	$(GO) test -race -count=1 ./...
+
+# Sends a 256 MiB file (or FILE=path) through a throttling proxy, kills
+# ferryd halfway, restarts it, and checks the sender resumed to a
+# bit-identical file.
+demo: build
+	$(GO) run ./demo -ferry bin/ferry -ferryd bin/ferryd $(if $(FILE),-file $(FILE))
+
+# bench: see issue 4
+bench:
+
+lint:
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# Runs each fuzz target for FUZZTIME (one target per go test run is all Go
+# allows). The committed seed corpora also run in every `make test`.
+# Minimisation is capped so that new inputs do not stall the run.
+FUZZTIME ?= 30s
+FUZZFLAGS = -run='^$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=200x
+fuzz:
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzReadFrameHeader$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMessage$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeChunk$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzValidateName$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeState$$' ./daemon/

@@ -1,0 +1,250 @@
+package faultproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// bufSize is the largest slice read from one side before it is forwarded.
+const bufSize = 32 << 10
+
+// throttleSlices is how many slices a second of throttled traffic is cut
+// into, so that a throttled stream flows evenly instead of in bursts.
+const throttleSlices = 20
+
+// conn is one proxied connection. Its counters are guarded by p.mu.
+type conn struct {
+	p         *Proxy
+	id        int
+	client    net.Conn
+	server    net.Conn // nil until dialled
+	bytes     [2]int64
+	sent      int64 // client→server bytes claimed on this connection
+	cutAt     int64 // per-connection cut position; -1: none
+	head      []byte
+	headLimit int
+	cut       bool
+	closed    bool
+
+	once sync.Once
+	done chan struct{} // closed by shut
+}
+
+// serve dials the upstream and forwards both directions until both end.
+func (c *conn) serve(upstream string) {
+	defer c.finish()
+	c.p.mu.Lock()
+	cutNow := c.cutAt == 0
+	c.cut = cutNow
+	c.p.mu.Unlock()
+	if cutNow {
+		return
+	}
+	server, err := c.dial(upstream)
+	if err != nil {
+		return // the client sees its connection closed, as if refused
+	}
+	c.p.mu.Lock()
+	select {
+	case <-c.done:
+		c.p.mu.Unlock()
+		server.Close()
+		return
+	default:
+		c.server = server
+	}
+	c.p.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.pump(ClientToServer, c.client, server) }()
+	go func() { defer wg.Done(); c.pump(ServerToClient, server, c.client) }()
+	wg.Wait()
+}
+
+// dial connects to upstream, giving up when the connection is shut.
+func (c *conn) dial(upstream string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", upstream)
+}
+
+func (c *conn) finish() {
+	c.shut()
+	c.p.mu.Lock()
+	c.closed = true
+	c.p.notify()
+	c.p.mu.Unlock()
+}
+
+// shut closes both sides at once; safe to call more than once.
+func (c *conn) shut() {
+	c.once.Do(func() {
+		close(c.done)
+		c.p.mu.Lock()
+		server := c.server
+		c.p.mu.Unlock()
+		c.client.Close()
+		if server != nil {
+			server.Close()
+		}
+	})
+}
+
+// pump copies src to dst through the faults. An EOF from src is passed on
+// as a half-close, so a peer that finishes writing can still read.
+func (c *conn) pump(d Direction, src, dst net.Conn) {
+	buf := make([]byte, bufSize)
+	var next time.Time // throttle: when the next slice may go
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !c.forward(d, buf[:n], dst, &next) {
+			c.shut()
+			return
+		}
+		if errors.Is(err, io.EOF) {
+			closeWrite(dst)
+			return
+		}
+		if err != nil {
+			c.shut()
+			return
+		}
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+// forward writes b to dst slice by slice as the faults allow. It returns
+// false when the connection must end: a cut, a write error, or shut.
+func (c *conn) forward(d Direction, b []byte, dst net.Conn, next *time.Time) bool {
+	for len(b) > 0 {
+		if !c.waitStall() {
+			return false
+		}
+		n, cut, rate := c.claim(d, b)
+		if n > 0 {
+			if rate > 0 && !c.pace(next, n, rate) {
+				return false
+			}
+			if _, err := dst.Write(b[:n]); err != nil {
+				return false
+			}
+			c.record(d, b[:n])
+		}
+		if cut {
+			c.p.mu.Lock()
+			c.cut = true
+			c.p.mu.Unlock()
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// waitStall blocks while the proxy is stalled; false means shut meanwhile.
+func (c *conn) waitStall() bool {
+	for {
+		c.p.mu.Lock()
+		ch := c.p.stall
+		c.p.mu.Unlock()
+		if ch == nil {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-c.done:
+			return false
+		}
+	}
+}
+
+// claim decides how many leading bytes of b go next, applying the
+// client→server faults: it returns that count, whether the connection is
+// to be cut right after them, and the throttle rate to pace them at.
+func (c *conn) claim(d Direction, b []byte) (n int, cut bool, rate int64) {
+	p := c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := int64(len(b))
+	if d != ClientToServer {
+		return len(b), false, 0
+	}
+	rate = p.rate
+	if rate > 0 {
+		m = min(m, max(rate/throttleSlices, 1))
+	}
+	if c.cutAt >= 0 {
+		m = min(m, c.cutAt-c.sent)
+	}
+	if p.cutAt >= 0 {
+		m = min(m, p.cutAt-p.claimed)
+	}
+	if c.cutAt >= 0 && c.sent+m == c.cutAt {
+		cut, c.cutAt = true, -1
+	}
+	if p.cutAt >= 0 && p.claimed+m == p.cutAt {
+		cut, p.cutAt = true, -1
+	}
+	if p.flipAt >= 0 && p.flipAt < p.claimed+m {
+		b[p.flipAt-p.claimed] ^= 0xFF
+		p.flipAt = -1
+		p.flips++
+	}
+	p.claimed += m
+	c.sent += m
+	return int(m), cut, rate
+}
+
+// pace waits until n bytes may go at rate bytes per second. Idle time is
+// not saved up, so a throttled stream never bursts.
+func (c *conn) pace(next *time.Time, n int, rate int64) bool {
+	now := time.Now()
+	if next.Before(now) {
+		*next = now
+	}
+	wait := next.Sub(now)
+	*next = next.Add(time.Duration(int64(n) * int64(time.Second) / rate))
+	if wait <= 0 {
+		return true
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.done:
+		return false
+	}
+}
+
+// record counts b as forwarded in direction d and wakes waiters.
+func (c *conn) record(d Direction, b []byte) {
+	p := c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c.bytes[d] += int64(len(b))
+	p.total[d] += int64(len(b))
+	if d == ClientToServer && len(c.head) < c.headLimit {
+		c.head = append(c.head, b[:min(len(b), c.headLimit-len(c.head))]...)
+	}
+	p.notify()
+}

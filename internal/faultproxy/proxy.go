@@ -1,0 +1,281 @@
+package faultproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Direction names one half of a proxied connection.
+type Direction int
+
+// The two directions of a connection.
+const (
+	ClientToServer Direction = iota
+	ServerToClient
+)
+
+func (d Direction) String() string {
+	if d == ClientToServer {
+		return "client→server"
+	}
+	return "server→client"
+}
+
+// ErrClosed is returned by the Wait methods once the proxy is closed.
+var ErrClosed = errors.New("faultproxy: proxy closed")
+
+// dialTimeout bounds the dial of the upstream for one connection; a dead
+// upstream must fail the client quickly, as a refused connection would.
+const dialTimeout = 5 * time.Second
+
+// ConnStats describes one proxied connection.
+type ConnStats struct {
+	ID     int      // 1-based, in the order connections were accepted
+	Bytes  [2]int64 // bytes forwarded, indexed by Direction
+	Head   []byte   // the first client→server bytes, up to RecordHead's limit
+	Cut    bool     // closed by a cut fault
+	Closed bool     // both sides are closed
+}
+
+// Proxy forwards connections to an upstream address and injects faults.
+// It is safe for concurrent use.
+type Proxy struct {
+	ln   net.Listener
+	wg   sync.WaitGroup
+	done chan struct{} // closed by Close
+
+	mu        sync.Mutex
+	upstream  string
+	conns     []*conn
+	total     [2]int64      // bytes forwarded, by Direction
+	claimed   int64         // client→server bytes claimed for forwarding; fault positions count these
+	cutAt     int64         // claimed position at which to cut; -1: none
+	cutNext   int64         // per-connection cut for the next accepted connection; -1: none
+	flipAt    int64         // claimed position of the byte to invert; -1: none
+	flips     int           // bytes inverted so far
+	stall     chan struct{} // non-nil while stalled; Release closes it
+	rate      int64         // client→server bytes per second per connection; 0: unlimited
+	headLimit int
+	changed   chan struct{} // closed and replaced whenever a counter changes
+	closed    bool
+}
+
+// New starts a proxy on 127.0.0.1 with a port chosen by the kernel,
+// forwarding to upstream (HOST:PORT).
+func New(upstream string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("faultproxy: listening: %w", err)
+	}
+	p := &Proxy{
+		ln: ln, done: make(chan struct{}), upstream: upstream,
+		cutAt: -1, cutNext: -1, flipAt: -1, changed: make(chan struct{}),
+	}
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+// Addr returns the address clients connect to, as HOST:PORT.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// SetUpstream changes the address dialled for connections accepted from
+// now on; open connections keep theirs.
+func (p *Proxy) SetUpstream(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.upstream = addr
+}
+
+// CutAfter arms a one-shot cut: after n more client→server bytes (counted
+// over all connections) have been forwarded, the connection carrying them
+// is closed on both sides. n == 0 cuts at the next byte a client sends.
+func (p *Proxy) CutAfter(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutAt = p.claimed + n
+}
+
+// CutNextConn arms a cut for the next connection accepted only: it
+// forwards exactly n client→server bytes and is then closed on both sides
+// (n == 0: closed as soon as it is accepted).
+func (p *Proxy) CutNextConn(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutNext = n
+}
+
+// FlipByte arms a one-shot fault: the client→server byte k bytes from now
+// (counted over all connections, 0-based) is inverted (XOR 0xFF) in transit.
+func (p *Proxy) FlipByte(k int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.flipAt = p.claimed + k
+}
+
+// Flips returns how many bytes FlipByte faults have inverted, so a test
+// can tell that its fault fired.
+func (p *Proxy) Flips() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flips
+}
+
+// Stall stops forwarding in both directions on every connection until
+// Release. Bytes already read are held, not dropped.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stall == nil {
+		p.stall = make(chan struct{})
+	}
+}
+
+// Release resumes forwarding after Stall. It does nothing when not stalled.
+func (p *Proxy) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stall != nil {
+		close(p.stall)
+		p.stall = nil
+	}
+}
+
+// Throttle limits each connection's client→server stream to bytesPerSec;
+// 0 removes the limit. The server→client direction (acknowledgements) is
+// never throttled. A change applies from the next slice forwarded.
+func (p *Proxy) Throttle(bytesPerSec int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate = max(bytesPerSec, 0)
+}
+
+// RecordHead makes connections accepted from now on keep their first n
+// client→server bytes in ConnStats.Head, for tests that locate protocol
+// frames. The default is 0.
+func (p *Proxy) RecordHead(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.headLimit = n
+}
+
+// Total returns the bytes forwarded in direction d over all connections.
+func (p *Proxy) Total(d Direction) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total[d]
+}
+
+// Conns returns a snapshot of every connection accepted so far, in order.
+func (p *Proxy) Conns() []ConnStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]ConnStats, len(p.conns))
+	for i, c := range p.conns {
+		out[i] = ConnStats{ID: c.id, Bytes: c.bytes, Head: append([]byte(nil), c.head...), Cut: c.cut, Closed: c.closed}
+	}
+	return out
+}
+
+// WaitBytes blocks until at least n client→server bytes have been
+// forwarded in total, ctx is done, or the proxy is closed.
+func (p *Proxy) WaitBytes(ctx context.Context, n int64) error {
+	return p.wait(ctx, func() bool { return p.total[ClientToServer] >= n })
+}
+
+// WaitConns blocks until at least n connections have been accepted, ctx is
+// done, or the proxy is closed.
+func (p *Proxy) WaitConns(ctx context.Context, n int) error {
+	return p.wait(ctx, func() bool { return len(p.conns) >= n })
+}
+
+// wait blocks until cond, evaluated under p.mu, holds.
+func (p *Proxy) wait(ctx context.Context, cond func() bool) error {
+	for {
+		p.mu.Lock()
+		ok, ch := cond(), p.changed
+		p.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-p.done:
+			return ErrClosed
+		}
+	}
+}
+
+// notify wakes every waiter; the caller holds p.mu.
+func (p *Proxy) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// CloseConns closes every open connection on both sides at once, as a
+// link that goes down would. New connections are still accepted.
+func (p *Proxy) CloseConns() {
+	p.mu.Lock()
+	conns := append([]*conn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.shut()
+	}
+}
+
+// Close stops accepting, closes every connection and waits for the
+// proxy's goroutines to end.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.done)
+	p.mu.Unlock()
+	err := p.ln.Close()
+	p.CloseConns()
+	p.wg.Wait()
+	return err
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		nc, err := p.ln.Accept()
+		if err != nil {
+			return // closed; Close reports the listener's error
+		}
+		c, upstream := p.register(nc)
+		if c == nil {
+			nc.Close()
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			c.serve(upstream)
+		}()
+	}
+}
+
+// register records a new connection and hands it the next-connection cut.
+func (p *Proxy) register(nc net.Conn) (*conn, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ""
+	}
+	c := &conn{p: p, id: len(p.conns) + 1, client: nc, cutAt: p.cutNext, headLimit: p.headLimit, done: make(chan struct{})}
+	p.cutNext = -1
+	p.conns = append(p.conns, c)
+	p.notify()
+	return c, p.upstream
+}
