@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test demo bench lint fuzz
+.PHONY: build test demo bench profile lint fuzz
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -16,8 +16,18 @@ test:
 demo: build
 	$(GO) run ./demo -ferry bin/ferry -ferryd bin/ferryd $(if $(FILE),-file $(FILE))
 
-# bench: see issue 4
-bench:
+# Throughput, first chunk and memory against a raw TCP copy and rsync (issue 4);
+# writes bench/results.json. Quick run:
+#   make bench BENCHFLAGS='-sizes 100M -rounds 1 -sparse 0 -concurrent 0'
+bench: build
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench -bin bin -out bench/results.json $(BENCHFLAGS)
+
+# CPU profile of one in-process 1 GiB transfer (sender and daemon together).
+profile:
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench -profile $(BENCHFLAGS)
+	$(GO) tool pprof -top -nodecount=20 bin/ferrybench bench/out/cpu.prof
 
 lint:
 	@unformatted="$$(gofmt -l .)"; \

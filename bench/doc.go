@@ -1,0 +1,90 @@
+// Command ferrybench measures ferry on loopback against a raw TCP copy and
+// rsync, as issue 4 asks: throughput through commit and fsync, CPU and
+// peak RSS of each side, time to the first chunk on the wire, and eight
+// concurrent senders against one daemon. `make bench` builds bin/ and runs
+// it; it prints a table and writes the same figures to bench/results.json.
+//
+// It is a program, not a Go benchmark, so that `go test ./...` never times
+// anything and so that every tool runs as real processes whose resource use
+// the kernel reports per side.
+//
+// # What is measured
+//
+// Every run starts a fresh receiver (a receiving child, ferryd, or an rsync
+// daemon, each with an empty directory on the same disk as the source
+// files), then calls sync(2) and pauses (-pause, 3s by default) so that
+// writeback of the previous run has finished and every run starts from the
+// same state: on these virtual machines writing a fresh GiB costs more than
+// sending it, because freed guest memory goes back to the host. Nothing is
+// dropped from the page cache; the sources stay cached for every tool
+// alike. Then the clock starts and the sender is started.
+//
+// The pause also measures, from /proc/stat, how busy the CPUs are without
+// the benchmark. On a 2-core machine a build or a fuzzer running alongside
+// halves what the tools get, so while the CPUs are more than 10% busy the
+// benchmark keeps pausing, for at most -quiet-wait (2m), then runs anyway
+// with a warning. The busiest such pause per row is in the table (bg cpu %)
+// and the JSON (background_cpu): a row with a high figure is not to be
+// trusted.
+//
+// Sizes run in rounds, and within a round the tools run in turn
+// (raw, ferry, rsync, raw, ferry, rsync, ...), so that drift of the machine
+// hits all tools alike. Figures are medians over the rounds; peak RSS is the
+// maximum.
+//
+//   - raw: the reference limit. `ferrybench raw-send` reads the file with
+//     1 MiB reads and writes each to a TCP connection; `ferrybench raw-recv`
+//     reads the connection into a 1 MiB buffer, writes it to a file and
+//     fsyncs it. Plain read/write on purpose: sendfile or splice would skip
+//     user space, which ferry cannot do because it hashes every byte. Wall
+//     time runs from the sender's start until both processes have exited,
+//     that is until the receiver's fsync returned.
+//   - ferry: `ferry send --json --retries 0` to a ferryd started for this
+//     run only. Wall time runs from the sender's start to its exit, which
+//     follows the daemon's commit: whole-file hash check, fsync, link into
+//     place, directory fsync. The daemon's BLAKE3 must equal the source's.
+//   - rsync: `rsync --fsync --whole-file FILE rsync://127.0.0.1:PORT/bench/`
+//     to an `rsync --daemon --no-detach` started for this run on a free port
+//     (rsync cannot listen on port 0). --fsync makes the receiver fsync the
+//     file before its rename; an rsync without --fsync gets `sync FILE`
+//     after the client exits, inside the clock, and the results say which
+//     (settings.rsync_durability). Wall time runs to the client's exit,
+//     which waits for the daemon's receiver.
+//
+// The concurrent run starts -concurrent senders of one -concurrent-size file
+// at once against one ferryd, each under its own --dest. Its reference is
+// one raw copy of the same bytes (raw-send -repeat N: the file N times down
+// one connection into one file), not of one file: a 256 MiB copy is mostly
+// absorbed by the host's write cache and measures twice the speed a 2 GiB
+// one does, which says nothing about the daemon.
+//
+// CPU is user+sys seconds and peak RSS is ru_maxrss, both from the
+// rusage wait4(2) returns for each child. Daemons are stopped with SIGTERM
+// after each run to collect theirs; wait4 includes the children a process
+// has reaped, which matters for rsync (its daemon forks per connection and
+// the receiver forks again). With several senders their CPU is summed and
+// their peak RSS is the largest.
+//
+// # First chunk on the wire
+//
+// The time from the start of `ferry send` to its first chunk on the wire is
+// measured by a TCP relay inside this process, between sender and daemon.
+// The relay parses the frames the sender writes (1 type byte, 4 bytes
+// big-endian payload length: transfer.FrameHeaderSize) and timestamps the
+// header of the first chunk frame (transfer.FrameChunk), after the hello
+// and the offer; from then on it only copies. Because the relay is a third
+// process's worth of copying on a 2-core machine, it is used only in one
+// extra ferry run per size (run first, which also warms the binaries), not
+// in the timed rounds. The 16 GiB sparse file, whose run exists for first
+// chunk and memory, always goes through it. For raw, the receiver reports
+// when its first read returned; rsync's first byte is not measured.
+//
+// # Profiling
+//
+// `ferrybench -profile` instead sends one file (-profile-size, 1 GiB by
+// default) from transfer.Client to daemon.Server in this process over a
+// loopback socket, with a CPU profile to bench/out/cpu.prof. Sender and
+// daemon share the process there, much as they share the two cores in the
+// benchmark. Read it with `go tool pprof -top bin/ferrybench
+// bench/out/cpu.prof`.
+package main

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run dispatches to the hidden raw-copy modes, which the benchmark starts
+// as its own children, or to the benchmark or the profile.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		switch args[1] {
+		case "raw-send":
+			return exitCode(stderr, rawSend(ctx, args[2:]))
+		case "raw-recv":
+			return exitCode(stderr, rawRecv(ctx, args[2:], stdout, stderr))
+		}
+	}
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if cfg.profile {
+		return exitCode(stderr, profile(ctx, cfg, stdout, stderr))
+	}
+	return exitCode(stderr, benchmark(ctx, cfg, stdout, stderr))
+}
+
+func exitCode(stderr io.Writer, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "ferrybench: %v\n", err)
+	return 1
+}
+
+// config is the benchmark's flags.
+type config struct {
+	sizes          []size // random files, run in rounds
+	sparse         size   // sparse file for first chunk and memory; 0 skips
+	concurrent     int    // senders in the concurrent run; 0 skips
+	concurrentSize size   // bytes per concurrent sender
+	rounds         int
+	pause          time.Duration
+	quietWait      time.Duration // longest wait for other processes to go quiet
+	tools          []string
+	binDir         string
+	workParent     string // the temporary work directory is made in here
+	out            string // results JSON
+	keep           bool   // keep the work directory
+	syncBytes      int64  // ferryd --sync-bytes; 0 keeps its default
+	syncInterval   time.Duration
+
+	profile     bool
+	profileSize size
+	cpuProfile  string
+}
+
+// allTools lists the tools in the order they run within a round.
+var allTools = []string{"raw", "ferry", "rsync"}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet(filepath.Base(args[0]), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := &config{}
+	var sizes, sparse, concSize, tools, syncBytes, profSize string
+	fs.StringVar(&sizes, "sizes", "100M,1G", "comma-separated `LIST` of random file sizes (K, M, G, T: binary units)")
+	fs.StringVar(&sparse, "sparse", "16G", "size of the sparse file sent once for first chunk and memory; 0 skips")
+	fs.IntVar(&cfg.concurrent, "concurrent", 8, "number of concurrent ferry senders to one daemon; 0 skips")
+	fs.StringVar(&concSize, "concurrent-size", "256M", "file size per concurrent sender")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds per size; each round runs every tool once")
+	fs.DurationVar(&cfg.pause, "pause", 3*time.Second, "pause after sync before each run")
+	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "before a run, wait up to this long for other processes to leave the CPUs idle")
+	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync is skipped when not installed")
+	fs.StringVar(&cfg.binDir, "bin", "bin", "directory holding the ferry and ferryd binaries")
+	fs.StringVar(&cfg.workParent, "dir", "", "directory for the temporary work directory (default $TMPDIR); must have room for the files")
+	fs.StringVar(&cfg.out, "out", filepath.Join("bench", "results.json"), "results JSON file; empty skips")
+	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
+	fs.StringVar(&syncBytes, "sync-bytes", "0", "ferryd --sync-bytes; 0 keeps ferryd's default")
+	fs.DurationVar(&cfg.syncInterval, "sync-interval", 0, "ferryd --sync-interval; 0 keeps ferryd's default")
+	fs.BoolVar(&cfg.profile, "profile", false, "instead of the benchmark, profile one in-process transfer")
+	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
+	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
+	if err := fs.Parse(args[1:]); err != nil {
+		return nil, err
+	}
+	err := cfg.parseValues(sizes, sparse, concSize, tools, syncBytes, profSize)
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err == nil && cfg.rounds < 1 {
+		err = errors.New("-rounds must be at least 1")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ferrybench: %v\n", err)
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (cfg *config) parseValues(sizes, sparse, concSize, tools, syncBytes, profSize string) error {
+	var err error
+	if cfg.sizes, err = parseSizes(sizes); err != nil {
+		return fmt.Errorf("-sizes: %w", err)
+	}
+	if cfg.sparse, err = parseSize(sparse); err != nil {
+		return fmt.Errorf("-sparse: %w", err)
+	}
+	if cfg.concurrentSize, err = parseSize(concSize); err != nil {
+		return fmt.Errorf("-concurrent-size: %w", err)
+	}
+	if cfg.profileSize, err = parseSize(profSize); err != nil {
+		return fmt.Errorf("-profile-size: %w", err)
+	}
+	sb, err := parseSize(syncBytes)
+	if err != nil {
+		return fmt.Errorf("-sync-bytes: %w", err)
+	}
+	cfg.syncBytes = sb.bytes
+	for _, t := range strings.Split(tools, ",") {
+		t = strings.TrimSpace(t)
+		if !slices.Contains(allTools, t) {
+			return fmt.Errorf("-tools: unknown tool %q (want %s)", t, strings.Join(allTools, ", "))
+		}
+		cfg.tools = append(cfg.tools, t)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// profile sends one file from a transfer.Client to a daemon.Server in this
+// process over loopback TCP, under the CPU profiler. Sender and daemon
+// share the process as they share the cores in the benchmark, so the
+// profile shows where a transfer's CPU goes on both sides at once.
+func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
+	work, err := os.MkdirTemp(cfg.workParent, "ferrybench-profile-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	fmt.Fprintf(stderr, "ferrybench: writing %s source file in %s\n", cfg.profileSize.label, work)
+	src, err := makeRandom(work, cfg.profileSize)
+	if err != nil {
+		return err
+	}
+	addr, stopServer, err := serveInProcess(filepath.Join(work, "root"))
+	if err != nil {
+		return err
+	}
+	defer stopServer()
+
+	bg := settle(cfg.pause, cfg.quietWait, stderr)
+	prof, err := startCPUProfile(cfg.cpuProfile)
+	if err != nil {
+		return err
+	}
+	before := selfCPU()
+	start := time.Now()
+	res, err := sendInProcess(ctx, addr, src.path)
+	wall := time.Since(start)
+	cpu := selfCPU() - before
+	pprof.StopCPUProfile()
+	if cerr := prof.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if got := fmt.Sprintf("%x", res.Hash[:]); got != src.blake3 {
+		return fmt.Errorf("committed BLAKE3 %s, source %s", got, src.blake3)
+	}
+	fmt.Fprintf(stdout, "in-process transfer of %s: %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
+		src.size.label, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
+	fmt.Fprintf(stdout, "CPU profile: %s\nread it with: go tool pprof -top %s %s\n", cfg.cpuProfile, os.Args[0], cfg.cpuProfile)
+	return nil
+}
+
+// serveInProcess starts a daemon.Server on a loopback port with a DirStore
+// in root, as ferryd does with default settings.
+func serveInProcess(root string) (addr string, stop func(), err error) {
+	fsys, err := daemon.OpenOSFS(root)
+	if err != nil {
+		return "", nil, err
+	}
+	store, err := daemon.NewDirStore(fsys)
+	if err != nil {
+		fsys.Close()
+		return "", nil, err
+	}
+	srv, err := daemon.NewServer(daemon.Config{Store: store, Logger: slog.New(slog.DiscardHandler), Agent: "ferrybench"})
+	if err != nil {
+		fsys.Close()
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fsys.Close()
+		return "", nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+		fsys.Close()
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+// sendInProcess sends path to the daemon at addr as `ferry send` would.
+func sendInProcess(ctx context.Context, addr, path string) (transfer.Result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return transfer.Result{}, err
+	}
+	defer f.Close()
+	src, err := transfer.FileSource(f)
+	if err != nil {
+		return transfer.Result{}, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return transfer.Result{}, err
+	}
+	c, err := transfer.Handshake(ctx, conn, transfer.ClientOptions{Agent: "ferrybench"})
+	if err != nil {
+		conn.Close()
+		return transfer.Result{}, err
+	}
+	defer c.Close()
+	return c.Send(ctx, src, filepath.Base(path), transfer.SendOptions{})
+}
+
+func startCPUProfile(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, errors.Join(err, os.Remove(path))
+	}
+	return f, nil
+}
+
+// selfCPU returns the user+system CPU this process has used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"cmp"
+	"debug/buildinfo"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// series is every measurement of one tool on one job.
+type series struct {
+	group, tool, size string
+	bytes             int64 // per sender
+	senders           int
+	samples           []sample
+	firstChunks       []time.Duration // from timed runs and probes
+}
+
+// recorder keeps series in the order they were first measured.
+type recorder struct {
+	all []*series
+}
+
+func (r *recorder) get(tool string, j job) *series {
+	for _, s := range r.all {
+		if s.group == j.group && s.tool == tool && s.size == j.label() && s.senders == j.senders {
+			return s
+		}
+	}
+	s := &series{group: j.group, tool: tool, size: j.label(), bytes: j.bytes(), senders: j.senders}
+	r.all = append(r.all, s)
+	return s
+}
+
+func (r *recorder) add(tool string, j job, s sample) {
+	sr := r.get(tool, j)
+	sr.samples = append(sr.samples, s)
+	if s.firstChunk > 0 {
+		sr.firstChunks = append(sr.firstChunks, s.firstChunk)
+	}
+}
+
+func (r *recorder) addFirstChunk(tool string, j job, d time.Duration) {
+	if d > 0 {
+		sr := r.get(tool, j)
+		sr.firstChunks = append(sr.firstChunks, d)
+	}
+}
+
+// results is bench/results.json. Every key is always present (null when not
+// measured) and rows keep their run order, so that files from two commits
+// diff line by line.
+type results struct {
+	Schema   int      `json:"schema"`
+	Commit   string   `json:"commit"` // of the ferry binary measured
+	Date     string   `json:"date"`
+	Machine  machine  `json:"machine"`
+	Settings settings `json:"settings"`
+	Rows     []row    `json:"rows"`
+	Targets  []target `json:"targets"`
+}
+
+type machine struct {
+	CPUs     int    `json:"cpus"`
+	MemBytes int64  `json:"mem_bytes"`
+	Kernel   string `json:"kernel"`
+	Go       string `json:"go"`
+}
+
+type settings struct {
+	Rounds           int     `json:"rounds"`
+	PauseSeconds     float64 `json:"pause_seconds"`
+	QuietLimit       float64 `json:"quiet_limit"`
+	FerrydArgs       string  `json:"ferryd_args"`
+	Rsync            string  `json:"rsync"`
+	RsyncDurability  string  `json:"rsync_durability"`
+	FirstChunkMethod string  `json:"first_chunk_method"`
+}
+
+// row is one tool on one job. Wall time, CPU and first chunk are medians
+// over the runs; RSS is the peak over the runs.
+type row struct {
+	Group   string `json:"group"`
+	Tool    string `json:"tool"`
+	Size    string `json:"size"`
+	Bytes   int64  `json:"bytes"` // sent by each sender
+	Senders int    `json:"senders"`
+	Runs    int    `json:"runs"`
+
+	WallSeconds  float64 `json:"wall_seconds"`
+	MiBPerSecond float64 `json:"mib_per_second"` // all senders' bytes over the wall time
+	// RatioToRaw is the time per byte over raw's in the same group and
+	// size: the wall-time ratio for one sender, the inverse of the
+	// throughput ratio for several. Null when raw did not run.
+	RatioToRaw *float64 `json:"ratio_to_raw"`
+
+	SenderCPUSeconds     float64  `json:"sender_cpu_seconds"`
+	ReceiverCPUSeconds   float64  `json:"receiver_cpu_seconds"`
+	SenderPeakRSSBytes   int64    `json:"sender_peak_rss_bytes"`
+	ReceiverPeakRSSBytes int64    `json:"receiver_peak_rss_bytes"`
+	FirstChunkMs         *float64 `json:"first_chunk_ms"`
+	// BackgroundCPU is the largest busy fraction of all CPUs in the
+	// pauses before the runs: well above 0 means something else ran.
+	BackgroundCPU float64 `json:"background_cpu"`
+
+	RoundSeconds []float64 `json:"round_seconds"`
+}
+
+// total is the bytes all senders sent in one run.
+func (r row) total() int64 { return r.Bytes * int64(r.Senders) }
+
+type target struct {
+	Name     string `json:"name"`
+	Measured string `json:"measured"`
+	Met      *bool  `json:"met"` // null when not measured
+}
+
+func (b *bench) results(started time.Time) *results {
+	res := &results{
+		Schema:  1,
+		Commit:  binaryCommit(b.ferry),
+		Date:    started.UTC().Format(time.RFC3339),
+		Machine: thisMachine(),
+		Settings: settings{
+			Rounds:       b.cfg.rounds,
+			PauseSeconds: b.cfg.pause.Seconds(),
+			QuietLimit:   quietLimit,
+			FerrydArgs:   strings.Join(b.ferrydArgs("ROOT"), " "),
+			FirstChunkMethod: "ferry: a relay in the benchmark timestamps the header of the first chunk frame " +
+				"from the sender, in one extra untimed run per size (the sparse run itself); " +
+				"raw: the receiver's first read",
+		},
+	}
+	if b.rsync != nil {
+		res.Settings.Rsync, res.Settings.RsyncDurability = b.rsync.version, b.rsync.durability()
+	}
+	for _, s := range b.rec.all {
+		res.Rows = append(res.Rows, s.row())
+	}
+	sortRows(res.Rows)
+	for i := range res.Rows {
+		res.Rows[i].RatioToRaw = ratioToRaw(res.Rows, &res.Rows[i])
+	}
+	res.Targets = targets(res.Rows)
+	return res
+}
+
+// sortRows orders rows by phase, then file size, then tool in round order,
+// whatever order the runs happened in.
+func sortRows(rows []row) {
+	groups := []string{"sizes", "sparse", "concurrent"}
+	slices.SortStableFunc(rows, func(a, b row) int {
+		return cmp.Or(
+			cmp.Compare(slices.Index(groups, a.Group), slices.Index(groups, b.Group)),
+			cmp.Compare(a.total(), b.total()),
+			cmp.Compare(slices.Index(allTools, a.Tool), slices.Index(allTools, b.Tool)),
+			cmp.Compare(a.Senders, b.Senders),
+		)
+	})
+}
+
+func (s *series) row() row {
+	r := row{Group: s.group, Tool: s.tool, Size: s.size, Bytes: s.bytes, Senders: s.senders, Runs: len(s.samples)}
+	var walls, scpu, rcpu []float64
+	for _, x := range s.samples {
+		walls = append(walls, x.wall.Seconds())
+		scpu = append(scpu, x.sender.cpu.Seconds())
+		rcpu = append(rcpu, x.receiver.cpu.Seconds())
+		r.SenderPeakRSSBytes = max(r.SenderPeakRSSBytes, x.sender.maxRSS)
+		r.ReceiverPeakRSSBytes = max(r.ReceiverPeakRSSBytes, x.receiver.maxRSS)
+		r.RoundSeconds = append(r.RoundSeconds, round3(x.wall.Seconds()))
+		r.BackgroundCPU = max(r.BackgroundCPU, round3(x.background))
+	}
+	r.WallSeconds = round3(median(walls))
+	r.MiBPerSecond = round3(float64(r.total()) / mib / median(walls))
+	r.SenderCPUSeconds = round3(median(scpu))
+	r.ReceiverCPUSeconds = round3(median(rcpu))
+	if len(s.firstChunks) > 0 {
+		var f []float64
+		for _, d := range s.firstChunks {
+			f = append(f, ms(d))
+		}
+		v := round3(median(f))
+		r.FirstChunkMs = &v
+	}
+	return r
+}
+
+// ratioToRaw compares r's time per byte with raw's in the same group for
+// the same bytes in all.
+func ratioToRaw(rows []row, r *row) *float64 {
+	for _, raw := range rows {
+		if raw.Tool == "raw" && raw.Group == r.Group && raw.total() == r.total() && raw.MiBPerSecond > 0 {
+			v := round3(raw.MiBPerSecond / r.MiBPerSecond)
+			return &v
+		}
+	}
+	return nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
+
+// targets checks issue 4's targets against the rows that were measured.
+func targets(rows []row) []target {
+	find := func(group, tool string, pick func(row) bool) *row {
+		var best *row
+		for i := range rows {
+			r := &rows[i]
+			if r.Group == group && r.Tool == tool && (pick == nil || pick(*r)) && (best == nil || r.Bytes > best.Bytes) {
+				best = r
+			}
+		}
+		return best
+	}
+	var ts []target
+	ferry := find("sizes", "ferry", nil) // the largest size: 1 GiB by default
+	if ferry != nil && ferry.RatioToRaw != nil {
+		ts = append(ts, check(fmt.Sprintf("ferry %s within 1.10x raw wall time", ferry.Size),
+			fmt.Sprintf("%.3fx", *ferry.RatioToRaw), *ferry.RatioToRaw <= 1.10))
+	}
+	if ferry != nil {
+		if rs := find("sizes", "rsync", func(r row) bool { return r.Bytes == ferry.Bytes }); rs != nil {
+			ts = append(ts, check(fmt.Sprintf("ferry %s faster than rsync", ferry.Size),
+				fmt.Sprintf("%.3f s vs %.3f s", ferry.WallSeconds, rs.WallSeconds), ferry.WallSeconds < rs.WallSeconds))
+		}
+	}
+	if sp := find("sparse", "ferry", nil); sp != nil && sp.FirstChunkMs != nil {
+		ts = append(ts, check(fmt.Sprintf("first chunk within 100 ms (%s sparse)", sp.Size),
+			fmt.Sprintf("%.1f ms", *sp.FirstChunkMs), *sp.FirstChunkMs <= 100))
+	}
+	var single []row
+	for _, r := range rows {
+		if r.Tool == "ferry" && r.Senders == 1 {
+			single = append(single, r)
+		}
+	}
+	if len(single) > 0 {
+		ts = append(ts, rssTarget("sender peak RSS below 64 MiB", single, 64, func(r row) int64 { return r.SenderPeakRSSBytes }))
+		ts = append(ts, rssTarget("daemon peak RSS below 32 MiB with one session", single, 32, func(r row) int64 { return r.ReceiverPeakRSSBytes }))
+	}
+	if c := find("concurrent", "ferry", nil); c != nil && c.RatioToRaw != nil {
+		tput := 1 / *c.RatioToRaw
+		ts = append(ts, check(fmt.Sprintf("%s from %d senders: aggregate at least 0.8 of one raw copy of as many bytes", c.Size, c.Senders),
+			fmt.Sprintf("%.3f (%.1f MiB/s); daemon peak RSS %.1f MiB", tput, c.MiBPerSecond, float64(c.ReceiverPeakRSSBytes)/mib), tput >= 0.8))
+	}
+	return ts
+}
+
+// rssTarget reports the peak over rows per size, so that "independent of
+// file size" can be read off.
+func rssTarget(name string, rows []row, limitMiB float64, rss func(row) int64) target {
+	var parts []string
+	met := true
+	for _, r := range rows {
+		v := float64(rss(r)) / mib
+		parts = append(parts, fmt.Sprintf("%s: %.1f MiB", r.Size, v))
+		met = met && v < limitMiB
+	}
+	return check(name, strings.Join(parts, ", "), met)
+}
+
+func check(name, measured string, met bool) target {
+	return target{Name: name, Measured: measured, Met: &met}
+}
+
+func printTable(w io.Writer, res *results) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "tool\tsize\tsenders\truns\twall s\tMiB/s\tx raw\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\tbg cpu %\t")
+	for _, r := range res.Rows {
+		size := r.Size
+		if r.Group == "sparse" {
+			size += " sparse"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.3f\t%.1f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.0f\t\n",
+			r.Tool, size, r.Senders, r.Runs, r.WallSeconds, r.MiBPerSecond, optional(r.RatioToRaw, "%.3f"),
+			r.SenderCPUSeconds, r.ReceiverCPUSeconds,
+			float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, optional(r.FirstChunkMs, "%.1f"), 100*r.BackgroundCPU)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, t := range res.Targets {
+		verdict := "MISSED"
+		if *t.Met {
+			verdict = "met"
+		}
+		fmt.Fprintf(w, "%-6s %s: %s\n", verdict, t.Name, t.Measured)
+	}
+	if res.Settings.Rsync != "" {
+		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
+	}
+}
+
+func optional(v *float64, format string) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf(format, *v)
+}
+
+func writeJSON(path string, res *results) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// binaryCommit names the commit the ferry binary was built from, as the Go
+// toolchain stamped it ("-dirty" when the tree had changes), so that the
+// results name what was measured rather than what is checked out now.
+// Without a stamp (-buildvcs=false, or no git) it falls back to the
+// checked-out commit and says so.
+func binaryCommit(path string) string {
+	var rev, dirty string
+	if info, err := buildinfo.ReadFile(path); err == nil {
+		for _, s := range info.Settings {
+			switch {
+			case s.Key == "vcs.revision":
+				rev = s.Value
+			case s.Key == "vcs.modified" && s.Value == "true":
+				dirty = "-dirty"
+			}
+		}
+	}
+	if rev != "" {
+		return rev[:min(len(rev), 12)] + dirty
+	}
+	out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		dirty = "-dirty"
+	}
+	return strings.TrimSpace(string(out)) + dirty + " (checked out; binary not VCS-stamped)"
+}
+
+func thisMachine() machine {
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) == nil {
+		m.MemBytes = int64(si.Totalram) * int64(si.Unit)
+	}
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		var b []byte
+		for _, c := range u.Release {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		m.Kernel = string(b)
+	}
+	return m
+}
