@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -306,13 +307,14 @@ type receiver struct {
 	lastSync time.Time
 
 	stopCatchUp context.CancelFunc // nil unless a catch-up runs
+	failed      atomic.Bool        // the transfer failed: no more acks
 }
 
 func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
 	st := p.State()
 	rx := &receiver{ss: ss, p: p, o: o, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
 		tail: syncPoint{offset: st.DurableOffset, tailOffset: st.TailOffset, tailHash: st.TailHash}, lastSync: time.Now()}
-	rx.sync = newSyncer(p, rx.tail, func(d int64) { ss.send(&transfer.Ack{DurableOffset: d}) })
+	rx.sync = newSyncer(p, rx.tail, rx.ack)
 	if st.DurableOffset > 0 {
 		// Rebuild the whole-file hash from the durable prefix in the
 		// background while new chunks arrive (croc#1029).
@@ -336,6 +338,13 @@ func (rx *receiver) run() error {
 	}()
 	err := rx.loop()
 	if err != nil {
+		if !errors.Is(err, errReoffered) {
+			// The sender stops reading once refused, so an ack could
+			// block this flush until the write deadline: stop acks, and
+			// cut short one being written.
+			rx.failed.Store(true)
+			rx.ss.conn.SetWriteDeadline(time.Now())
+		}
 		if ferr := rx.sync.flush(rx.tail); ferr != nil {
 			rx.ss.log.Error("fsync after interruption", "err", ferr)
 		}
@@ -399,6 +408,21 @@ func (rx *receiver) loop() error {
 			return ss.readFailed(fmt.Errorf("%w: unexpected %v frame during transfer", transfer.ErrProtocol, h.Type))
 		}
 	}
+}
+
+// ack tells the sender that durable offset d is durable, unless the
+// transfer has failed (see run; TestIOFaultRefusalDuringSlowFsync).
+func (rx *receiver) ack(d int64) {
+	ss := rx.ss
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	// Checked after the deadline is set: either run's deadline comes
+	// later and cuts this write short, or its flag is already visible.
+	if rx.failed.Load() {
+		return
+	}
+	transfer.WriteMessage(ss.conn, &transfer.Ack{DurableOffset: d})
 }
 
 // chunk verifies one chunk and writes it. A chunk that fails verification
@@ -467,10 +491,15 @@ func (rx *receiver) commit(t *transfer.Trailer) error {
 		return fmt.Errorf("%w: whole-file BLAKE3 %x, sender's %x", transfer.ErrIntegrity, h, t.Hash)
 	}
 	if err := rx.p.Commit(); err != nil {
-		if errors.Is(err, transfer.ErrExists) || errors.Is(err, transfer.ErrBadName) {
+		var left *leftoverError
+		switch {
+		case errors.As(err, &left):
+			rx.ss.log.Warn("partial left behind", "err", err) // the file itself is committed
+		case errors.Is(err, transfer.ErrExists) || errors.Is(err, transfer.ErrBadName):
 			return err
+		default:
+			return storageError("commit", err)
 		}
-		return storageError("commit", err)
 	}
 	return rx.ss.send(&transfer.Committed{Size: rx.o.Size, Hash: h})
 }

@@ -50,7 +50,8 @@ type Partial interface {
 	// Commit applies mode and mtime, fsyncs, links the data into place at
 	// its name without overwriting, fsyncs the directory, then removes the
 	// partial. It returns an error wrapping transfer.ErrExists if another
-	// file took the name meanwhile.
+	// file took the name meanwhile, and a *leftoverError if the file is
+	// committed but removing the partial failed.
 	Commit() error
 	// Close releases the partial, leaving it on disk for a later resume.
 	Close() error
@@ -135,36 +136,56 @@ func (s *DirStore) Open(key string, o *transfer.Offer, restart bool) (Partial, b
 	if !validKey(key) {
 		return nil, false, fmt.Errorf("bug: partial key %q", key)
 	}
-	st, found := s.loadState(key)
+	st, found, err := s.loadState(key)
+	if err != nil {
+		return nil, false, err
+	}
 	if found && st.sameSource(o) && !restart {
-		if p, err := s.resume(key, st); err == nil {
+		p, err := s.resume(key, st)
+		if err == nil {
 			return p, false, nil
+		}
+		if !errors.Is(err, errDamaged) {
+			// An I/O error says nothing about the partial: keep it, and
+			// its durable prefix, for the next attempt.
+			return nil, false, err
 		}
 	}
 	p, err := s.create(key, o)
 	return p, found, err
 }
 
+// errDamaged marks a partial that cannot be resumed and is discarded: its
+// data is missing, shorter than the durable offset, or its tail chunk no
+// longer matches. Other errors from resume are I/O errors, which must not
+// discard a partial (an EIO while re-reading the tail used to restart the
+// transfer from zero; iofault_test.go).
+var errDamaged = errors.New("partial damaged")
+
 func validKey(key string) bool {
 	return len(key) >= 16 && len(key) <= 64 && strings.Trim(key, "0123456789abcdef") == ""
 }
 
 // loadState reads key's state record; a missing or damaged one counts as
-// no partial at all, since nothing it describes can be trusted.
-func (s *DirStore) loadState(key string) (*State, bool) {
+// no partial at all, since nothing it describes can be trusted. An error
+// reading it is returned, and leaves the partial alone.
+func (s *DirStore) loadState(key string) (*State, bool, error) {
 	_, statePath, _ := s.paths(key)
 	f, err := s.fs.OpenFile(statePath, os.O_RDONLY, 0)
+	if isNotExist(err) {
+		return nil, false, nil
+	}
 	if err != nil {
-		return nil, false
+		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	defer f.Close()
 	b := make([]byte, stateFixed+transfer.MaxNameLen+transfer.HashSize+1)
 	n, err := f.ReadAt(b, 0)
 	if err != nil && err != io.EOF {
-		return nil, false
+		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	st, err := DecodeState(b[:n])
-	return st, err == nil
+	return st, err == nil, nil
 }
 
 // resume opens key's data, drops bytes past the durable offset and
@@ -173,11 +194,21 @@ func (s *DirStore) loadState(key string) (*State, bool) {
 func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	dataPath, _, _ := s.paths(key)
 	f, err := s.fs.OpenFile(dataPath, os.O_RDWR, 0)
+	if isNotExist(err) {
+		return nil, fmt.Errorf("%w: %v", errDamaged, err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	p := &dirPartial{s: s, key: key, f: f, st: *st}
 	if err := p.verifyTail(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	// A failed directory fsync in writeState can leave a record renamed
+	// into place but not durable. Make it durable before its offset is
+	// offered, or a crash could take back what the sender was told.
+	if err := s.fs.SyncDir(partialsDir); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -191,7 +222,7 @@ func (p *dirPartial) verifyTail() error {
 	}
 	d := p.st.DurableOffset
 	if fi.Size() < d {
-		return fmt.Errorf("data is %d bytes, durable offset %d", fi.Size(), d)
+		return fmt.Errorf("%w: data is %d bytes, durable offset %d", errDamaged, fi.Size(), d)
 	}
 	if fi.Size() > d {
 		if err := p.f.Truncate(d); err != nil {
@@ -206,7 +237,7 @@ func (p *dirPartial) verifyTail() error {
 		return err
 	}
 	if transfer.HashBytes(buf) != p.st.TailHash {
-		return fmt.Errorf("tail chunk at offset %d does not match its recorded hash", p.st.TailOffset)
+		return fmt.Errorf("%w: tail chunk at offset %d does not match its recorded hash", errDamaged, p.st.TailOffset)
 	}
 	return nil
 }
@@ -332,13 +363,25 @@ func (p *dirPartial) Commit() error {
 	p.f.Close()
 	p.f = nil
 	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-		return fmt.Errorf("removing state record: %w", err)
+		return &leftoverError{fmt.Errorf("removing state record: %w", err)}
 	}
 	if err := p.s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
-		return fmt.Errorf("removing partial data: %w", err)
+		return &leftoverError{fmt.Errorf("removing partial data: %w", err)}
 	}
-	return p.s.fs.SyncDir(partialsDir)
+	if err := p.s.fs.SyncDir(partialsDir); err != nil {
+		return &leftoverError{fmt.Errorf("fsync %s: %w", partialsDir, err)}
+	}
+	return nil
 }
+
+// leftoverError is returned by Commit when the file is committed, in
+// place and durable, but its partial could not be removed. It is not the
+// sender's failure: reporting it as one made the sender's retry fail with
+// ErrExists on a file that had arrived whole (iofault_test.go).
+type leftoverError struct{ err error }
+
+func (e *leftoverError) Error() string { return "committed, but " + e.err.Error() }
+func (e *leftoverError) Unwrap() error { return e.err }
 
 func (p *dirPartial) Close() error {
 	if p.f == nil {
