@@ -167,7 +167,9 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
-	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
+	// A multiple of DirectAlign, so that every chunk but a file's last
+	// can be written with direct I/O. MinChunkSize is one DirectAlign.
+	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize) / DirectAlign * DirectAlign
 	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
@@ -243,9 +245,12 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	}
 	// The chunk buffer is held only while a transfer runs, so idle
 	// sessions cost a read buffer, not a chunk.
-	pool := ss.srv.pool(transfer.ChunkHeaderSize + ss.chunkSize)
+	// Its data part is aligned for direct I/O (the slack pays for that).
+	n := transfer.ChunkHeaderSize + ss.chunkSize
+	pool := ss.srv.pool(n + DirectAlign)
 	buf := pool.Get()
-	ss.buf = *buf
+	at := alignedAt(*buf, transfer.ChunkHeaderSize)
+	ss.buf = (*buf)[at : at+n : at+n]
 	defer func() { ss.buf = nil; pool.Put(buf) }()
 	start := time.Now()
 	rx := newReceiver(ss, p, o)

@@ -581,6 +581,10 @@ func TestChunkSizeNegotiation(t *testing.T) {
 		{"proposal below the cap is kept", 0, 64 << 10, 64 << 10},
 		{"daemon cap lowers it", 32 << 10, 1 << 20, 32 << 10},
 		{"daemon cap below the minimum is raised to it", 1, 1 << 20, transfer.MinChunkSize},
+		// Rounded down to a multiple of daemon.DirectAlign so that every
+		// full chunk can be written with direct I/O.
+		{"proposal rounded down to the direct I/O alignment", 0, 100000, 98304},
+		{"daemon cap rounded down too", 70000, 1 << 20, 17 * 4096},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -69,6 +69,12 @@ type Partial interface {
 type DirStore struct {
 	fs FS
 
+	// DirectIO, when set, writes full, aligned chunks with direct I/O
+	// (see DirectOpener) where the file system supports it, and through
+	// the page cache otherwise. fsync still makes them durable. Set it
+	// before the store is used. Off by default.
+	DirectIO bool
+
 	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsync
 }
 
@@ -205,6 +211,7 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 		f.Close()
 		return nil, err
 	}
+	p.direct = s.openDirect(dataPath)
 	// A failed directory fsync in writeState can leave a record renamed
 	// into place but not durable. Make it durable before its offset is
 	// offered, or a crash could take back what the sender was told.
@@ -264,23 +271,21 @@ func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
 		return nil, err
 	}
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
-	return &dirPartial{s: s, key: key, f: f, st: st}, nil
+	return &dirPartial{s: s, key: key, f: f, direct: s.openDirect(dataPath), st: st}, nil
 }
 
 // dirPartial is a DirStore partial.
 type dirPartial struct {
-	s   *DirStore
-	key string
-	f   File
-	st  State // durable state; written only by Sync, read by the session
+	s      *DirStore
+	key    string
+	f      File
+	direct File  // the same file opened for direct I/O, or nil
+	st     State // durable state; written only by Sync, read by the session
 }
 
 func (p *dirPartial) State() State { return p.st }
 
-func (p *dirPartial) WriteAt(b []byte, off int64) error {
-	_, err := p.f.WriteAt(b, off)
-	return err
-}
+func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
 
 func (p *dirPartial) ReadAt(b []byte, off int64) (int, error) { return p.f.ReadAt(b, off) }
 
@@ -360,8 +365,7 @@ func (p *dirPartial) Commit() error {
 	}
 	// The file is committed. What follows only tidies up; a crash here
 	// leaves a partial that Committing recognises.
-	p.f.Close()
-	p.f = nil
+	p.Close()
 	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
 		return &leftoverError{fmt.Errorf("removing state record: %w", err)}
 	}
@@ -384,6 +388,10 @@ func (e *leftoverError) Error() string { return "committed, but " + e.err.Error(
 func (e *leftoverError) Unwrap() error { return e.err }
 
 func (p *dirPartial) Close() error {
+	if p.direct != nil {
+		p.direct.Close()
+		p.direct = nil
+	}
 	if p.f == nil {
 		return nil
 	}

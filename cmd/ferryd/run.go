@@ -83,6 +83,8 @@ func flags() []cli.Flag {
 			Usage: "largest chunk size in bytes agreed with senders (bounds memory per session)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
+		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
+			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
 			Usage: "debug, info, warn or error"},
 	}
@@ -109,6 +111,7 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 	if err != nil {
 		return fmt.Errorf("opening root %s: %w", root, err)
 	}
+	store.DirectIO = c.Bool("direct-io")
 	srv, err := daemon.NewServer(daemon.Config{
 		Store: store, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: c.Int("max-chunk-size"), SyncBytes: c.Int64("sync-bytes"), SyncInterval: c.Duration("sync-interval"),
