@@ -211,9 +211,14 @@ func TestIOFaultFsyncFails(t *testing.T) {
 		// two state records before its commit: aim at the second.
 		{"data fsync mid-transfer", 2, func() func(crashfs.Op) bool { return isSync(".data") }, true, "fsync"},
 		{"state record fsync", 2, func() func(crashfs.Op) bool { return isSync(".tmp") }, true, "fsync"},
+		// Not midway: when the syncer coalesces so that the failing
+		// directory fsync is the last record's, a later directory fsync
+		// may persist that rename, and rightly so: its data was fsync'ed
+		// before it. checkDurable still proves nothing is recorded past
+		// synced data and nothing was told beyond it.
 		{"state record directory fsync", 2, func() func(crashfs.Op) bool {
 			return after(isOp(crashfs.OpRename, ".tmp"), isSyncDir(crashPartials))
-		}, true, "fsync"},
+		}, false, "fsync"},
 		{"data fsync in the commit", 1, func() func(crashfs.Op) bool {
 			return after(isOp(crashfs.OpChmod, ".data"), isSync(".data"))
 		}, false, "commit"},

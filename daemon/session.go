@@ -217,9 +217,13 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		return false, nil
 	}
 	defer ss.srv.release(key)
-	if err := ss.checkExists(key, o.Name); err != nil {
+	exists, err := ss.checkExists(key, o)
+	if err != nil {
 		ss.refuse(err)
 		return false, nil
+	}
+	if exists {
+		return ss.confirmCommitted(o, log)
 	}
 	p, restarted, err := ss.srv.cfg.Store.Open(key, o, o.Flags&transfer.OfferRestart != 0)
 	if err != nil {
@@ -281,15 +285,94 @@ func (ss *session) admit(o *transfer.Offer) error {
 	return nil
 }
 
-func (ss *session) checkExists(key, name string) error {
-	exists, err := ss.srv.cfg.Store.Exists(name)
+// checkExists refuses an offer whose name is taken by something that is
+// not this very file. It reports exists=true when a committed file of the
+// offer's size and mtime holds the name: likely this file, committed by an
+// earlier session whose Committed never reached the sender (a crash or cut
+// right after the commit), or a send run again. confirmCommitted then
+// proves it by hash instead of refusing.
+func (ss *session) checkExists(key string, o *transfer.Offer) (exists bool, err error) {
+	store := ss.srv.cfg.Store
+	taken, err := store.Exists(o.Name)
+	if err != nil || !taken || store.Committing(key, o.Name) {
+		return false, err
+	}
+	refusal := fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+		transfer.ErrExists, transfer.QuoteName(o.Name))
+	if o.Flags&transfer.OfferRestart != 0 {
+		return false, refusal // the sender's file differs from the committed one
+	}
+	size, mtime, err := store.Stat(o.Name)
+	if err != nil || size != o.Size || mtime.UnixNano() != o.MtimeNs {
+		return false, refusal
+	}
+	return true, nil
+}
+
+// confirmCommitted answers an offer for a file already committed under
+// its name: it accepts at offset = size with the file's tail chunk, the
+// sender checks that chunk and sends its whole-file hash as the trailer,
+// and the daemon re-hashes the committed file. Equal: the sender is told
+// Committed and nothing is written. Different: refused as exists. The
+// committed file is never opened for writing.
+func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, error) {
+	f, err := ss.srv.cfg.Store.OpenCommitted(o.Name)
 	if err != nil {
-		return err
+		ss.refuse(fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return false, nil
 	}
-	if exists && !ss.srv.cfg.Store.Committing(key, name) {
-		return fmt.Errorf("%w: %s is already on the daemon; choose another --dest or remove it", transfer.ErrExists, transfer.QuoteName(name))
+	defer f.Close()
+	tailLen := min(int64(ss.chunkSize), o.Size)
+	tail := make([]byte, tailLen)
+	if _, err := f.ReadAt(tail, o.Size-tailLen); err != nil {
+		ss.refuse(fmt.Errorf("%w: reading %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return false, nil
 	}
-	return nil
+	acc := &transfer.Accept{Flags: transfer.AcceptCommitted, DurableOffset: o.Size,
+		TailOffset: o.Size - tailLen, TailLength: uint32(tailLen), TailHash: transfer.HashBytes(tail)}
+	if err := ss.send(acc); err != nil {
+		return false, err
+	}
+	t, err := ss.readTrailer()
+	if errors.Is(err, errReoffered) {
+		return false, nil // the sender's tail chunk differs: it offers a restart
+	}
+	if err != nil {
+		return false, err
+	}
+	h, err := transfer.HashReader(io.NewSectionReader(f, 0, o.Size))
+	if err != nil {
+		ss.refuse(fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return false, nil
+	}
+	if h != t.Hash {
+		ss.refuse(fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+			transfer.ErrExists, transfer.QuoteName(o.Name)))
+		return false, nil
+	}
+	log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)
+	return true, ss.send(&transfer.Committed{Size: o.Size, Hash: h})
+}
+
+// readTrailer reads what a sender may send after an Accept at its file's
+// end: the trailer, or a new offer that replaces this one (errReoffered).
+// Anything else ends the session.
+func (ss *session) readTrailer() (*transfer.Trailer, error) {
+	ss.readDeadline()
+	m, err := transfer.ReadMessage(ss.r)
+	if err != nil {
+		return nil, ss.readFailed(noEOF(err))
+	}
+	switch m := m.(type) {
+	case *transfer.Trailer:
+		return m, nil
+	case *transfer.Offer:
+		ss.reoffer = m
+		return nil, errReoffered
+	}
+	err = fmt.Errorf("%w: expected trailer, got %T", transfer.ErrProtocol, m)
+	ss.refuse(err)
+	return nil, err
 }
 
 // errReoffered ends a transfer whose Accept the sender answered with a

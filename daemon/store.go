@@ -28,10 +28,21 @@ type Store interface {
 	// must not overwrite. Errors wrap transfer.ErrBadName when name cannot
 	// be resolved inside the root (a symlink out, a file as a directory).
 	Exists(name string) (bool, error)
+	// Stat returns the size in bytes and modification time of the
+	// committed file at name.
+	Stat(name string) (size int64, mtime time.Time, err error)
+	// OpenCommitted opens the committed regular file at name for reading.
+	OpenCommitted(name string) (CommittedFile, error)
 	// Committing reports whether the partial under key is already linked
 	// at name: a commit that was cut short after the link, so finishing it
 	// is not an overwrite.
 	Committing(key, name string) bool
+}
+
+// CommittedFile is a committed file open for reading.
+type CommittedFile interface {
+	io.ReaderAt
+	io.Closer
 }
 
 // Partial is one transfer's data and state. Its methods are called from
@@ -117,6 +128,26 @@ func (s *DirStore) Exists(name string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%w: %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
+}
+
+// Stat implements Store.
+func (s *DirStore) Stat(name string) (int64, time.Time, error) {
+	fi, err := s.fs.Lstat(name)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, time.Time{}, fmt.Errorf("%s is not a regular file", transfer.QuoteName(name))
+	}
+	return fi.Size(), fi.ModTime(), nil
+}
+
+// OpenCommitted implements Store.
+func (s *DirStore) OpenCommitted(name string) (CommittedFile, error) {
+	if _, _, err := s.Stat(name); err != nil {
+		return nil, err
+	}
+	return s.fs.OpenFile(name, os.O_RDONLY, 0)
 }
 
 // Committing implements Store.

@@ -317,3 +317,34 @@ func runIn(t *testing.T, dir, stdin, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// TestSendAgainIsConfirmed runs the same ferry send twice. The second run
+// finds the file committed, proves it by BLAKE3 without sending data, and
+// exits 0, as a retry must when the first run's Committed was lost.
+func TestSendAgainIsConfirmed(t *testing.T) {
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	src := filepath.Join(t.TempDir(), "data.bin")
+	writeRandom(t, src, 3<<20+17, 7)
+	wantCode(t, runFerry(t, sendArgs(d.addr, src)...), exitOK)
+	before, err := os.Stat(filepath.Join(root, "data.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runFerry(t, sendArgs(d.addr, src)...)
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if rec.Status != "committed" || rec.ResumedFrom != rec.Size || rec.SentBytes != 0 {
+		t.Errorf("second run: status %q resumed_from %d sent_bytes %d; want committed, %d, 0", rec.Status, rec.ResumedFrom, rec.SentBytes, rec.Size)
+	}
+	if !strings.Contains(r.stderr, "already on the daemon") {
+		t.Errorf("no notice that the file was already there:\n%s", r.stderr)
+	}
+	after, err := os.Stat(filepath.Join(root, "data.bin"))
+	if err != nil || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("committed file replaced or touched by the second run: %v", err)
+	}
+	if got, want := ferryHash(t, filepath.Join(root, "data.bin")), ferryHash(t, src); got != want {
+		t.Errorf("committed BLAKE3 %s, source %s", got, want)
+	}
+}

@@ -90,6 +90,11 @@ const (
 	// AcceptRestarted says a partial existed for this name but belonged to
 	// different content, so the daemon discarded it.
 	AcceptRestarted AcceptFlags = 1 << 0
+	// AcceptCommitted says a file of the offered size and mtime is already
+	// committed under the name. DurableOffset is its size; the sender
+	// checks the tail chunk and sends its Trailer, and the daemon answers
+	// Committed if the whole-file hashes match, or refuses as exists.
+	AcceptCommitted AcceptFlags = 1 << 1
 )
 
 // Ack reports the daemon's durable offset for the current transfer.

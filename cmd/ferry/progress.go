@@ -69,7 +69,10 @@ func (b *progressBar) notice(p transfer.Progress) {
 	if p.Restarted {
 		fmt.Fprintf(b.s.stderr, "ferry: %s changed since its partial was made; starting over\n", b.f.local)
 	}
-	if p.ResumedFrom > 0 {
+	switch {
+	case p.ResumedFrom > 0 && p.ResumedFrom == p.Size:
+		fmt.Fprintf(b.s.stderr, "ferry: %s is already on the daemon; comparing BLAKE3 hashes\n", b.f.local)
+	case p.ResumedFrom > 0:
 		fmt.Fprintf(b.s.stderr, "ferry: resuming %s at %s of %s\n", b.f.local, human(p.ResumedFrom), human(p.Size))
 	}
 }
