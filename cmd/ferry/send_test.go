@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+func TestParseTo(t *testing.T) {
+	tests := []struct {
+		name, to, network, addr string
+		usage                   bool
+	}{
+		{"host only gets the default port", "collector", "tcp", "collector:7219", false},
+		{"host and port", "collector:9000", "tcp", "collector:9000", false},
+		{"IPv4", "127.0.0.1", "tcp", "127.0.0.1:7219", false},
+		{"bracketed IPv6 without port", "[::1]", "tcp", "[::1]:7219", false},
+		{"bracketed IPv6 with port", "[::1]:9000", "tcp", "[::1]:9000", false},
+		{"unix socket", "unix:/run/ferry.sock", "unix", "/run/ferry.sock", false},
+		{"empty", "", "", "", true},
+		{"junk", "a b", "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			network, addr, err := parseTo(tt.to)
+			if tt.usage {
+				if !errors.Is(err, errUsage) {
+					t.Fatalf("parseTo(%q) error %v, want a usage error", tt.to, err)
+				}
+				return
+			}
+			if err != nil || network != tt.network || addr != tt.addr {
+				t.Fatalf("parseTo(%q) = %q, %q, %v; want %q, %q", tt.to, network, addr, err, tt.network, tt.addr)
+			}
+		})
+	}
+}
+
+func TestRemoteName(t *testing.T) {
+	tests := []struct{ dest, base, want string }{
+		{"", "f", "f"},
+		{"backups", "f", "backups/f"},
+		{"backups/", "f", "backups/f"},
+		{"backups//", "f", "backups/f"},
+		{"/", "f", "/f"},        // absolute: left for the daemon to refuse
+		{"../x", "f", "../x/f"}, // not cleaned: the daemon judges names
+		{"a/../../x", "f", "a/../../x/f"},
+	}
+	for _, tt := range tests {
+		if got := remoteName(tt.dest, tt.base); got != tt.want {
+			t.Errorf("remoteName(%q, %q) = %q, want %q", tt.dest, tt.base, got, tt.want)
+		}
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	mid := func() float64 { return 0.5 } // no jitter
+	tests := []struct {
+		n    int
+		want time.Duration
+	}{
+		{1, 500 * time.Millisecond},
+		{2, time.Second},
+		{3, 2 * time.Second},
+		{7, 30 * time.Second}, // 32s capped
+		{50, 30 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := backoff(500*time.Millisecond, tt.n, mid); got != tt.want {
+			t.Errorf("backoff(retry %d) = %v, want %v", tt.n, got, tt.want)
+		}
+	}
+	lo := backoff(time.Second, 1, func() float64 { return 0 })
+	hi := backoff(time.Second, 1, func() float64 { return 0.999 })
+	if lo != 500*time.Millisecond || hi < 1490*time.Millisecond || hi >= 1500*time.Millisecond {
+		t.Errorf("jitter range [%v, %v], want [0.5s, 1.5s)", lo, hi)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	refused := func(c transfer.Code) error {
+		return fmt.Errorf("sending: %w", &transfer.RemoteError{Code: c, Message: "x"})
+	}
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"nil", nil, exitOK},
+		{"usage", fmt.Errorf("%w: bad flag", errUsage), exitUsage},
+		{"network", io.ErrUnexpectedEOF, exitFailed},
+		{"exists", refused(transfer.CodeExists), exitRefused},
+		{"bad name", refused(transfer.CodeBadName), exitRefused},
+		{"too large", refused(transfer.CodeTooLarge), exitRefused},
+		{"no space", refused(transfer.CodeNoSpace), exitRefused},
+		{"unauthorized", refused(transfer.CodeUnauthorized), exitRefused},
+		{"version refused by the daemon", refused(transfer.CodeVersion), exitRefused},
+		{"version found by the sender", fmt.Errorf("handshake: %w", transfer.ErrVersion), exitRefused},
+		{"name too long for the frame", fmt.Errorf("%w: long", transfer.ErrBadName), exitRefused},
+		{"busy after retries", refused(transfer.CodeBusy), exitFailed},
+		{"daemon I/O after retries", refused(transfer.CodeInternal), exitFailed},
+		{"integrity refusal", refused(transfer.CodeIntegrity), exitIntegrity},
+		{"integrity found by the sender", fmt.Errorf("%w: hash", transfer.ErrIntegrity), exitIntegrity},
+		{"source changed", transfer.ErrSourceChanged, exitFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := exitCode(tt.err); got != tt.want {
+				t.Errorf("exitCode(%v) = %d, want %d", tt.err, got, tt.want)
+			}
+		})
+	}
+}
