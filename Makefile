@@ -2,13 +2,20 @@
 
 GO ?= go
 
-.PHONY: build test demo bench profile lint fuzz
+.PHONY: build test soak demo bench profile lint fuzz
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
 
 test:
 	$(GO) test -race -count=1 ./...
+
+# Long forms of issue 5's suites: the kill -9 matrices on a 1 GiB upload
+# killed 50 times each (~2 min here; FERRY_KILL_SEED=N repeats a logged
+# run) and the long power-loss sweep.
+soak:
+	FERRY_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run '^TestKillMatrix' ./integration/
+	$(GO) test -race -count=1 -timeout 30m -run 'PowerLossSweep$$' ./daemon/ -args -crash.long
 
 # Sends a 256 MiB file (or FILE=path) through a throttling proxy, kills
 # ferryd halfway, restarts it, and checks the sender resumed to a

@@ -35,13 +35,17 @@ type conn struct {
 }
 
 // serve dials the upstream and forwards both directions until both end.
-func (c *conn) serve(upstream string) {
+func (c *conn) serve() {
 	defer c.finish()
 	c.p.mu.Lock()
 	cutNow := c.cutAt == 0
 	c.cut = cutNow
 	c.p.mu.Unlock()
 	if cutNow {
+		return
+	}
+	upstream, ok := c.waitDialHold()
+	if !ok {
 		return
 	}
 	server, err := c.dial(upstream)
@@ -63,6 +67,27 @@ func (c *conn) serve(upstream string) {
 	go func() { defer wg.Done(); c.pump(ClientToServer, c.client, server) }()
 	go func() { defer wg.Done(); c.pump(ServerToClient, server, c.client) }()
 	wg.Wait()
+}
+
+// waitDialHold blocks while dials are held (HoldDials) and returns the
+// upstream to dial: the one current when it stops waiting, so that a
+// connection accepted during a hold dials the upstream set before its
+// release even if this goroutine runs late. ok is false when the
+// connection was shut meanwhile.
+func (c *conn) waitDialHold() (upstream string, ok bool) {
+	for {
+		c.p.mu.Lock()
+		ch, upstream := c.p.dialHold, c.p.upstream
+		c.p.mu.Unlock()
+		if ch == nil {
+			return upstream, true
+		}
+		select {
+		case <-ch:
+		case <-c.done:
+			return "", false
+		}
+	}
 }
 
 // dial connects to upstream, giving up when the connection is shut.

@@ -14,11 +14,14 @@
 //   - Stall stops forwarding in both directions until Release.
 //   - Throttle limits the client→server rate of every connection.
 //
+// HoldDials and ReleaseDials keep new connections waiting, accepted but not
+// yet dialled, while the server behind the proxy restarts.
+//
 // Offsets of CutAfter and FlipByte count client→server bytes over all
 // connections from the moment the fault is armed; with one connection at a
 // time they are offsets into that connection's stream. Counters of bytes
-// forwarded, in total and per connection, and WaitBytes let a test act at a
-// chosen point of a transfer without sleeping.
+// forwarded, in total and per connection, WaitBytes and WaitConnBytes let
+// a test act at a chosen point of a transfer without sleeping.
 //
 // A Proxy is safe for concurrent use. The zero value is not usable; call
 // New.

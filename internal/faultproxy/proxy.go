@@ -28,6 +28,10 @@ func (d Direction) String() string {
 // ErrClosed is returned by the Wait methods once the proxy is closed.
 var ErrClosed = errors.New("faultproxy: proxy closed")
 
+// ErrConnClosed is returned by WaitConnBytes when the connection closed
+// before it forwarded the bytes waited for.
+var ErrConnClosed = errors.New("faultproxy: connection closed")
+
 // dialTimeout bounds the dial of the upstream for one connection; a dead
 // upstream must fail the client quickly, as a refused connection would.
 const dialTimeout = 5 * time.Second
@@ -59,6 +63,7 @@ type Proxy struct {
 	flips     int           // bytes inverted so far
 	stall     chan struct{} // non-nil while stalled; Release closes it
 	rate      int64         // client→server bytes per second per connection; 0: unlimited
+	dialHold  chan struct{} // non-nil while dials are held; ReleaseDials closes it
 	headLimit int
 	changed   chan struct{} // closed and replaced whenever a counter changes
 	closed    bool
@@ -83,8 +88,9 @@ func New(upstream string) (*Proxy, error) {
 // Addr returns the address clients connect to, as HOST:PORT.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// SetUpstream changes the address dialled for connections accepted from
-// now on; open connections keep theirs.
+// SetUpstream changes the address dialled for connections from now on:
+// those accepted later and those waiting to dial (see HoldDials). Open
+// connections keep theirs.
 func (p *Proxy) SetUpstream(addr string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -145,6 +151,32 @@ func (p *Proxy) Release() {
 	}
 }
 
+// HoldDials makes every connection that is accepted from now on, or has
+// not dialled yet, wait before dialling the upstream until ReleaseDials;
+// it then dials the upstream set at that moment. The client's connection
+// is accepted and simply hears nothing meanwhile. A test that restarts the
+// server behind the proxy holds dials across the restart, so that a
+// client reconnecting in the gap waits for the new server instead of
+// being refused and spending a retry.
+func (p *Proxy) HoldDials() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dialHold == nil {
+		p.dialHold = make(chan struct{})
+	}
+}
+
+// ReleaseDials lets connections held by HoldDials dial the upstream. It
+// does nothing when dials are not held.
+func (p *Proxy) ReleaseDials() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dialHold != nil {
+		close(p.dialHold)
+		p.dialHold = nil
+	}
+}
+
 // Throttle limits each connection's client→server stream to bytesPerSec;
 // 0 removes the limit. The server→client direction (acknowledgements) is
 // never throttled. A change applies from the next slice forwarded.
@@ -185,6 +217,32 @@ func (p *Proxy) Conns() []ConnStats {
 // forwarded in total, ctx is done, or the proxy is closed.
 func (p *Proxy) WaitBytes(ctx context.Context, n int64) error {
 	return p.wait(ctx, func() bool { return p.total[ClientToServer] >= n })
+}
+
+// WaitConnBytes blocks until the connection with ConnStats.ID id has
+// forwarded at least n client→server bytes, ctx is done, or the proxy is
+// closed. The connection need not have been accepted yet. If it closes
+// short of n bytes, WaitConnBytes returns an error matching ErrConnClosed.
+func (p *Proxy) WaitConnBytes(ctx context.Context, id int, n int64) error {
+	short := int64(-1)
+	err := p.wait(ctx, func() bool {
+		if id < 1 || id > len(p.conns) {
+			return false
+		}
+		c := p.conns[id-1]
+		if c.bytes[ClientToServer] >= n {
+			return true
+		}
+		if c.closed {
+			short = c.bytes[ClientToServer]
+			return true
+		}
+		return false
+	})
+	if err == nil && short >= 0 {
+		return fmt.Errorf("%w: connection %d ended after %d client→server bytes, short of %d", ErrConnClosed, id, short, n)
+	}
+	return err
 }
 
 // WaitConns blocks until at least n connections have been accepted, ctx is
@@ -253,7 +311,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return // closed; Close reports the listener's error
 		}
-		c, upstream := p.register(nc)
+		c := p.register(nc)
 		if c == nil {
 			nc.Close()
 			return
@@ -261,21 +319,21 @@ func (p *Proxy) accept() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			c.serve(upstream)
+			c.serve()
 		}()
 	}
 }
 
 // register records a new connection and hands it the next-connection cut.
-func (p *Proxy) register(nc net.Conn) (*conn, string) {
+func (p *Proxy) register(nc net.Conn) *conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, ""
+		return nil
 	}
 	c := &conn{p: p, id: len(p.conns) + 1, client: nc, cutAt: p.cutNext, headLimit: p.headLimit, done: make(chan struct{})}
 	p.cutNext = -1
 	p.conns = append(p.conns, c)
 	p.notify()
-	return c, p.upstream
+	return c
 }

@@ -423,3 +423,85 @@ func TestCloseConns(t *testing.T) {
 		t.Fatalf("after CloseConns a new connection got %q", got)
 	}
 }
+
+// TestHoldDials restarts the upstream while dials are held: a client that
+// connects in the gap is accepted, waits, and then reaches the upstream
+// set before the release, not the dead one of its accept.
+func TestHoldDials(t *testing.T) {
+	a := newSink(t, false)
+	p := newProxy(t, a.ln.Addr().String())
+	p.HoldDials()
+	a.ln.Close() // the old upstream is gone
+	c := dial(t, p)
+	if err := p.WaitConns(ctx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("waited"))
+	c.CloseWrite()
+	b := newSink(t, false)
+	p.SetUpstream(b.ln.Addr().String())
+	p.ReleaseDials()
+	if got := b.next(t); string(got) != "waited" {
+		t.Fatalf("new upstream got %q, want the held connection's bytes", got)
+	}
+	p.ReleaseDials() // not held: nothing to do
+	send(dial(t, p), []byte("after"))
+	if got := b.next(t); string(got) != "after" {
+		t.Fatalf("after the release a new connection got %q", got)
+	}
+}
+
+// TestHoldDialsClose checks that Close ends a connection held before its
+// dial.
+func TestHoldDialsClose(t *testing.T) {
+	s := newSink(t, false)
+	p := newProxy(t, s.ln.Addr().String())
+	p.HoldDials()
+	c := dial(t, p)
+	if err := p.WaitConns(ctx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+		t.Fatalf("client read after Close: %v", err)
+	}
+}
+
+func TestWaitConnBytes(t *testing.T) {
+	s := newSink(t, false)
+	p := newProxy(t, s.ln.Addr().String())
+	c1 := dial(t, p)
+	c1.Write(make([]byte, 500))
+	if err := p.WaitConnBytes(ctx(t), 1, 500); err != nil {
+		t.Fatal(err)
+	}
+	// A connection not yet accepted is waited for; bytes of another
+	// connection do not count.
+	done := make(chan error, 1)
+	go func() { done <- p.WaitConnBytes(ctx(t), 2, 100) }()
+	c1.Write(make([]byte, 1000))
+	if err := p.WaitConnBytes(ctx(t), 1, 1500); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("WaitConnBytes(2, 100) returned %v before connection 2 sent anything", err)
+	default:
+	}
+	c2 := dial(t, p)
+	c2.Write(make([]byte, 100))
+	if err := <-done; err != nil {
+		t.Fatalf("WaitConnBytes(2, 100): %v", err)
+	}
+	if got := p.Conns()[1].Bytes[ClientToServer]; got < 100 {
+		t.Fatalf("returned with %d bytes on connection 2", got)
+	}
+	// A connection that ends short of n is reported, not waited on.
+	send(c2, make([]byte, 10))
+	s.next(t) // the upstream has closed connection 2; the proxy follows
+	if err := p.WaitConnBytes(ctx(t), 2, 1<<20); !errors.Is(err, ErrConnClosed) {
+		t.Fatalf("WaitConnBytes past the end of a closed connection = %v, want ErrConnClosed", err)
+	}
+}
