@@ -11,6 +11,5 @@
 //
 // Environment: FERRY_SOAK=1 runs the long form of the kill -9 matrix
 // (killmatrix_test.go); FERRY_KILL_SEED=N repeats the kill points of a
-// logged run; FERRY_KNOWN_BUGS=1 runs the tests of bugs not fixed yet,
-// which otherwise skip.
+// logged run.
 package integration

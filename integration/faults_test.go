@@ -180,3 +180,36 @@ func TestStallRelease(t *testing.T) {
 		})
 	}
 }
+
+// TestRetriesCountOnlyAttemptsWithoutProgress cuts the link on each of the
+// first four connections, after every one has made data durable. With
+// --retries 1 the send must still finish: --retries bounds attempts in a
+// row without progress, not attempts in all, so a long transfer over a
+// link that drops now and then never runs out of retries.
+func TestRetriesCountOnlyAttemptsWithoutProgress(t *testing.T) {
+	ctx := testContext(t)
+	root := t.TempDir()
+	d := startDaemon(t, root, "--sync-bytes", "1048576")
+	p := newProxy(t, d.addr)
+	// Slow enough that acknowledgements of durable data reach the sender
+	// before each cut.
+	p.Throttle(16 << 20)
+	src := filepath.Join(t.TempDir(), "data.bin")
+	writeRandom(t, src, 14<<20, 9)
+	const cuts = 4
+	p.CutNextConn(3 << 20)
+	f := startFerry(t, sendArgs(p.Addr(), "--retries", "1", "--backoff", "10ms", src)...)
+	for i := 1; i < cuts; i++ {
+		if err := p.WaitConns(ctx, i); err != nil {
+			t.Fatalf("waiting for connection %d: %v", i, err)
+		}
+		p.CutNextConn(3 << 20) // arms connection i+1, made only after connection i is cut
+	}
+	r := f.wait()
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if rec.Attempts != cuts+1 {
+		t.Errorf("%d attempts, want %d (one per cut, then the last)", rec.Attempts, cuts+1)
+	}
+	checkCommitted(t, rec, src, filepath.Join(root, "data.bin"))
+}

@@ -459,11 +459,6 @@ func raiseFileLimit(t *testing.T, n uint64) {
 // That refusal is the first file's alone: the second file must still be
 // sent and committed by the same run.
 func TestHostileCommitRefusalSpoilsNextFiles(t *testing.T) {
-	if os.Getenv("FERRY_KNOWN_BUGS") == "" {
-		t.Skip("bug: after a refusal at commit, ferry send reports the same refusal for every later file of the run without sending it " +
-			"(transfer.Client keeps the refusal as c.broken; cmd/ferry's attempt keeps the Client for a permanent refusal). " +
-			"Remove this skip with the fix; FERRY_KNOWN_BUGS=1 runs it.")
-	}
 	ctx := testContext(t)
 	root := t.TempDir()
 	d := startDaemon(t, root)

@@ -450,11 +450,6 @@ func TestKillMatrixSender(t *testing.T) {
 // again: the run must end as the first would have, exit 0 and the file
 // reported committed, without resending it.
 func TestKillSenderAfterLastByte(t *testing.T) {
-	if os.Getenv("FERRY_KNOWN_BUGS") == "" {
-		t.Skip("bug: the rerun is refused with exit 3, \"already on the daemon\", for the very file it sent; " +
-			"the same happens to a retry when ferryd dies after removing the partial and before Committed reaches the sender. " +
-			"Remove this skip with the fix; FERRY_KNOWN_BUGS=1 runs it.")
-	}
 	ctx := testContext(t)
 	root := t.TempDir()
 	src := filepath.Join(t.TempDir(), "data.bin")

@@ -70,6 +70,11 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	}
 }
 
+// Usable reports whether the session can carry another transfer: true
+// unless a transfer failed past its offer (a refusal at offer time leaves
+// the session usable).
+func (c *Client) Usable() bool { return c.broken == nil }
+
 // ChunkSize returns the negotiated chunk size in bytes.
 func (c *Client) ChunkSize() int { return c.chunkSize }
 
@@ -100,8 +105,11 @@ type Result struct {
 	Size        int64 // bytes
 	ResumedFrom int64 // durable offset the daemon accepted at
 	SentBytes   int64 // chunk data bytes written in this session, resends included
-	Restarted   bool  // a partial for this name held other content and was discarded
-	Hash        Hash  // whole-file BLAKE3, as b3sum prints it
+	// DurableOffset is the last durable offset the daemon acknowledged,
+	// also when Send fails: a retry resumes at least there.
+	DurableOffset int64
+	Restarted     bool // a partial for this name held other content and was discarded
+	Hash          Hash // whole-file BLAKE3, as b3sum prints it
 }
 
 // Send offers src under the remote name and sends it until the daemon
@@ -163,6 +171,7 @@ func (c *Client) send(ctx context.Context, src Source, name string, opts SendOpt
 	s := newStream(ctx, c, src, acc.DurableOffset, opts)
 	s.progress.Restarted = res.Restarted
 	res.SentBytes, res.Hash, err = s.run()
+	res.DurableOffset = s.progress.DurableOffset
 	return res, err
 }
 

@@ -25,9 +25,25 @@ const ReservedDir = ".ferry"
 // system: symlinks are handled by resolving names under an os.Root.
 func ValidateName(name string) error {
 	if err := validateName(name); err != nil {
-		return fmt.Errorf("%w: %s: %s", ErrBadName, QuoteName(name), err)
+		// The reason first: a refusal carries at most 1024 bytes, and a
+		// long name must not push it out.
+		return fmt.Errorf("%w: %s: %s", ErrBadName, err, quoteShort(name))
 	}
 	return nil
+}
+
+// quoteShort quotes name for a message, cutting it to its first 200
+// bytes (at a rune boundary) so that messages stay one readable line.
+func quoteShort(name string) string {
+	const keep = 200
+	if len(name) <= keep {
+		return QuoteName(name)
+	}
+	n := keep
+	for n > 0 && !utf8.RuneStart(name[n]) {
+		n--
+	}
+	return QuoteName(name[:n]) + fmt.Sprintf("… (%d bytes)", len(name))
 }
 
 func validateName(name string) error {

@@ -32,7 +32,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", EnvVars: []string{"FERRY_TO"}, Usage: "daemon address HOST[:PORT] (default port 7219) or unix:/path"},
 			&cli.StringFlag{Name: "dest", EnvVars: []string{"FERRY_DEST"}, Usage: "remote directory, relative to the daemon's root (default: the root)"},
-			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts after a failure, with exponential backoff"},
+			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "give up on a connection that accepts no data for this long"},
 			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose (the daemon may lower it)"},
@@ -256,6 +256,11 @@ func (s *sender) sendWithRetries(ctx context.Context, f file, rec *record) (tran
 		return transfer.Result{}, err
 	}
 	rec.Size = src.Size
+	// failures counts attempts in a row that made nothing more durable:
+	// --retries bounds it, and the backoff grows with it. An attempt that
+	// moved the durable offset resets it, so a long transfer over a link
+	// that drops now and then never runs out of retries while it advances.
+	failures := 0
 	for {
 		rec.Attempts++
 		res, err := s.attempt(ctx, src, f)
@@ -267,16 +272,20 @@ func (s *sender) sendWithRetries(ctx context.Context, f file, rec *record) (tran
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("interrupted; the daemon keeps the partial, run the same command to resume: %w", context.Cause(ctx))
 		}
-		if !transfer.Retryable(err) || rec.Attempts > s.retries {
+		failures++
+		if res.DurableOffset > res.ResumedFrom {
+			failures = 1
+		}
+		if !transfer.Retryable(err) || failures > s.retries {
 			if rec.Attempts > 1 {
 				err = fmt.Errorf("%w (after %d attempts)", err, rec.Attempts)
 			}
 			return res, err
 		}
-		wait := backoff(s.backoff, rec.Attempts, rand.Float64)
+		wait := backoff(s.backoff, failures, rand.Float64)
 		if !s.quiet {
-			fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (attempt %d of %d)\n",
-				f.local, oneLine(err), wait.Seconds(), rec.Attempts+1, s.retries+1)
+			fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
+				f.local, oneLine(err), wait.Seconds(), failures, s.retries)
 		}
 		select {
 		case <-time.After(wait):
@@ -295,9 +304,8 @@ func (s *sender) attempt(ctx context.Context, src transfer.Source, f file) (tran
 	bar := s.newBar(f, src.Size)
 	res, err := s.client.Send(ctx, src, f.remote, transfer.SendOptions{Progress: bar.update})
 	bar.finish(err == nil)
-	var re *transfer.RemoteError
-	if err != nil && !(errors.As(err, &re) && !transfer.Retryable(re)) {
-		s.closeClient() // the session's state is unknown; start a new one
+	if !s.client.Usable() {
+		s.closeClient() // the transfer failed past its offer; start a new session
 	}
 	return res, err
 }
