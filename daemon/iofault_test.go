@@ -399,7 +399,10 @@ func TestIOFaultNoSpace(t *testing.T) {
 		t.Fatalf("send on a full disk: %v; want the permanent ErrNoSpace", a.err)
 	}
 	d := m.checkDurable(t, a.told)
-	if d == 0 || d > 100<<10 {
+	// d is usually above 0, but may be 0: when the disk fills before any
+	// background sync has finished, even the small state record cannot
+	// be written. That is honest, and still resumable (from zero).
+	if d > 100<<10 {
 		t.Errorf("durable offset %d after ENOSPC at 100 KiB", d)
 	}
 	// The daemon serves other sessions meanwhile.
