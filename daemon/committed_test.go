@@ -6,7 +6,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/ferry-dev/ferry/daemon"
 	"github.com/ferry-dev/ferry/transfer"
@@ -70,4 +72,52 @@ func TestOfferOfCommittedFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSourceModifiedWhileSent: a source that reports a change before the
+// trailer is never committed (that would be a mix of old and new bytes);
+// the next attempt, offering the new identity, starts over and commits.
+func TestSourceModifiedWhileSent(t *testing.T) {
+	srv := newServer(t, daemon.Config{})
+	data := randomData(4*testChunk+5, 71)
+	src := source(data)
+	src.Changed = func() (bool, error) { return true, nil }
+	c := srv.connect(t)
+	_, err := c.Send(context.Background(), src, "f", transfer.SendOptions{})
+	c.Close() // as ferry does with a session a failed transfer left unusable
+	if !errors.Is(err, transfer.ErrSourceChanged) || !transfer.Retryable(err) {
+		t.Fatalf("send of a changing source: %v, want retryable ErrSourceChanged", err)
+	}
+	if _, err := os.Stat(filepath.Join(srv.root, "f")); !os.IsNotExist(err) {
+		t.Fatalf("a source modified while sent was committed (%v)", err)
+	}
+	now := randomData(len(data), 72)
+	src = source(now)
+	src.ModTime = src.ModTime.Add(time.Second)
+	res, err := sendRetryBusy(t, srv, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ResumedFrom != 0 {
+		t.Errorf("new content resumed at %d, want a start over", res.ResumedFrom)
+	}
+	srv.checkCommittedFrom(t, "f", src, now, res)
+}
+
+// sendRetryBusy sends src as "f" on a new session, retrying (a bounded
+// number of times) while the previous, closed session still holds the
+// name for the moment it takes to end.
+func sendRetryBusy(t *testing.T, srv *testServer, src transfer.Source) (transfer.Result, error) {
+	t.Helper()
+	for range 1000 {
+		c := srv.connect(t)
+		res, err := c.Send(context.Background(), src, "f", transfer.SendOptions{})
+		if !errors.Is(err, transfer.ErrBusy) {
+			return res, err
+		}
+		c.Close()
+		runtime.Gosched()
+	}
+	t.Fatal("the name stayed busy")
+	return transfer.Result{}, nil
 }

@@ -373,6 +373,15 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 	if err != nil {
 		return false, h, 0, err
 	}
+	if s.src.Changed != nil {
+		changed, err := s.src.Changed()
+		if err != nil {
+			return false, h, 0, fmt.Errorf("checking the source before the trailer: %w", err)
+		}
+		if changed {
+			return false, h, 0, fmt.Errorf("%w: modified while it was being sent; the next attempt starts over", ErrSourceChanged)
+		}
+	}
 	if err := WriteMessage(s.c.rwc, &Trailer{Hash: h}); err != nil {
 		return false, h, 0, s.writeFailed(err)
 	}

@@ -16,6 +16,12 @@ type Source struct {
 	Mode    os.FileMode // permission bits are sent
 	ModTime time.Time
 	Inode   uint64 // 0 if unknown
+	// Changed, if set, reports whether the file changed since it was
+	// opened (its size or mtime differ now). Send calls it before the
+	// trailer, so that a file modified while it was read is never
+	// committed as a mix of old and new bytes: Send fails with
+	// ErrSourceChanged instead, and the retry starts over.
+	Changed func() (bool, error)
 }
 
 // FileSource describes an open regular file f as a Source. It returns an
@@ -32,7 +38,14 @@ func FileSource(f *os.File) (Source, error) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = st.Ino
 	}
-	return Source{R: f, Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime(), Inode: ino}, nil
+	changed := func() (bool, error) {
+		now, err := f.Stat()
+		if err != nil {
+			return false, err
+		}
+		return now.Size() != fi.Size() || !now.ModTime().Equal(fi.ModTime()), nil
+	}
+	return Source{R: f, Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime(), Inode: ino, Changed: changed}, nil
 }
 
 // offer builds the Offer for s under name, reading its identity prefix.
