@@ -440,6 +440,20 @@ func (rx *receiver) run() error {
 	return err
 }
 
+// readControl reads and decodes the payload of the control frame whose
+// header h was just read, into the chunk buffer as scratch space.
+func (ss *session) readControl(h transfer.FrameHeader) (transfer.Message, error) {
+	p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+	if err != nil {
+		return nil, ss.readFailed(err)
+	}
+	m, err := transfer.DecodeMessage(h.Type, p)
+	if err != nil {
+		return nil, ss.readFailed(err)
+	}
+	return m, nil
+}
+
 func (rx *receiver) loop() error {
 	ss := rx.ss
 	for {
@@ -465,24 +479,16 @@ func (rx *receiver) loop() error {
 			if rx.received > 0 {
 				return ss.readFailed(fmt.Errorf("%w: offer in the middle of a transfer", transfer.ErrProtocol))
 			}
-			p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+			m, err := ss.readControl(h)
 			if err != nil {
-				return ss.readFailed(err)
-			}
-			m, err := transfer.DecodeMessage(h.Type, p)
-			if err != nil {
-				return ss.readFailed(err)
+				return err
 			}
 			ss.reoffer = m.(*transfer.Offer)
 			return errReoffered
 		case transfer.FrameTrailer:
-			p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+			m, err := ss.readControl(h)
 			if err != nil {
-				return ss.readFailed(err)
-			}
-			m, err := transfer.DecodeMessage(h.Type, p)
-			if err != nil {
-				return ss.readFailed(err)
+				return err
 			}
 			if rx.awaiting {
 				continue // the sender will resend the nacked chunk, then the trailer
