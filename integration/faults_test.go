@@ -192,18 +192,19 @@ func TestRetriesCountOnlyAttemptsWithoutProgress(t *testing.T) {
 	d := startDaemon(t, root, "--sync-bytes", "1048576")
 	p := newProxy(t, d.addr)
 	// Slow enough that acknowledgements of durable data reach the sender
-	// before each cut.
-	p.Throttle(16 << 20)
+	// well before each cut: each connection carries 4 MiB over ~0.5 s,
+	// with an fsync and an ack after every MiB.
+	p.Throttle(8 << 20)
 	src := filepath.Join(t.TempDir(), "data.bin")
-	writeRandom(t, src, 14<<20, 9)
+	writeRandom(t, src, 18<<20, 9)
 	const cuts = 4
-	p.CutNextConn(3 << 20)
+	p.CutNextConn(4 << 20)
 	f := startFerry(t, sendArgs(p.Addr(), "--retries", "1", "--backoff", "10ms", src)...)
 	for i := 1; i < cuts; i++ {
 		if err := p.WaitConns(ctx, i); err != nil {
 			t.Fatalf("waiting for connection %d: %v", i, err)
 		}
-		p.CutNextConn(3 << 20) // arms connection i+1, made only after connection i is cut
+		p.CutNextConn(4 << 20) // arms connection i+1, made only after connection i is cut
 	}
 	r := f.wait()
 	wantCode(t, r, exitOK)

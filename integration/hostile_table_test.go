@@ -307,7 +307,10 @@ func TestHostileThousandSlowConnections(t *testing.T) {
 	)
 	raiseFileLimit(t, 2*(silent+trickling+afterHello)+256)
 	root := t.TempDir()
-	d := startDaemon(t, root, "--handshake-timeout", handshake.String(), "--idle-timeout", idle.String())
+	// --max-pending above the flood: for a moment every flood connection
+	// waits for its hello, and this test is about timeouts, not that cap
+	// (which would close the excess silently, as designed).
+	d := startDaemon(t, root, "--handshake-timeout", handshake.String(), "--idle-timeout", idle.String(), "--max-pending", "4096")
 	ctx := testContext(t)
 
 	// A transfer under way through a throttled proxy for the whole flood.

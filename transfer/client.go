@@ -328,6 +328,7 @@ func (s *stream) sendFrom(ctx context.Context, off int64) error {
 				return err
 			}
 		case err := <-s.readErr:
+			s.drainInbox()
 			return err
 		}
 	}
@@ -390,6 +391,7 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 		select {
 		case m = <-s.inbox:
 		case err := <-s.readErr:
+			s.drainInbox()
 			return false, h, 0, err
 		}
 		if cm, ok := m.(*Committed); ok {
@@ -429,10 +431,33 @@ func (s *stream) writeFailed(err error) error {
 			if re, ok := m.(*RemoteError); ok {
 				return re
 			}
+			s.absorb(m)
 		case <-s.readErr:
+			s.drainInbox()
 			return err
 		case <-timer.C:
 			return err
+		}
+	}
+}
+
+// absorb applies an acknowledgement that arrives while the transfer is
+// failing: the progress it reports is real, and the caller's retry logic
+// counts on it (Result.DurableOffset). Other messages no longer matter.
+func (s *stream) absorb(m Message) {
+	if a, ok := m.(*Ack); ok && a.DurableOffset > s.progress.DurableOffset && a.DurableOffset <= s.src.Size {
+		s.progress.DurableOffset = a.DurableOffset
+	}
+}
+
+// drainInbox absorbs the messages the reader queued before it failed.
+func (s *stream) drainInbox() {
+	for {
+		select {
+		case m := <-s.inbox:
+			s.absorb(m)
+		default:
+			return
 		}
 	}
 }
