@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -94,30 +93,9 @@ func TestSourceModifiedWhileSent(t *testing.T) {
 	now := randomData(len(data), 72)
 	src = source(now)
 	src.ModTime = src.ModTime.Add(time.Second)
-	res, err := sendRetryBusy(t, srv, src)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := srv.sendRetryBusy(t, src, "f")
 	if res.ResumedFrom != 0 {
 		t.Errorf("new content resumed at %d, want a start over", res.ResumedFrom)
 	}
 	srv.checkCommittedFrom(t, "f", src, now, res)
-}
-
-// sendRetryBusy sends src as "f" on a new session, retrying (a bounded
-// number of times) while the previous, closed session still holds the
-// name for the moment it takes to end.
-func sendRetryBusy(t *testing.T, srv *testServer, src transfer.Source) (transfer.Result, error) {
-	t.Helper()
-	for range 1000 {
-		c := srv.connect(t)
-		res, err := c.Send(context.Background(), src, "f", transfer.SendOptions{})
-		if !errors.Is(err, transfer.ErrBusy) {
-			return res, err
-		}
-		c.Close()
-		runtime.Gosched()
-	}
-	t.Fatal("the name stayed busy")
-	return transfer.Result{}, nil
 }

@@ -297,16 +297,20 @@ func (ss *session) checkExists(key string, o *transfer.Offer) (exists bool, err 
 	if err != nil || !taken || store.Committing(key, o.Name) {
 		return false, err
 	}
-	refusal := fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
-		transfer.ErrExists, transfer.QuoteName(o.Name))
 	if o.Flags&transfer.OfferRestart != 0 {
-		return false, refusal // the sender's file differs from the committed one
+		return false, existsError(o.Name) // the sender's file differs from the committed one
 	}
 	size, mtime, err := store.Stat(o.Name)
 	if err != nil || size != o.Size || mtime.UnixNano() != o.MtimeNs {
-		return false, refusal
+		return false, existsError(o.Name)
 	}
 	return true, nil
+}
+
+// existsError refuses a name that a committed file of other content holds.
+func existsError(name string) error {
+	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+		transfer.ErrExists, transfer.QuoteName(name))
 }
 
 // confirmCommitted answers an offer for a file already committed under
@@ -346,8 +350,7 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 		return false, nil
 	}
 	if h != t.Hash {
-		ss.refuse(fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
-			transfer.ErrExists, transfer.QuoteName(o.Name)))
+		ss.refuse(existsError(o.Name))
 		return false, nil
 	}
 	log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)

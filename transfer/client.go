@@ -137,7 +137,7 @@ func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOpt
 	}
 	res, err := c.send(ctx, src, name, opts)
 	var re *RemoteError
-	if err != nil && !(errors.As(err, &re) && res.SentBytes == 0 && !c.streaming) {
+	if err != nil && !(errors.As(err, &re) && !c.streaming) {
 		c.broken = err
 	}
 	return res, ctxErr(ctx, err)
