@@ -72,42 +72,58 @@ func (s *Server) leave(ss *session) {
 	}
 }
 
-// reservation is disk space promised to one transfer. The transfer
-// consumes it as its chunks come to occupy disk and releases the rest
+// reservation is disk space promised to one transfer: for its data still
+// to come, and extra space (its new directories). The transfer consumes
+// the data part as its chunks come to occupy disk and releases the rest
 // when it ends, however it ends. Safe for concurrent use.
 type reservation struct {
-	srv *Server
-	n   int64 // bytes still promised; guarded by srv.mu
+	srv   *Server
+	data  int64 // bytes promised for data still to come; guarded by srv.mu
+	extra int64 // other bytes promised until release; guarded by srv.mu
 }
 
-// reserve promises n bytes of disk to a transfer, or returns nil when the
-// free space, less what is promised to other transfers, is smaller.
-func (s *Server) reserve(n int64) *reservation {
+// reserve promises data+extra bytes of disk to a transfer, or returns nil
+// when the free space, less what is promised to other transfers, is
+// smaller.
+func (s *Server) reserve(data, extra int64) *reservation {
 	ds, ok := s.cfg.Store.(interface{ FreeSpace() int64 })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ok {
-		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < n {
+		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < data+extra {
 			return nil
 		}
 	}
-	s.reserved += n
-	return &reservation{srv: s, n: n}
+	s.reserved += data + extra
+	return &reservation{srv: s, data: data, extra: extra}
 }
 
-// consume stops promising n bytes that now occupy disk (free space
-// reflects them).
+// consume stops promising n bytes of data that now occupy disk (free
+// space reflects them).
 func (r *reservation) consume(n int64) {
 	r.srv.mu.Lock()
-	n = min(n, r.n)
-	r.n -= n
+	n = min(n, r.data)
+	r.data -= n
 	r.srv.reserved -= n
 	r.srv.mu.Unlock()
 }
 
+// awaiting reports whether data is still promised: the transfer waits
+// for chunks.
+func (r *reservation) awaiting() bool {
+	r.srv.mu.Lock()
+	defer r.srv.mu.Unlock()
+	return r.data > 0
+}
+
 // release gives back what is still promised. It may be called more than
 // once.
-func (r *reservation) release() { r.consume(r.n) }
+func (r *reservation) release() {
+	r.srv.mu.Lock()
+	r.srv.reserved -= r.data + r.extra
+	r.data, r.extra = 0, 0
+	r.srv.mu.Unlock()
+}
 
 // admit checks an offer before anything is opened for it: its name, its
 // size, and how many directories its commit would create. It returns that

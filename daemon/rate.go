@@ -23,14 +23,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// watchRate drops the session if, while a transfer holding a reservation
-// runs, fewer than MinRate × MinRateWindow bytes arrive in any window of
-// MinRateWindow. The idle timeout bounds one frame; this bounds the rate,
-// so that a peer sending a tiny chunk now and then cannot hold disk space
-// promised to it, and so keep every other sender out (issue 8). It
-// returns a function that stops watching; after it returns, no drop
-// happens.
-func (ss *session) watchRate() (stop func()) {
+// watchRate drops the session if, while its transfer holds a reservation
+// for data still to come (res), fewer than MinRate × MinRateWindow bytes
+// arrive in a window of MinRateWindow. The idle timeout bounds one frame;
+// this bounds the rate, so that a peer sending a tiny chunk now and then
+// cannot hold the disk space promised to it and keep every other sender
+// out (issue 8). Once every byte has arrived the sender may take its time
+// over the trailer (it may be hashing a long prefix), bounded by the idle
+// timeout alone. It returns a function that stops watching; after it
+// returns, no drop happens.
+func (ss *session) watchRate(res *reservation) (stop func()) {
 	cfg := &ss.srv.cfg
 	if cfg.MinRate <= 0 {
 		return func() {}
@@ -49,7 +51,7 @@ func (ss *session) watchRate() (stop func()) {
 			return
 		}
 		now := ss.in.n.Load()
-		if got := now - last; got < want {
+		if got := now - last; got < want && res.awaiting() {
 			ss.drop(fmt.Errorf("%w: %d bytes in %v, below the daemon's minimum of %d bytes/s; resume on a faster link",
 				transfer.ErrTimeout, got, cfg.MinRateWindow, cfg.MinRate))
 			return

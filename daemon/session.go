@@ -254,10 +254,10 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	st := p.State()
 	// New directories are counted as a block each, so that names cannot
 	// fill the disk past the reservation either.
-	remaining := o.Size - st.DurableOffset + int64(newDirs)*dirCost
-	res := ss.srv.reserve(remaining)
+	remaining, dirs := o.Size-st.DurableOffset, int64(newDirs)*dirCost
+	res := ss.srv.reserve(remaining, dirs)
 	if res == nil {
-		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining, transfer.QuoteName(o.Name)))
+		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name)))
 		return false, nil
 	}
 	defer res.release() // on every path: a failed Accept used to leak it (issue 8)
@@ -281,7 +281,7 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	defer func() { ss.buf = nil; pool.Put(buf) }()
 	start := time.Now()
 	rx := newReceiver(ss, p, o, res)
-	stopWatch := ss.watchRate()
+	stopWatch := ss.watchRate(res)
 	err = rx.run()
 	stopWatch()
 	if errors.Is(err, errReoffered) {
