@@ -229,11 +229,13 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	// Before anything else looks at the partial: if a commit was cut
 	// short after its link, its data file is the committed file, and must
 	// never be resumed, truncated or written (issue 8).
-	if finished, err := ss.srv.cfg.Store.FinishCommit(key, o.Name); err != nil {
+	finished, err := ss.srv.cfg.Store.FinishCommit(key, o.Name)
+	if err != nil {
 		log.Error("finishing an interrupted commit", "err", err)
 		ss.refuse(storageError("finishing an interrupted commit", err))
 		return false, nil
-	} else if finished {
+	}
+	if finished {
 		log.Info("interrupted commit finished")
 	}
 	exists, err := ss.checkExists(o)

@@ -344,10 +344,12 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	// A data file with another link is, or was, a committed file (a
 	// commit cut short after its link): truncating or writing it would
 	// change that file (issue 8). It is discarded, by unlinking.
-	if fi, err := f.Stat(); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		f.Close()
 		return nil, err
-	} else if n := linkCount(fi); n > 1 {
+	}
+	if n := linkCount(fi); n > 1 {
 		f.Close()
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
