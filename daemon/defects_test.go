@@ -410,7 +410,7 @@ func TestMaxSessionsPerIP(t *testing.T) {
 // its reservation goes to the next sender.
 func TestMinRateDropsTrickler(t *testing.T) {
 	const free = 1 << 20
-	srv := newSpaceServer(t, free, daemon.Config{MinRate: 1024, MinRateWindow: 300 * time.Millisecond}, nil)
+	srv := newSpaceServer(t, free, daemon.Config{MinRate: 1024, MinRateWindow: time.Second}, nil)
 	slow := randomData(free-100, 171)
 	a := srv.raw(t)
 	a.hello()
