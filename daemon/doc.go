@@ -11,6 +11,7 @@
 // os.Root, so that nothing outside the root is touched) keeps this layout:
 //
 //	ROOT/.ferry/                      reserved: no transfer may name it (0700)
+//	ROOT/.ferry/lock                  flock'ed by the one daemon using the root (LockRoot)
 //	ROOT/.ferry/partials/KEY.data     a transfer's bytes; only [0, durable offset) is trusted
 //	ROOT/.ferry/partials/KEY.state    its state record (EncodeState), replaced only by rename
 //	ROOT/.ferry/partials/KEY.tmp      a state record being written; never read
@@ -22,11 +23,14 @@
 // (temp file, fsync, rename), and carries a BLAKE3 checksum; a record that
 // is missing or damaged means there is no partial. A committed file is
 // linked into place without overwriting anything, after which the partial
-// is removed.
+// is removed. A partial whose data file is still linked at its committed
+// name (a commit cut short) is never written: FinishCommit finishes it on
+// the next offer, FinishCommits at start.
 //
 // # What is never cleaned up
 //
-// Like tusd's filestore, the daemon deletes nothing on its own:
+// Like tusd's filestore, the daemon deletes nothing on its own, except
+// the partial of a commit cut short (above):
 //
 //   - partials of transfers that are never completed (KEY.data and
 //     KEY.state) stay until the same name is offered again, which resumes

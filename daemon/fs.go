@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -59,6 +60,7 @@ type OSFS struct {
 var (
 	_ FS         = (*OSFS)(nil)
 	_ FreeSpacer = (*OSFS)(nil)
+	_ DirReader  = (*OSFS)(nil)
 )
 
 // OpenOSFS opens dir (creating it with mode 0o750 if absent) as an OSFS.
@@ -89,6 +91,18 @@ func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(
 func (f *OSFS) Lstat(name string) (os.FileInfo, error)    { return f.root.Lstat(name) }
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
 	return f.root.Chtimes(name, atime, mtime)
+}
+
+// ReadDir returns the sorted entry names of the directory name.
+func (f *OSFS) ReadDir(name string) ([]string, error) {
+	d, err := f.root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	slices.Sort(names)
+	return names, err
 }
 
 // SyncDir opens the directory under the root and fsyncs it.

@@ -34,6 +34,21 @@ type Config struct {
 	// MaxSessions bounds concurrent sessions past their Hello; further
 	// sessions are refused as busy. Defaults to 64.
 	MaxSessions int
+	// MaxSessionsPerIP bounds the sessions past their Hello from one remote
+	// IP address, so that one client cannot hold every session slot;
+	// further sessions from that address are refused as busy. Sessions on
+	// other networks than TCP (Unix sockets, pipes) are not counted.
+	// Defaults to 16; negative means no per-address limit.
+	MaxSessionsPerIP int
+	// MinRate is the lowest rate, in bytes per second averaged over
+	// MinRateWindow, at which a session holding a disk-space reservation
+	// must deliver data. A slower session is dropped (CodeTimeout): its
+	// verified data is made durable, so the transfer can resume, and its
+	// reservation is released. Defaults to 4096; negative disables it.
+	MinRate int64
+	// MinRateWindow is the window MinRate is averaged over. Defaults to
+	// 30s.
+	MinRateWindow time.Duration
 	// MaxPending bounds connections that have not completed their Hello,
 	// so that idle or slow-loris clients cannot take the session slots of
 	// real senders. Further connections are closed at once. Defaults to
@@ -69,6 +84,15 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 64
 	}
+	if c.MaxSessionsPerIP == 0 {
+		c.MaxSessionsPerIP = 16
+	}
+	if c.MinRate == 0 {
+		c.MinRate = 4096
+	}
+	if c.MinRateWindow <= 0 {
+		c.MinRateWindow = 30 * time.Second
+	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 1024
 	}
@@ -102,6 +126,7 @@ type Server struct {
 	sessions  map[*session]struct{}
 	pending   int                 // sessions in sessions that have not completed their Hello
 	active    int                 // sessions past their Hello
+	perIP     map[string]int      // sessions past their Hello by remote IP (TCP only)
 	holders   map[string]*session // partial key → the session using it
 	reserved  int64               // bytes promised to transfers in progress
 	pools     map[int]*transfer.BufferPool
@@ -120,6 +145,7 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		holders:   make(map[string]*session),
+		perIP:     make(map[string]int),
 		pools:     make(map[int]*transfer.BufferPool),
 	}, nil
 }
@@ -179,29 +205,8 @@ func (s *Server) ServeConn(conn net.Conn) {
 	go func() {
 		defer s.wg.Done()
 		ss.run()
-		s.mu.Lock()
-		delete(s.sessions, ss)
-		if ss.admitted {
-			s.active--
-		} else {
-			s.pending--
-		}
-		s.mu.Unlock()
+		s.leave(ss)
 	}()
-}
-
-// admit moves ss from pending to active once its Hello is read, or reports
-// that MaxSessions are active.
-func (s *Server) admit(ss *session) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.active >= s.cfg.MaxSessions {
-		return false
-	}
-	s.pending--
-	s.active++
-	ss.admitted = true
-	return true
 }
 
 // Shutdown stops accepting, tells every session to make its data durable
@@ -242,27 +247,6 @@ func (s *Server) hold(key string, ss *session) bool {
 func (s *Server) release(key string) {
 	s.mu.Lock()
 	delete(s.holders, key)
-	s.mu.Unlock()
-}
-
-// reserve promises n bytes of disk to a transfer, refusing when the free
-// space, less what is promised to others, is smaller.
-func (s *Server) reserve(n int64) bool {
-	ds, ok := s.cfg.Store.(interface{ FreeSpace() int64 })
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ok {
-		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < n {
-			return false
-		}
-	}
-	s.reserved += n
-	return true
-}
-
-func (s *Server) unreserve(n int64) {
-	s.mu.Lock()
-	s.reserved -= n
 	s.mu.Unlock()
 }
 

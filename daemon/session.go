@@ -23,6 +23,8 @@ import (
 type session struct {
 	srv  *Server
 	conn net.Conn
+	ip   string          // remote IP address counted for MaxSessionsPerIP; "" if not TCP
+	in   *countingReader // conn, counting bytes for MinRate
 	r    *bufio.Reader
 	log  *slog.Logger
 	wmu  sync.Mutex // serialises frames written to conn
@@ -32,6 +34,7 @@ type session struct {
 
 	intMu       sync.Mutex
 	interrupted bool
+	dropped     error // why the session was dropped mid-transfer (MinRate), or nil
 
 	admitted bool // counted as active by the server; guarded by srv.mu
 
@@ -39,13 +42,16 @@ type session struct {
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
+	in := &countingReader{r: conn}
 	return &session{
 		srv:  srv,
 		conn: conn,
+		ip:   remoteIP(conn),
+		in:   in,
 		// Chunk payloads bypass this buffer (bufio reads large requests
 		// straight into the caller's slice), so it stays small: idle
 		// connections are cheap.
-		r:   bufio.NewReaderSize(conn, 16<<10),
+		r:   bufio.NewReaderSize(in, 16<<10),
 		log: srv.cfg.Logger.With("remote", conn.RemoteAddr().String()),
 	}
 }
@@ -162,8 +168,7 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
-	if !ss.srv.admit(ss) {
-		err := &transfer.RemoteError{Code: transfer.CodeBusy, Message: fmt.Sprintf("daemon has %d sessions, its limit; retry later", ss.srv.cfg.MaxSessions)}
+	if err := ss.srv.admit(ss); err != nil {
 		ss.refuse(err)
 		return err
 	}
@@ -185,6 +190,9 @@ func (ss *session) readFailed(err error) error {
 	case ss.srv.ctx.Err() != nil:
 		err = context.Cause(ss.srv.ctx)
 		ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
+	case ss.dropReason() != nil:
+		err = ss.dropReason()
+		ss.send(&transfer.RemoteError{Code: transfer.CodeOf(err), Message: err.Error()}) // drop logged it
 	case errors.As(err, &ne) && ne.Timeout():
 		err = fmt.Errorf("%w: no frame for %v", transfer.ErrTimeout, ss.srv.cfg.IdleTimeout)
 		ss.refuse(err)
@@ -207,7 +215,8 @@ func partialKey(credential, name string) string {
 // at offer time leave the session open for the next offer.
 func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	log := ss.log.With("name", o.Name, "size", o.Size) // slog escapes control characters and invalid UTF-8
-	if err := ss.admit(o); err != nil {
+	newDirs, err := ss.admit(o)
+	if err != nil {
 		ss.refuse(err)
 		return false, nil
 	}
@@ -217,7 +226,19 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		return false, nil
 	}
 	defer ss.srv.release(key)
-	exists, err := ss.checkExists(key, o)
+	// Before anything else looks at the partial: if a commit was cut
+	// short after its link, its data file is the committed file, and must
+	// never be resumed, truncated or written (issue 8).
+	finished, err := ss.srv.cfg.Store.FinishCommit(key, o.Name)
+	if err != nil {
+		log.Error("finishing an interrupted commit", "err", err)
+		ss.refuse(storageError("finishing an interrupted commit", err))
+		return false, nil
+	}
+	if finished {
+		log.Info("interrupted commit finished")
+	}
+	exists, err := ss.checkExists(o)
 	if err != nil {
 		ss.refuse(err)
 		return false, nil
@@ -233,11 +254,15 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	}
 	defer p.Close()
 	st := p.State()
-	remaining := o.Size - st.DurableOffset
-	if !ss.srv.reserve(remaining) {
-		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining, transfer.QuoteName(o.Name)))
+	// New directories are counted as a block each, so that names cannot
+	// fill the disk past the reservation either.
+	remaining, dirs := o.Size-st.DurableOffset, int64(newDirs)*dirCost
+	res := ss.srv.reserve(remaining, dirs)
+	if res == nil {
+		ss.refuse(fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name)))
 		return false, nil
 	}
+	defer res.release() // on every path: a failed Accept used to leak it (issue 8)
 	acc := &transfer.Accept{DurableOffset: st.DurableOffset, TailOffset: st.TailOffset,
 		TailLength: uint32(st.DurableOffset - st.TailOffset), TailHash: st.TailHash}
 	if restarted {
@@ -257,10 +282,10 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	ss.buf = (*buf)[at : at+n : at+n]
 	defer func() { ss.buf = nil; pool.Put(buf) }()
 	start := time.Now()
-	rx := newReceiver(ss, p, o)
-	rx.reserved = remaining
+	rx := newReceiver(ss, p, o, res)
+	stopWatch := ss.watchRate(res)
 	err = rx.run()
-	ss.srv.unreserve(rx.reserved)
+	stopWatch()
 	if errors.Is(err, errReoffered) {
 		return false, nil
 	}
@@ -272,45 +297,6 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	}
 	log.Info("committed", attrs...)
 	return true, nil
-}
-
-// admit checks an offer before anything is opened for it.
-func (ss *session) admit(o *transfer.Offer) error {
-	if err := transfer.ValidateName(o.Name); err != nil {
-		return err
-	}
-	if max := ss.srv.cfg.MaxSize; max > 0 && o.Size > max {
-		return fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, max)
-	}
-	return nil
-}
-
-// checkExists refuses an offer whose name is taken by something that is
-// not this very file. It reports exists=true when a committed file of the
-// offer's size and mtime holds the name: likely this file, committed by an
-// earlier session whose Committed never reached the sender (a crash or cut
-// right after the commit), or a send run again. confirmCommitted then
-// proves it by hash instead of refusing.
-func (ss *session) checkExists(key string, o *transfer.Offer) (exists bool, err error) {
-	store := ss.srv.cfg.Store
-	taken, err := store.Exists(o.Name)
-	if err != nil || !taken || store.Committing(key, o.Name) {
-		return false, err
-	}
-	if o.Flags&transfer.OfferRestart != 0 {
-		return false, existsError(o.Name) // the sender's file differs from the committed one
-	}
-	size, mtime, err := store.Stat(o.Name)
-	if err != nil || size != o.Size || mtime.UnixNano() != o.MtimeNs {
-		return false, existsError(o.Name)
-	}
-	return true, nil
-}
-
-// existsError refuses a name that a committed file of other content holds.
-func existsError(name string) error {
-	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
-		transfer.ErrExists, transfer.QuoteName(name))
 }
 
 // confirmCommitted answers an offer for a file already committed under
@@ -389,11 +375,11 @@ type receiver struct {
 	o        *transfer.Offer
 	whole    *transfer.StreamHasher
 	sync     *syncer
-	next     int64 // offset of the next chunk expected
-	awaiting bool  // a chunk was nacked; skip frames until it comes again
-	bad      int   // chunks that failed verification
-	received int64 // chunk data bytes read from the wire
-	reserved int64 // disk space still promised to this transfer, in bytes
+	next     int64        // offset of the next chunk expected
+	awaiting bool         // a chunk was nacked; skip frames until it comes again
+	bad      int          // chunks that failed verification
+	received int64        // chunk data bytes read from the wire
+	res      *reservation // disk space still promised to this transfer
 	tail     syncPoint
 	lastSync time.Time
 
@@ -401,9 +387,9 @@ type receiver struct {
 	failed      atomic.Bool        // the transfer failed: no more acks
 }
 
-func newReceiver(ss *session, p Partial, o *transfer.Offer) *receiver {
+func newReceiver(ss *session, p Partial, o *transfer.Offer, res *reservation) *receiver {
 	st := p.State()
-	rx := &receiver{ss: ss, p: p, o: o, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
+	rx := &receiver{ss: ss, p: p, o: o, res: res, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
 		tail: syncPoint{offset: st.DurableOffset, tailOffset: st.TailOffset, tailHash: st.TailHash}, lastSync: time.Now()}
 	rx.sync = newSyncer(p, rx.tail, rx.ack)
 	if st.DurableOffset > 0 {
@@ -556,8 +542,7 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	rx.next += n
 	// The bytes now occupy disk, so free space reflects them: stop
 	// promising them too.
-	rx.ss.srv.unreserve(n)
-	rx.reserved -= n
+	rx.res.consume(n)
 	rx.tail = syncPoint{offset: rx.next, tailOffset: c.Offset, tailHash: c.Hash}
 	cfg := &rx.ss.srv.cfg
 	if rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval {

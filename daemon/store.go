@@ -33,10 +33,14 @@ type Store interface {
 	Stat(name string) (size int64, mtime time.Time, err error)
 	// OpenCommitted opens the committed regular file at name for reading.
 	OpenCommitted(name string) (CommittedFile, error)
-	// Committing reports whether the partial under key is already linked
-	// at name: a commit that was cut short after the link, so finishing it
-	// is not an overwrite.
-	Committing(key, name string) bool
+	// FinishCommit completes a commit that was cut short after the
+	// partial under key was linked at name (a crash, or a failed directory
+	// fsync or cleanup): the partial's data is then the committed file,
+	// which must never be resumed, truncated or written. It makes name
+	// durable and removes the partial, and reports whether there was such
+	// a commit. The session calls it before anything else touches the
+	// partial.
+	FinishCommit(key, name string) (finished bool, err error)
 }
 
 // CommittedFile is a committed file open for reading.
@@ -150,12 +154,112 @@ func (s *DirStore) OpenCommitted(name string) (CommittedFile, error) {
 	return s.fs.OpenFile(name, os.O_RDONLY, 0)
 }
 
-// Committing implements Store.
+// Committing reports whether the partial under key is linked at name: a
+// commit that was cut short after the link.
 func (s *DirStore) Committing(key, name string) bool {
 	data, _, _ := s.paths(key)
 	a, err1 := s.fs.Lstat(data)
 	b, err2 := s.fs.Lstat(name)
 	return err1 == nil && err2 == nil && sameFile(a, b)
+}
+
+// FinishCommit implements Store.
+func (s *DirStore) FinishCommit(key, name string) (bool, error) {
+	if !validKey(key) {
+		return false, fmt.Errorf("bug: partial key %q", key)
+	}
+	if !s.Committing(key, name) {
+		return false, nil
+	}
+	return true, s.finishCommit(key, name)
+}
+
+// finishCommit does what Commit does after its link, for a partial whose
+// data file is linked at name, without writing the file.
+func (s *DirStore) finishCommit(key, name string) error {
+	if err := s.fs.SyncDir(parentDir(name)); err != nil {
+		return fmt.Errorf("fsync directory of %s: %w", transfer.QuoteName(name), err)
+	}
+	return s.discard(key)
+}
+
+// discard removes key's partial: its state record, then its data file,
+// which is unlinked, never truncated (it may be a link of a committed
+// file).
+func (s *DirStore) discard(key string) error {
+	dataPath, statePath, _ := s.paths(key)
+	if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+		return fmt.Errorf("removing state record: %w", err)
+	}
+	if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
+		return fmt.Errorf("removing partial data: %w", err)
+	}
+	if err := s.fs.SyncDir(partialsDir); err != nil {
+		return fmt.Errorf("fsync %s: %w", partialsDir, err)
+	}
+	return nil
+}
+
+// DirReader is implemented by an FS that can list a directory.
+type DirReader interface {
+	// ReadDir returns the names of the entries of the directory name.
+	ReadDir(name string) ([]string, error)
+}
+
+// FinishCommits, run at start before the store serves, finds every
+// partial whose data file has another link: a commit cut short after its
+// link. When the link is at the partial's name, it finishes the commit as
+// FinishCommit does; otherwise (no state record left, or another name
+// links the data) it discards the partial, unlinking its data without
+// writing it. It returns the names whose commits it finished and how many
+// partials it discarded. On an FS that is not a DirReader it does nothing.
+func (s *DirStore) FinishCommits() (finished []string, discarded int, err error) {
+	rd, ok := s.fs.(DirReader)
+	if !ok {
+		return nil, 0, nil
+	}
+	names, err := rd.ReadDir(partialsDir)
+	if err != nil {
+		return nil, 0, fmt.Errorf("listing %s: %w", partialsDir, err)
+	}
+	for _, n := range names {
+		key, ok := strings.CutSuffix(n, ".data")
+		if !ok || !validKey(key) {
+			continue
+		}
+		fi, err := s.fs.Lstat(path.Join(partialsDir, n))
+		if err != nil {
+			return finished, discarded, err
+		}
+		if linkCount(fi) <= 1 {
+			continue
+		}
+		st, found, err := s.loadState(key)
+		if err != nil {
+			return finished, discarded, err
+		}
+		if found && s.Committing(key, st.Name) {
+			if err := s.finishCommit(key, st.Name); err != nil {
+				return finished, discarded, err
+			}
+			finished = append(finished, st.Name)
+			continue
+		}
+		if err := s.discard(key); err != nil {
+			return finished, discarded, err
+		}
+		discarded++
+	}
+	return finished, discarded, nil
+}
+
+// linkCount returns the number of hard links of the file fi (from FS.Lstat
+// or File.Stat) describes, or 1 if fi does not say.
+func linkCount(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 0 {
+		return uint64(st.Nlink)
+	}
+	return 1
 }
 
 // sameFile reports whether a and b, from FS.Lstat, describe one file. It
@@ -236,6 +340,18 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	// A data file with another link is, or was, a committed file (a
+	// commit cut short after its link): truncating or writing it would
+	// change that file (issue 8). It is discarded, by unlinking.
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if n := linkCount(fi); n > 1 {
+		f.Close()
+		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
 	p := &dirPartial{s: s, key: key, f: f, st: *st}
 	if err := p.verifyTail(); err != nil {
@@ -395,7 +511,8 @@ func (p *dirPartial) Commit() error {
 		}
 	}
 	// The file is committed. What follows only tidies up; a crash here
-	// leaves a partial that Committing recognises.
+	// leaves a partial that FinishCommit (or FinishCommits at start)
+	// finishes.
 	p.Close()
 	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
 		return &leftoverError{fmt.Errorf("removing state record: %w", err)}

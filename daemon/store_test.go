@@ -196,8 +196,10 @@ func TestDirStoreCommit(t *testing.T) {
 	}
 }
 
-// TestDirStoreCommitting: a commit cut short after the link is recognised,
-// so finishing it is not an overwrite.
+// TestDirStoreCommitting: a commit cut short after the link is recognised
+// and FinishCommit finishes it; a partial whose data file is linked at its
+// name is never resumed (issue 8: resuming it let a later reset truncate
+// the committed file).
 func TestDirStoreCommitting(t *testing.T) {
 	s, root := newStore(t)
 	offer := &transfer.Offer{Size: 3, Name: "f"}
@@ -221,16 +223,21 @@ func TestDirStoreCommitting(t *testing.T) {
 	if !s.Committing(testKey, "f") {
 		t.Fatal("Committing false after the link")
 	}
-	p, restarted, err := s.Open(testKey, offer, false)
-	if err != nil || restarted || p.State().DurableOffset != 3 {
-		t.Fatalf("reopening: %v, restarted %v, state %+v", err, restarted, p.State())
+	finished, err := s.FinishCommit(testKey, "f")
+	if err != nil || !finished {
+		t.Fatalf("FinishCommit: %v, %v; want it finished", finished, err)
 	}
-	if err := p.Commit(); err != nil {
-		t.Fatalf("finishing the commit: %v", err)
-	}
-	p.Close()
 	if s.Committing(testKey, "f") {
 		t.Error("Committing after the partial is gone")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, ".ferry", "partials")); len(ents) != 0 {
+		t.Errorf("partial left after FinishCommit: %v", ents)
+	}
+	if finished, err := s.FinishCommit(testKey, "f"); err != nil || finished {
+		t.Errorf("FinishCommit again: %v, %v; want nothing to finish", finished, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "f")); err != nil || string(b) != "abc" {
+		t.Errorf("committed file %q, %v", b, err)
 	}
 }
 

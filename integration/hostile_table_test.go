@@ -310,7 +310,9 @@ func TestHostileThousandSlowConnections(t *testing.T) {
 	// --max-pending above the flood: for a moment every flood connection
 	// waits for its hello, and this test is about timeouts, not that cap
 	// (which would close the excess silently, as designed).
-	d := startDaemon(t, root, "--handshake-timeout", handshake.String(), "--idle-timeout", idle.String(), "--max-pending", "4096")
+	// --max-sessions-per-ip off: every session here comes from 127.0.0.1.
+	d := startDaemon(t, root, "--handshake-timeout", handshake.String(), "--idle-timeout", idle.String(), "--max-pending", "4096",
+		"--max-sessions-per-ip", "0")
 	ctx := testContext(t)
 
 	// A transfer under way through a throttled proxy for the whole flood.

@@ -63,12 +63,12 @@ func TestSendSizes(t *testing.T) {
 	}
 }
 
-// checkNoPartials fails if any partial is left under ROOT/.ferry once
-// every transfer has committed (DESIGN.md: commit removes the partial's
-// state).
+// checkNoPartials fails if any partial is left under ROOT/.ferry/partials
+// once every transfer has committed (DESIGN.md: commit removes the
+// partial's state). ROOT/.ferry/lock is the daemon's, not a partial.
 func checkNoPartials(t *testing.T, root string) {
 	t.Helper()
-	filepath.WalkDir(filepath.Join(root, ".ferry"), func(p string, e os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(root, ".ferry", "partials"), func(p string, e os.DirEntry, err error) error {
 		if err == nil && !e.IsDir() {
 			t.Errorf("partial left behind after commit: %s", p)
 		}

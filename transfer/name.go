@@ -12,14 +12,21 @@ import (
 // have: NAME_MAX on Linux and most other systems.
 const MaxComponentLen = 255
 
+// MaxNameDepth is the most components a name may have. It bounds the
+// directories one transfer can make the daemon create (MaxNameDepth-1) and
+// the work of resolving a name: a 4 KiB name of 2,048 one-byte components
+// once made the daemon create and fsync 2,047 directories (issue 8).
+const MaxNameDepth = 64
+
 // ReservedDir is the top-level directory under the root where the daemon
 // keeps partials. No transfer may name it.
 const ReservedDir = ".ferry"
 
 // ValidateName checks a destination name from the network: a non-empty,
 // slash-separated path relative to the root, of valid UTF-8 with no control
-// characters, whose components are not empty, ".", or "..", are at most
-// MaxComponentLen bytes, and whose first component is not ReservedDir. The
+// characters, of at most MaxNameDepth components that are not empty, ".",
+// or "..", are at most MaxComponentLen bytes, and whose first component is
+// not ReservedDir. The
 // whole name is at most MaxNameLen bytes. It returns an error wrapping
 // ErrBadName that names the problem. ValidateName does not look at the file
 // system: symlinks are handled by resolving names under an os.Root.
@@ -65,6 +72,9 @@ func validateName(name string) error {
 			// Refused so that a name means the same on every system.
 			return fmt.Errorf("contains a backslash")
 		}
+	}
+	if n := strings.Count(name, "/") + 1; n > MaxNameDepth {
+		return fmt.Errorf("%d components, more than %d", n, MaxNameDepth)
 	}
 	for i, c := range strings.Split(name, "/") {
 		switch {

@@ -29,6 +29,7 @@ func TestValidateName(t *testing.T) {
 		{"255-byte component", long(255), true, ""},
 		{"255-byte multi-byte component", strings.Repeat("é", 127) + "x", true, ""},
 		{"exactly MaxNameLen", maxName, true, ""},
+		{"MaxNameDepth components", strings.Repeat("a/", MaxNameDepth-1) + "f", true, ""},
 
 		{"empty", "", false, "empty"},
 		{"parent", "..", false, "'..'"},
@@ -61,6 +62,8 @@ func TestValidateName(t *testing.T) {
 		{"256-byte multi-byte component", strings.Repeat("é", 128), false, "component longer"},
 		{"longer than MaxNameLen", maxName + "x", false, "longer than 4096"},
 		{"very long", strings.Repeat("a/", 5000), false, "longer than 4096"},
+		{"one component more than MaxNameDepth", strings.Repeat("a/", MaxNameDepth) + "f", false, "65 components, more than 64"},
+		{"2048 components in 4 KiB", strings.Repeat("a/", 2047) + "f", false, "2048 components, more than 64"},
 		{"reserved directory", ".ferry", false, "reserved"},
 		{"inside the reserved directory", ".ferry/x", false, "reserved"},
 		{"partials", ".ferry/partials/0123456789abcdef.data", false, "reserved"},

@@ -75,6 +75,12 @@ func flags() []cli.Flag {
 			Usage: "refuse files larger than this many bytes (0: no limit)"},
 		&cli.IntFlag{Name: "max-sessions", Value: 64, EnvVars: []string{"FERRY_MAX_SESSIONS"},
 			Usage: "most sessions at once; more are refused as busy"},
+		&cli.IntFlag{Name: "max-sessions-per-ip", Value: 16, EnvVars: []string{"FERRY_MAX_SESSIONS_PER_IP"},
+			Usage: "most sessions at once from one IP address; more are refused as busy (0: no limit; Unix sockets are not counted)"},
+		&cli.Int64Flag{Name: "min-rate", Value: 4096, EnvVars: []string{"FERRY_MIN_RATE"},
+			Usage: "drop a session that holds disk space for a transfer but delivers fewer bytes per second than this, averaged over --min-rate-window; its data stays resumable (0: off)"},
+		&cli.DurationFlag{Name: "min-rate-window", Value: 30 * time.Second, EnvVars: []string{"FERRY_MIN_RATE_WINDOW"},
+			Usage: "window --min-rate is averaged over"},
 		&cli.IntFlag{Name: "max-pending", Value: 1024, EnvVars: []string{"FERRY_MAX_PENDING"},
 			Usage: "most connections still waiting for their hello; more are closed at once"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
@@ -107,15 +113,33 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 		return fmt.Errorf("opening root: %w", err)
 	}
 	defer fsys.Close()
+	// One daemon per root, before anything under it is touched.
+	lock, err := daemon.LockRoot(fsys)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	store, err := daemon.NewDirStore(fsys)
 	if err != nil {
 		return fmt.Errorf("opening root %s: %w", root, err)
 	}
 	store.DirectIO = c.Bool("direct-io")
+	finished, discarded, err := store.FinishCommits()
+	for _, name := range finished {
+		log.Info("interrupted commit finished", "name", name)
+	}
+	if discarded > 0 {
+		log.Info("partials linked elsewhere discarded", "count", discarded)
+	}
+	if err != nil {
+		return fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
+	}
 	srv, err := daemon.NewServer(daemon.Config{
 		Store: store, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: c.Int("max-chunk-size"), SyncBytes: c.Int64("sync-bytes"), SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout: c.Duration("idle-timeout"), MaxSize: c.Int64("max-size"), MaxSessions: c.Int("max-sessions"),
+		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
+		MinRate:          orNegative(c.Int64("min-rate")), MinRateWindow: c.Duration("min-rate-window"),
 		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
 	})
 	if err != nil {
@@ -139,6 +163,15 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 		return fmt.Errorf("serving: %w", err)
 	}
 	return drain(srv, log, c.Duration("shutdown-timeout"))
+}
+
+// orNegative maps a flag's 0, which turns a limit off, to the -1 that
+// does so in daemon.Config (where 0 takes the default).
+func orNegative[T int | int64](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 // drain shuts down gracefully; a second signal exits at once (tusd, caddy).

@@ -823,7 +823,7 @@ func (n *inode) info(name string) os.FileInfo {
 		mode |= fs.ModeDir
 	}
 	return &fileInfo{name: name, size: int64(len(n.data)), mode: mode, mtime: n.mtime,
-		sys: &syscall.Stat_t{Dev: 0xc7a5, Ino: n.ino}}
+		sys: &syscall.Stat_t{Dev: 0xc7a5, Ino: n.ino, Nlink: uint64(max(n.nlink, 0))}}
 }
 
 type fileInfo struct {

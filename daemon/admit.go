@@ -1,0 +1,182 @@
+package daemon
+
+import (
+	"fmt"
+	"net"
+	"path"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// Admission: the checks a session and each of its offers pass before a
+// byte of data is accepted, and the slots and disk space they hold. Every
+// slot and reservation taken here is given back on every exit path
+// (issue 8: a reservation leaked when the Accept could not be sent).
+
+// MaxNewDirs is the most directories one transfer may make the daemon
+// create for its name's missing parents. An offer that needs more is
+// refused with CodeBadName before anything is created.
+const MaxNewDirs = 32
+
+// dirCost is the disk space in bytes a new directory is counted as in a
+// transfer's reservation: one block.
+const dirCost = 4096
+
+// remoteIP returns the IP address a session is counted under for
+// MaxSessionsPerIP, or "" for a connection that is not TCP (a Unix
+// socket, a pipe), which is not counted.
+func remoteIP(conn net.Conn) string {
+	if a, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return ""
+}
+
+// admit moves ss from pending to active once its Hello is read. It
+// returns a CodeBusy refusal when MaxSessions sessions are active, or
+// MaxSessionsPerIP from the session's remote address.
+func (s *Server) admit(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active >= s.cfg.MaxSessions {
+		return &transfer.RemoteError{Code: transfer.CodeBusy,
+			Message: fmt.Sprintf("daemon has %d sessions, its limit; retry later", s.cfg.MaxSessions)}
+	}
+	if limit := s.cfg.MaxSessionsPerIP; ss.ip != "" && limit > 0 && s.perIP[ss.ip] >= limit {
+		return &transfer.RemoteError{Code: transfer.CodeBusy,
+			Message: fmt.Sprintf("daemon has %d sessions from %s, its limit per address; retry later", limit, ss.ip)}
+	}
+	s.pending--
+	s.active++
+	if ss.ip != "" {
+		s.perIP[ss.ip]++
+	}
+	ss.admitted = true
+	return nil
+}
+
+// leave gives back the slots of a session that ended.
+func (s *Server) leave(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss)
+	if !ss.admitted {
+		s.pending--
+		return
+	}
+	s.active--
+	if ss.ip != "" {
+		if s.perIP[ss.ip]--; s.perIP[ss.ip] <= 0 {
+			delete(s.perIP, ss.ip)
+		}
+	}
+}
+
+// reservation is disk space promised to one transfer: for its data still
+// to come, and extra space (its new directories). The transfer consumes
+// the data part as its chunks come to occupy disk and releases the rest
+// when it ends, however it ends. Safe for concurrent use.
+type reservation struct {
+	srv   *Server
+	data  int64 // bytes promised for data still to come; guarded by srv.mu
+	extra int64 // other bytes promised until release; guarded by srv.mu
+}
+
+// reserve promises data+extra bytes of disk to a transfer, or returns nil
+// when the free space, less what is promised to other transfers, is
+// smaller.
+func (s *Server) reserve(data, extra int64) *reservation {
+	ds, ok := s.cfg.Store.(interface{ FreeSpace() int64 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ok {
+		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < data+extra {
+			return nil
+		}
+	}
+	s.reserved += data + extra
+	return &reservation{srv: s, data: data, extra: extra}
+}
+
+// consume stops promising n bytes of data that now occupy disk (free
+// space reflects them).
+func (r *reservation) consume(n int64) {
+	r.srv.mu.Lock()
+	n = min(n, r.data)
+	r.data -= n
+	r.srv.reserved -= n
+	r.srv.mu.Unlock()
+}
+
+// awaiting reports whether data is still promised: the transfer waits
+// for chunks.
+func (r *reservation) awaiting() bool {
+	r.srv.mu.Lock()
+	defer r.srv.mu.Unlock()
+	return r.data > 0
+}
+
+// release gives back what is still promised. It may be called more than
+// once.
+func (r *reservation) release() {
+	r.srv.mu.Lock()
+	r.srv.reserved -= r.data + r.extra
+	r.data, r.extra = 0, 0
+	r.srv.mu.Unlock()
+}
+
+// admit checks an offer before anything is opened for it: its name, its
+// size, and how many directories its commit would create. It returns that
+// number.
+func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
+	if err := transfer.ValidateName(o.Name); err != nil {
+		return 0, err
+	}
+	if max := ss.srv.cfg.MaxSize; max > 0 && o.Size > max {
+		return 0, fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, max)
+	}
+	// From the name's parent up to the first directory that exists: one
+	// lookup when the parent exists, at most MaxNameDepth-1.
+	for dir := path.Dir(o.Name); dir != "."; dir = path.Dir(dir) {
+		ok, err := ss.srv.cfg.Store.Exists(dir)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			break
+		}
+		if newDirs++; newDirs > MaxNewDirs {
+			return 0, fmt.Errorf("%w: needs more than %d new directories, the daemon's limit for one file: %s",
+				transfer.ErrBadName, MaxNewDirs, transfer.QuoteName(o.Name))
+		}
+	}
+	return newDirs, nil
+}
+
+// checkExists refuses an offer whose name is taken by something that is
+// not this very file. It reports exists=true when a committed file of the
+// offer's size and mtime holds the name: likely this file, committed by an
+// earlier session whose Committed never reached the sender (a crash or cut
+// right after the commit), or a send run again. confirmCommitted then
+// proves it by hash instead of refusing.
+func (ss *session) checkExists(o *transfer.Offer) (exists bool, err error) {
+	store := ss.srv.cfg.Store
+	taken, err := store.Exists(o.Name)
+	if err != nil || !taken {
+		return false, err
+	}
+	if o.Flags&transfer.OfferRestart != 0 {
+		return false, existsError(o.Name) // the sender's file differs from the committed one
+	}
+	size, mtime, err := store.Stat(o.Name)
+	if err != nil || size != o.Size || mtime.UnixNano() != o.MtimeNs {
+		return false, existsError(o.Name)
+	}
+	return true, nil
+}
+
+// existsError refuses a name that a committed file of other content holds.
+func existsError(name string) error {
+	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+		transfer.ErrExists, transfer.QuoteName(name))
+}
