@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"slices"
@@ -64,8 +66,17 @@ var (
 )
 
 // OpenOSFS opens dir (creating it with mode 0o750 if absent) as an OSFS.
+//
+// Only dir itself is created, never its parents: a mistyped --root
+// (/srv/inbx/new) should fail with a clear line, not grow a tree in the
+// wrong place (issue 8). The error wraps fs.ErrNotExist when the parent is
+// missing.
 func OpenOSFS(dir string) (*OSFS, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("creating root %s: its parent directory does not exist; create it first (ferryd creates only the root itself): %w",
+				dir, fs.ErrNotExist)
+		}
 		return nil, err
 	}
 	r, err := os.OpenRoot(dir)

@@ -130,8 +130,32 @@ func (s *DirStore) Exists(name string) (bool, error) {
 		return true, nil
 	case isNotExist(err):
 		return false, nil
+	case errors.Is(err, syscall.ENOTDIR):
+		if file := s.fileInPath(name); file != "" {
+			return false, fmt.Errorf("%w: %s: %s is a file on the daemon, not a directory; choose another --dest",
+				transfer.ErrBadName, transfer.QuoteName(name), transfer.QuoteName(file))
+		}
 	}
 	return false, fmt.Errorf("%w: %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
+}
+
+// fileInPath returns the first leading component of name that exists and
+// is not a directory, or "" if there is none: what a user who named an
+// existing file in --dest needs to hear, rather than "not a directory".
+func (s *DirStore) fileInPath(name string) string {
+	for i := 0; i < len(name); i++ {
+		if name[i] != '/' {
+			continue
+		}
+		fi, err := s.fs.Lstat(name[:i])
+		if err != nil {
+			return ""
+		}
+		if !fi.IsDir() {
+			return name[:i]
+		}
+	}
+	return ""
 }
 
 // Stat implements Store.
