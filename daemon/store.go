@@ -215,10 +215,10 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	b := make([]byte, stateFixed+transfer.MaxNameLen+transfer.HashSize+1)
 	n, err := f.ReadAt(b, 0)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	st, err := DecodeState(b[:n])
@@ -239,7 +239,7 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	}
 	p := &dirPartial{s: s, key: key, f: f, st: *st}
 	if err := p.verifyTail(); err != nil {
-		f.Close()
+		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
 	p.direct = s.openDirect(dataPath)
@@ -247,7 +247,7 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	// into place but not durable. Make it durable before its offset is
 	// offered, or a crash could take back what the sender was told.
 	if err := s.fs.SyncDir(partialsDir); err != nil {
-		f.Close()
+		_ = p.Close() // the error above is the one to report
 		return nil, err
 	}
 	return p, nil
@@ -298,7 +298,7 @@ func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
 	// The data file's directory entry must be durable before any state
 	// record that points at it.
 	if err := s.fs.SyncDir(partialsDir); err != nil {
-		f.Close()
+		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
@@ -365,7 +365,7 @@ func (p *dirPartial) writeState(st *State) error {
 	return nil
 }
 
-func (p *dirPartial) Commit() error {
+func (p *dirPartial) Commit() (rerr error) {
 	dataPath, statePath, _ := p.s.paths(p.key)
 	name := p.st.Name
 	if err := p.f.Chmod(os.FileMode(p.st.Mode) & os.ModePerm); err != nil {
@@ -395,8 +395,15 @@ func (p *dirPartial) Commit() error {
 		}
 	}
 	// The file is committed. What follows only tidies up; a crash here
-	// leaves a partial that Committing recognises.
-	p.Close()
+	// leaves a partial that Committing recognises. The data was fsynced
+	// above, yet a close error is still reported, once the rest is tidied.
+	if err := p.Close(); err != nil {
+		defer func() {
+			if rerr == nil {
+				rerr = &leftoverError{fmt.Errorf("closing partial data: %w", err)}
+			}
+		}()
+	}
 	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
 		return &leftoverError{fmt.Errorf("removing state record: %w", err)}
 	}
@@ -419,15 +426,19 @@ func (e *leftoverError) Error() string { return "committed, but " + e.err.Error(
 func (e *leftoverError) Unwrap() error { return e.err }
 
 func (p *dirPartial) Close() error {
+	var derr error
 	if p.direct != nil {
-		p.direct.Close()
+		derr = p.direct.Close()
 		p.direct = nil
 	}
 	if p.f == nil {
-		return nil
+		return derr
 	}
 	err := p.f.Close()
 	p.f = nil
+	if err == nil {
+		err = derr
+	}
 	return err
 }
 
