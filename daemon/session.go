@@ -55,7 +55,7 @@ func (ss *session) interrupt() {
 	ss.intMu.Lock()
 	ss.interrupted = true
 	ss.intMu.Unlock()
-	ss.conn.SetReadDeadline(time.Now())
+	_ = ss.conn.SetReadDeadline(time.Now()) // fails only once closed, when reads fail anyway
 }
 
 // readDeadline arms the idle timeout for the next frame, unless the
@@ -66,17 +66,32 @@ func (ss *session) readDeadlineIn(d time.Duration) {
 	ss.intMu.Lock()
 	defer ss.intMu.Unlock()
 	if !ss.interrupted {
-		ss.conn.SetReadDeadline(time.Now().Add(d))
+		_ = ss.conn.SetReadDeadline(time.Now().Add(d)) // fails only once closed, when reads fail anyway
 	}
 }
 
 // send writes one control frame, bounded by the idle timeout so that a
-// peer that stops reading cannot pin the session.
+// peer that stops reading cannot pin the session. A failed write closes
+// the connection (see writeFailed).
 func (ss *session) send(m transfer.Message) error {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
-	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
-	return transfer.WriteMessage(ss.conn, m)
+	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	if err == nil {
+		err = transfer.WriteMessage(ss.conn, m)
+	}
+	if err != nil {
+		ss.writeFailed()
+	}
+	return err
+}
+
+// writeFailed closes the connection after a failed write: the write may
+// have put part of a frame on the wire, and nothing sent after it could
+// be read as a frame. The receive loop then ends, flushing what is
+// verified. Called with wmu held.
+func (ss *session) writeFailed() {
+	_ = ss.conn.Close() // the write's error is the one that matters
 }
 
 // refuse sends a refusal and logs it on one line.
@@ -88,14 +103,16 @@ func (ss *session) refuse(err error) {
 		msg = re.Message
 	}
 	ss.log.Warn("refused", "code", code, "reason", msg)
-	ss.send(&transfer.RemoteError{Code: code, Message: msg})
+	if err := ss.send(&transfer.RemoteError{Code: code, Message: msg}); err != nil {
+		ss.log.Warn("sending refusal", "err", err)
+	}
 }
 
 // refuseAndClose turns a connection away before its Hello: with a
 // refusal when shutting down, silently when too many are pending (writing
 // to each of a flood of clients would only feed it).
 func (ss *session) refuseAndClose(full bool) {
-	defer ss.conn.Close()
+	defer ss.conn.Close() //nolint:errcheck // turned away; nothing to report to
 	if full {
 		ss.log.Warn("connection dropped", "reason", "too many connections waiting for their hello")
 		return
@@ -104,7 +121,7 @@ func (ss *session) refuseAndClose(full bool) {
 }
 
 func (ss *session) run() {
-	defer ss.conn.Close()
+	defer ss.conn.Close() //nolint:errcheck // the session is over and logged
 	start := time.Now()
 	n, err := ss.serve()
 	reason := "closed by sender"
@@ -127,7 +144,7 @@ func (ss *session) serve() (int, error) {
 		if o == nil {
 			ss.readDeadline()
 			m, err := transfer.ReadMessage(ss.r)
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return committed, nil
 			}
 			if err != nil {
@@ -231,7 +248,11 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		ss.refuse(fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err))
 		return false, nil
 	}
-	defer p.Close()
+	defer func() {
+		if err := p.Close(); err != nil {
+			log.Error("closing partial", "err", err)
+		}
+	}()
 	st := p.State()
 	remaining := o.Size - st.DurableOffset
 	if !ss.srv.reserve(remaining) {
@@ -279,8 +300,8 @@ func (ss *session) admit(o *transfer.Offer) error {
 	if err := transfer.ValidateName(o.Name); err != nil {
 		return err
 	}
-	if max := ss.srv.cfg.MaxSize; max > 0 && o.Size > max {
-		return fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, max)
+	if limit := ss.srv.cfg.MaxSize; limit > 0 && o.Size > limit {
+		return fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, limit)
 	}
 	return nil
 }
@@ -325,7 +346,7 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 		ss.refuse(fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return false, nil
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	tailLen := min(int64(ss.chunkSize), o.Size)
 	tail := make([]byte, tailLen)
 	if _, err := f.ReadAt(tail, o.Size-tailLen); err != nil {
@@ -424,7 +445,7 @@ func (rx *receiver) run() error {
 	defer func() {
 		if rx.stopCatchUp != nil {
 			rx.stopCatchUp()
-			rx.whole.Sum(context.Background(), 0)
+			_, _ = rx.whole.Sum(context.Background(), 0) // only waits; the transfer has ended
 		}
 	}()
 	err := rx.loop()
@@ -434,7 +455,7 @@ func (rx *receiver) run() error {
 			// block this flush until the write deadline: stop acks, and
 			// cut short one being written.
 			rx.failed.Store(true)
-			rx.ss.conn.SetWriteDeadline(time.Now())
+			_ = rx.ss.conn.SetWriteDeadline(time.Now()) // fails only once closed: nothing to cut
 		}
 		if ferr := rx.sync.flush(rx.tail); ferr != nil {
 			rx.ss.log.Error("fsync after interruption", "err", ferr)
@@ -513,13 +534,22 @@ func (rx *receiver) ack(d int64) {
 	ss := rx.ss
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
-	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
 	// Checked after the deadline is set: either run's deadline comes
 	// later and cuts this write short, or its flag is already visible.
 	if rx.failed.Load() {
 		return
 	}
-	transfer.WriteMessage(ss.conn, &transfer.Ack{DurableOffset: d})
+	if err == nil {
+		err = transfer.WriteMessage(ss.conn, &transfer.Ack{DurableOffset: d})
+	}
+	if err != nil {
+		// No more acks, and none after a torn one (TestAckWriteFailure).
+		if !rx.failed.Swap(true) { // else run cut it short on purpose
+			ss.log.Warn("writing ack", "durable_offset", d, "err", err)
+		}
+		ss.writeFailed()
+	}
 }
 
 // chunk verifies one chunk and writes it. A chunk that fails verification
@@ -612,7 +642,7 @@ func storageError(what string, err error) error {
 }
 
 func noEOF(err error) error {
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("sender closed the session mid-transfer: %w", io.ErrUnexpectedEOF)
 	}
 	return err
