@@ -95,7 +95,7 @@ func newBench(cfg *config, stderr io.Writer) (*bench, error) {
 	}
 	for _, p := range []string{b.ferry, b.ferryd} {
 		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("%v (run make build, or point -bin at the binaries)", err)
+			return nil, fmt.Errorf("%w (run make build, or point -bin at the binaries)", err)
 		}
 	}
 	if slices.Contains(cfg.tools, "rsync") {
@@ -122,7 +122,7 @@ func (b *bench) cleanup() {
 		fmt.Fprintf(b.stderr, "ferrybench: kept %s\n", b.work)
 		return
 	}
-	os.RemoveAll(b.work)
+	_ = os.RemoveAll(b.work) // best effort: a scratch directory
 }
 
 // checkSpace refuses to start when the disk cannot hold the sources and the
@@ -211,7 +211,7 @@ func (b *bench) runAll(ctx context.Context) error {
 		if err := b.runSize(ctx, src, tools); err != nil {
 			return err
 		}
-		os.Remove(src.path)
+		_ = os.Remove(src.path) // best effort: the run cleans b.work up
 	}
 	if b.cfg.sparse.bytes > 0 && slices.Contains(tools, "ferry") {
 		src, err := b.source(b.cfg.sparse, makeSparse)
@@ -222,7 +222,7 @@ func (b *bench) runAll(ctx context.Context) error {
 		if err := b.measure(ctx, "ferry", j, "once"); err != nil {
 			return err
 		}
-		os.Remove(src.path)
+		_ = os.Remove(src.path) // best effort: the run cleans b.work up
 	}
 	if b.cfg.concurrent > 0 && slices.Contains(tools, "ferry") {
 		return b.runConcurrent(ctx)
@@ -277,7 +277,7 @@ func (b *bench) runConcurrent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(src.path)
+	defer os.Remove(src.path) //nolint:errcheck // best effort: the run cleans b.work up
 	n := b.cfg.concurrent
 	if err := b.measure(ctx, "raw", job{group: "concurrent", src: src, senders: 1, repeat: n}, "reference"); err != nil {
 		return err

@@ -37,7 +37,7 @@ func cpuTimes() (busy, total uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	line, err := bufio.NewReader(f).ReadString('\n')
 	if err != nil {
 		return 0, 0, err

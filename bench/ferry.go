@@ -34,7 +34,7 @@ func (b *bench) runFerry(ctx context.Context, j job) (sample, error) {
 	var rl *relay
 	if j.relay {
 		if rl, err = startRelay(addr); err != nil {
-			daemon.stop()
+			_, _ = daemon.stop() // the relay error is the one to report
 			return sample{}, err
 		}
 		to = rl.Addr()

@@ -112,7 +112,7 @@ func hashFile(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	h, err := transfer.HashReader(f)
 	if err != nil {
 		return "", fmt.Errorf("hashing %s: %w", path, err)

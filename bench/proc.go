@@ -42,7 +42,7 @@ func startProc(ctx context.Context, logPath, name string, args ...string) (*proc
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close() // the child has its own copy
+	defer logf.Close() //nolint:errcheck // the child has its own copy and writes through it
 	p := &proc{log: logPath}
 	p.cmd = exec.CommandContext(ctx, name, args...)
 	p.cmd.Stdout = &p.stdout
@@ -73,7 +73,7 @@ func (p *proc) stop() (usage, error) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return usage{}, fmt.Errorf("stopping %s: %w", p.cmd.Args[0], err)
 	}
-	t := time.AfterFunc(30*time.Second, func() { p.cmd.Process.Kill() })
+	t := time.AfterFunc(30*time.Second, func() { _ = p.cmd.Process.Kill() })
 	defer t.Stop()
 	u, err := p.wait()
 	var ee *exec.ExitError
@@ -122,7 +122,7 @@ func startListener(ctx context.Context, logPath, name string, args ...string) (*
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	p.cmd.Process.Kill()
-	p.wait()
+	_ = p.cmd.Process.Kill() // then reaped; the timeout is the error
+	_, _ = p.wait()
 	return nil, "", fmt.Errorf("%s logged no msg=listening addr= within 10s%s", name, p.logTail())
 }

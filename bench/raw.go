@@ -46,8 +46,8 @@ func (b *bench) runRaw(ctx context.Context, j job) (sample, error) {
 		su, err = send.wait()
 	}
 	if err != nil {
-		recv.cmd.Process.Kill() // it would wait for a connection forever
-		recv.wait()
+		_ = recv.cmd.Process.Kill() // it would wait for a connection forever
+		_, _ = recv.wait()          // reaps it; the sender's error is the one to report
 		return sample{}, err
 	}
 	ru, err := recv.wait()
@@ -94,13 +94,13 @@ func rawSend(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", *to)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer conn.Close() //nolint:errcheck // CloseWrite below reports the end of the data
 	buf := make([]byte, rawBuf)
 	for range *repeat {
 		if err := sendFile(conn, f, buf); err != nil {
@@ -150,20 +150,20 @@ func rawRecv(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
+	defer ln.Close() //nolint:errcheck // a listener holds no data
 	f, err := os.Create(*out)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // closed and checked below; this covers early returns
 	fmt.Fprintf(stderr, "msg=listening addr=%s\n", ln.Addr())
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
 	conn, err := ln.Accept()
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer conn.Close() //nolint:errcheck // everything was read
 	rep, err := receive(conn, f)
 	if err != nil {
 		return err
@@ -193,7 +193,7 @@ func receive(conn net.Conn, f *os.File) (rawReport, error) {
 			}
 			rep.Bytes += int64(n)
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return rep, nil
 		}
 		if err != nil {

@@ -49,7 +49,7 @@ func (r *relay) FirstChunk() time.Time {
 // Close stops accepting and waits for open sessions to end, which they do
 // when their sender exits.
 func (r *relay) Close() error {
-	r.ln.Close()
+	_ = r.ln.Close() // stops Accept; a listener holds no data
 	r.wg.Wait()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -82,19 +82,19 @@ func (r *relay) fail(err error) {
 // forward joins one sender connection to the daemon until both directions
 // have ended.
 func (r *relay) forward(sender net.Conn) error {
-	defer sender.Close()
+	defer sender.Close() //nolint:errcheck // the pipes report the copy errors
 	daemon, err := net.Dial("tcp", r.target)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
-	defer daemon.Close()
+	defer daemon.Close() //nolint:errcheck // the pipes report the copy errors
 	back := make(chan error, 1)
 	go func() { back <- pipe(sender, daemon) }()
 	err = r.watch(daemon, sender)
 	if err == nil {
 		err = pipe(daemon, sender)
 	} else {
-		daemon.Close() // the session is broken; end the other direction too
+		_ = daemon.Close() // the session is broken; end the other direction too
 	}
 	if berr := <-back; err == nil {
 		err = berr
@@ -137,7 +137,7 @@ func (r *relay) watch(daemon io.Writer, sender io.Reader) error {
 func pipe(dst, src net.Conn) error {
 	_, err := io.Copy(dst, src)
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+		_ = cw.CloseWrite() // the copy error, if any, is the one to report
 	}
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)

@@ -299,7 +299,7 @@ func printTable(w io.Writer, res *results) {
 			r.SenderCPUSeconds, r.ReceiverCPUSeconds,
 			float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, optional(r.FirstChunkMs, "%.1f"), 100*r.BackgroundCPU)
 	}
-	tw.Flush()
+	_ = tw.Flush() // to the terminal, like the prints around it
 	fmt.Fprintln(w)
 	for _, t := range res.Targets {
 		verdict := "MISSED"

@@ -90,7 +90,7 @@ func (b *bench) runRsync(ctx context.Context, j job) (sample, error) {
 		return sample{}, err
 	}
 	if fi, err := os.Stat(dst); err != nil || fi.Size() != j.src.size.bytes {
-		return sample{}, fmt.Errorf("rsync result %s: %v (want %d bytes)", dst, err, j.src.size.bytes)
+		return sample{}, fmt.Errorf("rsync result %s: %w (want %d bytes)", dst, err, j.src.size.bytes)
 	}
 	s := sample{wall: end.Sub(start), sender: cu, receiver: du.add(su)}
 	return s, os.RemoveAll(dir)
@@ -116,12 +116,12 @@ func (b *bench) startRsyncd(ctx context.Context, dir, logs string) (*proc, int, 
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
+			_ = c.Close() // a probe: it only had to connect
 			return p, port, nil
 		}
 	}
-	p.cmd.Process.Kill()
-	p.wait()
+	_ = p.cmd.Process.Kill() // then reaped; the timeout is the error
+	_, _ = p.wait()
 	return nil, 0, fmt.Errorf("rsync daemon not accepting on %s within 10s%s", addr, p.logTail())
 }
 
@@ -132,7 +132,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
+	defer ln.Close() //nolint:errcheck // a listener holds no data
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 

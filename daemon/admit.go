@@ -132,8 +132,8 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 	if err := transfer.ValidateName(o.Name); err != nil {
 		return 0, err
 	}
-	if max := ss.srv.cfg.MaxSize; max > 0 && o.Size > max {
-		return 0, fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, max)
+	if limit := ss.srv.cfg.MaxSize; limit > 0 && o.Size > limit {
+		return 0, fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, limit)
 	}
 	// From the name's parent up to the first directory that exists: one
 	// lookup when the parent exists, at most MaxNameDepth-1.

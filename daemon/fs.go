@@ -92,14 +92,27 @@ func (f *OSFS) Close() error { return f.root.Close() }
 // Name returns the root directory's path.
 func (f *OSFS) Name() string { return f.root.Name() }
 
+// OpenFile implements FS with os.Root.OpenFile.
 func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
 	return f.root.OpenFile(name, flag, perm)
 }
-func (f *OSFS) Remove(name string) error                  { return f.root.Remove(name) }
-func (f *OSFS) Rename(oldname, newname string) error      { return f.root.Rename(oldname, newname) }
-func (f *OSFS) Link(oldname, newname string) error        { return f.root.Link(oldname, newname) }
+
+// Remove implements FS with os.Root.Remove.
+func (f *OSFS) Remove(name string) error { return f.root.Remove(name) }
+
+// Rename implements FS with os.Root.Rename.
+func (f *OSFS) Rename(oldname, newname string) error { return f.root.Rename(oldname, newname) }
+
+// Link implements FS with os.Root.Link.
+func (f *OSFS) Link(oldname, newname string) error { return f.root.Link(oldname, newname) }
+
+// Mkdir implements FS with os.Root.Mkdir.
 func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }
-func (f *OSFS) Lstat(name string) (os.FileInfo, error)    { return f.root.Lstat(name) }
+
+// Lstat implements FS with os.Root.Lstat.
+func (f *OSFS) Lstat(name string) (os.FileInfo, error) { return f.root.Lstat(name) }
+
+// Chtimes implements FS with os.Root.Chtimes.
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
 	return f.root.Chtimes(name, atime, mtime)
 }
@@ -110,7 +123,7 @@ func (f *OSFS) ReadDir(name string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
+	defer d.Close() //nolint:errcheck // read-only directory handle
 	names, err := d.Readdirnames(-1)
 	slices.Sort(names)
 	return names, err
@@ -136,7 +149,7 @@ func (f *OSFS) FreeSpace() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer d.Close()
+	defer d.Close() //nolint:errcheck // opened read-only
 	var st syscall.Statfs_t
 	if err := syscall.Fstatfs(int(d.Fd()), &st); err != nil {
 		return 0, err

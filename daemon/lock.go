@@ -42,7 +42,7 @@ func LockRoot(fsys *OSFS) (*RootLock, error) {
 		return nil, fmt.Errorf("opening lock file: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close() // the lock error is the one to report
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("root %s is %w (%s): another ferryd is probably running on it",
 				fsys.Name(), ErrRootLocked, lockFile)

@@ -84,7 +84,7 @@ func (ss *session) drop(err error) {
 	ss.dropped = err
 	ss.intMu.Unlock()
 	ss.log.Warn("session dropped", "reason", err.Error())
-	ss.conn.SetReadDeadline(time.Now())
+	_ = ss.conn.SetReadDeadline(time.Now()) // wakes the reader; a closed conn wakes it too
 }
 
 // dropReason returns the error drop was called with, or nil.

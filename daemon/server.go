@@ -156,12 +156,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		ln.Close()
+		_ = ln.Close() // ErrServerClosed says all there is to say
 		return ErrServerClosed
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	defer ln.Close()
+	defer ln.Close() //nolint:errcheck // Shutdown may have closed it already
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -216,7 +216,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
-		ln.Close()
+		_ = ln.Close() // stops Accept; a listener holds no data to lose
 	}
 	s.cancel(transfer.ErrShuttingDown)
 	for ss := range s.sessions {

@@ -61,7 +61,7 @@ func (ss *session) interrupt() {
 	ss.intMu.Lock()
 	ss.interrupted = true
 	ss.intMu.Unlock()
-	ss.conn.SetReadDeadline(time.Now())
+	_ = ss.conn.SetReadDeadline(time.Now()) // fails only once closed, when reads fail anyway
 }
 
 // readDeadline arms the idle timeout for the next frame, unless the
@@ -72,17 +72,32 @@ func (ss *session) readDeadlineIn(d time.Duration) {
 	ss.intMu.Lock()
 	defer ss.intMu.Unlock()
 	if !ss.interrupted {
-		ss.conn.SetReadDeadline(time.Now().Add(d))
+		_ = ss.conn.SetReadDeadline(time.Now().Add(d)) // fails only once closed, when reads fail anyway
 	}
 }
 
 // send writes one control frame, bounded by the idle timeout so that a
-// peer that stops reading cannot pin the session.
+// peer that stops reading cannot pin the session. A failed write closes
+// the connection (see writeFailed).
 func (ss *session) send(m transfer.Message) error {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
-	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
-	return transfer.WriteMessage(ss.conn, m)
+	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	if err == nil {
+		err = transfer.WriteMessage(ss.conn, m)
+	}
+	if err != nil {
+		ss.writeFailed()
+	}
+	return err
+}
+
+// writeFailed closes the connection after a failed write: the write may
+// have put part of a frame on the wire, and nothing sent after it could
+// be read as a frame. The receive loop then ends, flushing what is
+// verified. Called with wmu held.
+func (ss *session) writeFailed() {
+	_ = ss.conn.Close() // the write's error is the one that matters
 }
 
 // refuse sends a refusal and logs it on one line.
@@ -94,14 +109,16 @@ func (ss *session) refuse(err error) {
 		msg = re.Message
 	}
 	ss.log.Warn("refused", "code", code, "reason", msg)
-	ss.send(&transfer.RemoteError{Code: code, Message: msg})
+	if err := ss.send(&transfer.RemoteError{Code: code, Message: msg}); err != nil {
+		ss.log.Warn("sending refusal", "err", err)
+	}
 }
 
 // refuseAndClose turns a connection away before its Hello: with a
 // refusal when shutting down, silently when too many are pending (writing
 // to each of a flood of clients would only feed it).
 func (ss *session) refuseAndClose(full bool) {
-	defer ss.conn.Close()
+	defer ss.conn.Close() //nolint:errcheck // turned away; nothing to report to
 	if full {
 		ss.log.Warn("connection dropped", "reason", "too many connections waiting for their hello")
 		return
@@ -110,7 +127,7 @@ func (ss *session) refuseAndClose(full bool) {
 }
 
 func (ss *session) run() {
-	defer ss.conn.Close()
+	defer ss.conn.Close() //nolint:errcheck // the session is over and logged
 	start := time.Now()
 	n, err := ss.serve()
 	reason := "closed by sender"
@@ -133,7 +150,7 @@ func (ss *session) serve() (int, error) {
 		if o == nil {
 			ss.readDeadline()
 			m, err := transfer.ReadMessage(ss.r)
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return committed, nil
 			}
 			if err != nil {
@@ -192,7 +209,7 @@ func (ss *session) readFailed(err error) error {
 		ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
 	case ss.dropReason() != nil:
 		err = ss.dropReason()
-		ss.send(&transfer.RemoteError{Code: transfer.CodeOf(err), Message: err.Error()}) // drop logged it
+		_ = ss.send(&transfer.RemoteError{Code: transfer.CodeOf(err), Message: err.Error()}) // drop logged it; send closes on failure
 	case errors.As(err, &ne) && ne.Timeout():
 		err = fmt.Errorf("%w: no frame for %v", transfer.ErrTimeout, ss.srv.cfg.IdleTimeout)
 		ss.refuse(err)
@@ -252,7 +269,11 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		ss.refuse(fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err))
 		return false, nil
 	}
-	defer p.Close()
+	defer func() {
+		if err := p.Close(); err != nil {
+			log.Error("closing partial", "err", err)
+		}
+	}()
 	st := p.State()
 	// New directories are counted as a block each, so that names cannot
 	// fill the disk past the reservation either.
@@ -311,7 +332,7 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 		ss.refuse(fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return false, nil
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	tailLen := min(int64(ss.chunkSize), o.Size)
 	tail := make([]byte, tailLen)
 	if _, err := f.ReadAt(tail, o.Size-tailLen); err != nil {
@@ -410,7 +431,7 @@ func (rx *receiver) run() error {
 	defer func() {
 		if rx.stopCatchUp != nil {
 			rx.stopCatchUp()
-			rx.whole.Sum(context.Background(), 0)
+			_, _ = rx.whole.Sum(context.Background(), 0) // only waits; the transfer has ended
 		}
 	}()
 	err := rx.loop()
@@ -420,7 +441,7 @@ func (rx *receiver) run() error {
 			// block this flush until the write deadline: stop acks, and
 			// cut short one being written.
 			rx.failed.Store(true)
-			rx.ss.conn.SetWriteDeadline(time.Now())
+			_ = rx.ss.conn.SetWriteDeadline(time.Now()) // fails only once closed: nothing to cut
 		}
 		if ferr := rx.sync.flush(rx.tail); ferr != nil {
 			rx.ss.log.Error("fsync after interruption", "err", ferr)
@@ -499,13 +520,22 @@ func (rx *receiver) ack(d int64) {
 	ss := rx.ss
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
-	ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
 	// Checked after the deadline is set: either run's deadline comes
 	// later and cuts this write short, or its flag is already visible.
 	if rx.failed.Load() {
 		return
 	}
-	transfer.WriteMessage(ss.conn, &transfer.Ack{DurableOffset: d})
+	if err == nil {
+		err = transfer.WriteMessage(ss.conn, &transfer.Ack{DurableOffset: d})
+	}
+	if err != nil {
+		// No more acks, and none after a torn one (TestAckWriteFailure).
+		if !rx.failed.Swap(true) { // else run cut it short on purpose
+			ss.log.Warn("writing ack", "durable_offset", d, "err", err)
+		}
+		ss.writeFailed()
+	}
 }
 
 // chunk verifies one chunk and writes it. A chunk that fails verification
@@ -597,7 +627,7 @@ func storageError(what string, err error) error {
 }
 
 func noEOF(err error) error {
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("sender closed the session mid-transfer: %w", io.ErrUnexpectedEOF)
 	}
 	return err

@@ -770,7 +770,7 @@ func TestCommitInterruptedBeforeCleanup(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			var conn net.Conn = srv.dial(t)
+			conn := srv.dial(t)
 			if tt.cutAfter > 0 {
 				conn = &cutConn{Conn: conn, after: tt.cutAfter}
 			}

@@ -230,7 +230,7 @@ type DirReader interface {
 	ReadDir(name string) ([]string, error)
 }
 
-// FinishCommits, run at start before the store serves, finds every
+// FinishCommits finds, run at start before the store serves, every
 // partial whose data file has another link: a commit cut short after its
 // link. When the link is at the partial's name, it finishes the commit as
 // FinishCommit does; otherwise (no state record left, or another name
@@ -343,10 +343,10 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened read-only
 	b := make([]byte, stateFixed+transfer.MaxNameLen+transfer.HashSize+1)
 	n, err := f.ReadAt(b, 0)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	st, err := DecodeState(b[:n])
@@ -370,16 +370,16 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	// change that file (issue 8). It is discarded, by unlinking.
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close() // read-only use so far; the stat error is the one to report
 		return nil, err
 	}
 	if n := linkCount(fi); n > 1 {
-		f.Close()
+		_ = f.Close() // never written
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
 	p := &dirPartial{s: s, key: key, f: f, st: *st}
 	if err := p.verifyTail(); err != nil {
-		f.Close()
+		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
 	p.direct = s.openDirect(dataPath)
@@ -387,7 +387,7 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	// into place but not durable. Make it durable before its offset is
 	// offered, or a crash could take back what the sender was told.
 	if err := s.fs.SyncDir(partialsDir); err != nil {
-		f.Close()
+		_ = p.Close() // the error above is the one to report
 		return nil, err
 	}
 	return p, nil
@@ -438,7 +438,7 @@ func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
 	// The data file's directory entry must be durable before any state
 	// record that points at it.
 	if err := s.fs.SyncDir(partialsDir); err != nil {
-		f.Close()
+		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
@@ -505,7 +505,7 @@ func (p *dirPartial) writeState(st *State) error {
 	return nil
 }
 
-func (p *dirPartial) Commit() error {
+func (p *dirPartial) Commit() (rerr error) {
 	dataPath, statePath, _ := p.s.paths(p.key)
 	name := p.st.Name
 	if err := p.f.Chmod(os.FileMode(p.st.Mode) & os.ModePerm); err != nil {
@@ -536,8 +536,15 @@ func (p *dirPartial) Commit() error {
 	}
 	// The file is committed. What follows only tidies up; a crash here
 	// leaves a partial that FinishCommit (or FinishCommits at start)
-	// finishes.
-	p.Close()
+	// finishes. The data was fsynced above, yet a close error is still
+	// reported, once the rest is tidied.
+	if err := p.Close(); err != nil {
+		defer func() {
+			if rerr == nil {
+				rerr = &leftoverError{fmt.Errorf("closing partial data: %w", err)}
+			}
+		}()
+	}
 	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
 		return &leftoverError{fmt.Errorf("removing state record: %w", err)}
 	}
@@ -560,15 +567,19 @@ func (e *leftoverError) Error() string { return "committed, but " + e.err.Error(
 func (e *leftoverError) Unwrap() error { return e.err }
 
 func (p *dirPartial) Close() error {
+	var derr error
 	if p.direct != nil {
-		p.direct.Close()
+		derr = p.direct.Close()
 		p.direct = nil
 	}
 	if p.f == nil {
-		return nil
+		return derr
 	}
 	err := p.f.Close()
 	p.f = nil
+	if err == nil {
+		err = derr
+	}
 	return err
 }
 

@@ -59,7 +59,7 @@ func parseFlags() (config, error) {
 	flag.Parse()
 	for _, p := range []string{c.ferry, c.ferryd} {
 		if _, err := os.Stat(p); err != nil {
-			return c, fmt.Errorf("%v (run `make build` first)", err)
+			return c, fmt.Errorf("%w (run `make build` first)", err)
 		}
 	}
 	return c, nil
@@ -79,7 +79,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer func() {
-		os.RemoveAll(tmp)
+		_ = os.RemoveAll(tmp) // best effort: a scratch directory
 		say("removed %s", tmp)
 	}()
 	src, err := source(cfg.file, tmp)
@@ -120,7 +120,7 @@ func source(file, tmp string) (string, error) {
 		seed[i] = byte(rand.Uint32())
 	}
 	if _, err := io.CopyN(f, rand.NewChaCha8(seed), defaultSize); err != nil {
-		f.Close()
+		_ = f.Close() // the copy error is the one to report
 		return "", err
 	}
 	return src, f.Close()
@@ -144,7 +144,7 @@ func sendThroughCrash(ctx context.Context, cfg config, src, root string) error {
 	if err != nil {
 		return err
 	}
-	defer proxy.Close()
+	defer proxy.Close() //nolint:errcheck // the demo is over
 	if fi.Size() < minSize {
 		return fmt.Errorf("%s has %s; the demo needs at least %s to crash ferryd mid-transfer", src, human(fi.Size()), human(minSize))
 	}
@@ -165,8 +165,8 @@ func sendThroughCrash(ctx context.Context, cfg config, src, root string) error {
 
 	d, err = crashHalfway(ctx, cfg.ferryd, root, d, proxy, fi.Size(), senderDone)
 	if err != nil {
-		sender.Process.Kill()
-		<-senderDone
+		_ = sender.Process.Kill() // then reaped; the crash error is the one to report
+		<-senderDone              //nolint:errcheck // reaped; the crash error is the one to report
 		return err
 	}
 	defer d.stop()
@@ -175,7 +175,7 @@ func sendThroughCrash(ctx context.Context, cfg config, src, root string) error {
 	select {
 	case werr = <-senderDone:
 	case <-time.After(stepTimeout):
-		sender.Process.Kill()
+		_ = sender.Process.Kill() // the timeout is the error
 		return fmt.Errorf("sender still running after %v", stepTimeout)
 	}
 	return report(werr, stdout.String())
@@ -196,7 +196,7 @@ func crashHalfway(ctx context.Context, ferryd, root string, d *daemon, proxy *fa
 			return nil, fmt.Errorf("waiting for half the file to pass: %w", err)
 		}
 	case err := <-senderDone:
-		return nil, fmt.Errorf("sender ended before half the file had passed: %v", err)
+		return nil, fmt.Errorf("sender ended before half the file had passed: %w", err)
 	}
 	say("%s of %s through the proxy: killing ferryd with SIGKILL", human(proxy.Total(faultproxy.ClientToServer)), human(size))
 	d.kill()
@@ -221,10 +221,10 @@ func report(waitErr error, stdout string) error {
 		Error       string `json:"error"`
 	}
 	if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &rec); err != nil {
-		return fmt.Errorf("sender exited (%v) without a --json record: %q", waitErr, stdout)
+		return fmt.Errorf("sender exited (%w) without a --json record: %q", waitErr, stdout)
 	}
 	if waitErr != nil || rec.Status != "committed" {
-		return fmt.Errorf("sender: %v: %s", waitErr, rec.Error)
+		return fmt.Errorf("sender: %w: %s", waitErr, rec.Error)
 	}
 	say("sender committed after %d attempts: last one resumed at %s and sent %s (%s over all attempts, file %s)",
 		rec.Attempts, human(rec.ResumedFrom), human(rec.SentBytes), human(rec.Total), human(rec.Size))
@@ -249,7 +249,7 @@ func compare(ferry, src, dst string) error {
 		for _, p := range []string{src, dst} {
 			out, err := exec.Command(tool[0], append(tool[1:], p)...).Output()
 			if err != nil {
-				return fmt.Errorf("%s %s: %v", filepath.Base(tool[0]), p, err)
+				return fmt.Errorf("%s %s: %w", filepath.Base(tool[0]), p, err)
 			}
 			h, _, _ := strings.Cut(strings.TrimPrefix(string(out), `\`), " ")
 			name := strings.Join(append([]string{filepath.Base(tool[0])}, tool[1:]...), " ")
@@ -306,8 +306,8 @@ func startDaemon(ctx context.Context, ferryd, root string) (*daemon, error) {
 				}
 			}
 		}
-		io.Copy(io.Discard, stderr)
-		cmd.Wait()
+		_, _ = io.Copy(io.Discard, stderr) // drain, so that ferryd never blocks on its log
+		_ = cmd.Wait()                     // killed or stopped by the demo; d.exited says it ended
 		close(d.exited)
 	}()
 	select {
@@ -323,7 +323,7 @@ func startDaemon(ctx context.Context, ferryd, root string) (*daemon, error) {
 }
 
 func (d *daemon) kill() {
-	d.cmd.Process.Signal(syscall.SIGKILL)
+	_ = d.cmd.Process.Signal(syscall.SIGKILL) // fails only if it has exited
 	<-d.exited
 }
 
@@ -334,7 +334,7 @@ func (d *daemon) stop() {
 		return
 	default:
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.cmd.Process.Signal(syscall.SIGTERM) // fails only if it has exited
 	select {
 	case <-d.exited:
 	case <-time.After(stepTimeout):

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -115,7 +116,8 @@ func TestSecondDaemonOnRootRefused(t *testing.T) {
 	}
 	<-drained
 	err = cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Errorf("second ferryd: %v, want exit 1", err)
 	}
 	lines := log.snapshot()

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -179,9 +180,9 @@ func TestHostileSymlinkSwapRace(t *testing.T) {
 	checkOnly(t, base, "outside", "root")
 	checkOnly(t, outside)
 	checkOnly(t, root, ".ferry", "d", "d.swap")
-	real := dir
+	realDir := dir
 	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
-		real = swap
+		realDir = swap
 	}
 	outcomes := map[string]int{}
 	committed := map[string]bool{}
@@ -205,12 +206,12 @@ func TestHostileSymlinkSwapRace(t *testing.T) {
 			}
 		}
 	}
-	ents, err := os.ReadDir(real)
+	ents, err := os.ReadDir(realDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(real, e.Name()))
+		b, err := os.ReadFile(filepath.Join(realDir, e.Name()))
 		if err != nil || string(b) != string(want[e.Name()]) {
 			t.Errorf("%s in the root holds %d bytes, want the %d sent (%v)", e.Name(), len(b), len(want[e.Name()]), err)
 		}
@@ -392,7 +393,7 @@ func TestHostileThousandSlowConnections(t *testing.T) {
 		wg.Go(func() {
 			sc.conn.SetReadDeadline(start.Add(handshake + idle + 10*time.Second))
 			_, err := io.Copy(io.Discard, sc.conn)
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 				late[i] = -1
 				return
 			}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -201,7 +202,7 @@ func TestBadPeersDaemonStaysUp(t *testing.T) {
 	wg.Wait()
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if ne, ok := errs[i].(net.Error); ok && ne.Timeout() {
+			if ne := net.Error(nil); errors.As(errs[i], &ne) && ne.Timeout() {
 				t.Fatalf("daemon kept the connection open for 30s (read %d bytes)", len(replies[i]))
 			}
 			if tt.wantRefusal {

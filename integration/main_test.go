@@ -43,7 +43,7 @@ func build(dir string) error {
 	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator),
 		"github.com/ferry-dev/ferry/cmd/ferry", "github.com/ferry-dev/ferry/cmd/ferryd")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building ferry and ferryd: %v\n%s", err, out)
+		return fmt.Errorf("building ferry and ferryd: %w\n%s", err, out)
 	}
 	bin.ferry, bin.ferryd = filepath.Join(dir, "ferry"), filepath.Join(dir, "ferryd")
 	return nil

@@ -34,7 +34,7 @@ type Client struct {
 // major version, or the daemon's *RemoteError if it refuses the session.
 // If ctx ends during the handshake, rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
-	stop := context.AfterFunc(ctx, func() { rwc.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = rwc.Close() }) // unblocks I/O; ctx's error is reported
 	defer stop()
 	cs := opts.ChunkSize
 	if cs == 0 {
@@ -125,7 +125,7 @@ func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOpt
 	if c.broken != nil {
 		return Result{}, fmt.Errorf("session unusable: %w", c.broken)
 	}
-	stop := context.AfterFunc(ctx, func() { c.rwc.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = c.rwc.Close() }) // unblocks I/O; ctx's error is reported
 	defer stop()
 	if opts.MaxNacks == 0 {
 		opts.MaxNacks = 3
@@ -218,8 +218,6 @@ func ctxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
-
-var errNacked = errors.New("chunk rejected")
 
 // stream sends one transfer's chunks from a start offset: a producer
 // goroutine reads and hashes chunks ahead of the writer, a reader goroutine
@@ -432,7 +430,7 @@ func (s *stream) writeFailed(err error) error {
 				return re
 			}
 			s.absorb(m)
-		case <-s.readErr:
+		case <-s.readErr: //nolint:errcheck // the write's error is the one to report
 			s.drainInbox()
 			return err
 		case <-timer.C:
@@ -499,7 +497,7 @@ func (s *stream) readLoop(ctx context.Context) {
 	for {
 		m, err := ReadMessage(s.c.r)
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				err = fmt.Errorf("daemon closed the session: %w", io.ErrUnexpectedEOF)
 			}
 			s.readErr <- err

@@ -48,32 +48,53 @@ var (
 	ErrSourceChanged = errors.New("source file changed during transfer")
 )
 
-// codeToError and errorToCode keep both sides in step (syncthing's pattern).
-var codeToError = map[Code]error{
-	CodeVersion:      ErrVersion,
-	CodeProtocol:     ErrProtocol,
-	CodeBadName:      ErrBadName,
-	CodeExists:       ErrExists,
-	CodeTooLarge:     ErrTooLarge,
-	CodeNoSpace:      ErrNoSpace,
-	CodeBusy:         ErrBusy,
-	CodeIntegrity:    ErrIntegrity,
-	CodeInternal:     ErrInternal,
-	CodeShuttingDown: ErrShuttingDown,
-	CodeUnauthorized: ErrUnauthorized,
-	CodeTimeout:      ErrTimeout,
+// codePrecedence lists every code with its sentinel, in the order CodeOf
+// tries them: permanent refusals (version, unauthorized, bad name, exists,
+// too large, no space) before passing ones (protocol, integrity, timeout,
+// busy, shutting down), and CodeInternal, the catch-all, last. An error
+// that wraps several sentinels (a storage failure wrapped as ErrInternal
+// around an ErrNoSpace, say) thus gets its most specific code, and a
+// sender is never told to retry what a permanent cause dooms.
+var codePrecedence = []struct {
+	code Code
+	err  error
+}{
+	{CodeVersion, ErrVersion},
+	{CodeUnauthorized, ErrUnauthorized},
+	{CodeBadName, ErrBadName},
+	{CodeExists, ErrExists},
+	{CodeTooLarge, ErrTooLarge},
+	{CodeNoSpace, ErrNoSpace},
+	{CodeProtocol, ErrProtocol},
+	{CodeIntegrity, ErrIntegrity},
+	{CodeTimeout, ErrTimeout},
+	{CodeBusy, ErrBusy},
+	{CodeShuttingDown, ErrShuttingDown},
+	{CodeInternal, ErrInternal},
 }
 
-// CodeOf returns the refusal code for err: the code of a *RemoteError, the
-// code whose sentinel err wraps, or CodeInternal.
+// codeToError maps each code to its sentinel; with codePrecedence it keeps
+// both directions in step (syncthing's codeToError/errorToCode pattern).
+var codeToError = func() map[Code]error {
+	m := make(map[Code]error, len(codePrecedence))
+	for _, p := range codePrecedence {
+		m[p.code] = p.err
+	}
+	return m
+}()
+
+// CodeOf returns the refusal code for err: the code of the first
+// *RemoteError in err's chain, else the code of the first sentinel in
+// codePrecedence's order that err wraps, else CodeInternal. The result
+// does not depend on the order in which err wraps its causes.
 func CodeOf(err error) Code {
 	var re *RemoteError
 	if errors.As(err, &re) {
 		return re.Code
 	}
-	for c, s := range codeToError {
-		if errors.Is(err, s) {
-			return c
+	for _, p := range codePrecedence {
+		if errors.Is(err, p.err) {
+			return p.code
 		}
 	}
 	return CodeInternal

@@ -125,3 +125,54 @@ func TestCodeOfAndRetryable(t *testing.T) {
 		})
 	}
 }
+
+// TestCodeOfPrecedence guards against CodeOf picking a code by ranging
+// over a map: an error wrapping two sentinels got either code at random.
+// Every pair, wrapped in both orders and joined, must give the code that
+// comes first in the documented precedence, every time.
+func TestCodeOfPrecedence(t *testing.T) {
+	if len(codePrecedence) != len(allCodes) {
+		t.Fatalf("codePrecedence has %d codes, want %d", len(codePrecedence), len(allCodes))
+	}
+	t.Run("internal wrapping no space", func(t *testing.T) {
+		// The case of issue 8: a storage failure classified twice.
+		errs := []error{
+			fmt.Errorf("%w: writing chunk: %w", ErrInternal, ErrNoSpace),
+			fmt.Errorf("%w: writing chunk: %w", ErrNoSpace, ErrInternal),
+			errors.Join(ErrInternal, ErrNoSpace),
+		}
+		for i := 0; i < 1000; i++ {
+			for _, err := range errs {
+				if got := CodeOf(err); got != CodeNoSpace {
+					t.Fatalf("run %d: CodeOf(%v) = %d, want CodeNoSpace (%d)", i, err, got, CodeNoSpace)
+				}
+			}
+		}
+	})
+	t.Run("every pair", func(t *testing.T) {
+		for i, first := range codePrecedence {
+			for _, later := range codePrecedence[i+1:] {
+				errs := []error{
+					fmt.Errorf("%w: %w", first.err, later.err),
+					fmt.Errorf("%w: %w", later.err, first.err),
+					errors.Join(later.err, first.err),
+				}
+				for run := 0; run < 50; run++ {
+					for _, err := range errs {
+						if got := CodeOf(err); got != first.code {
+							t.Fatalf("CodeOf(%v) = %d, want %d", err, got, first.code)
+						}
+					}
+				}
+			}
+		}
+	})
+	t.Run("remote error wins", func(t *testing.T) {
+		err := fmt.Errorf("%w: %w", ErrVersion, &RemoteError{Code: CodeBusy})
+		for i := 0; i < 100; i++ {
+			if got := CodeOf(err); got != CodeBusy {
+				t.Fatalf("CodeOf = %d, want the RemoteError's CodeBusy", got)
+			}
+		}
+	})
+}

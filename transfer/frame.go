@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -59,8 +60,9 @@ const (
 	// before the data: offset (8), length (4), BLAKE3 hash (32).
 	ChunkHeaderSize = 8 + 4 + HashSize
 
-	// MinChunkSize and MaxChunkSize bound the negotiated chunk size in bytes.
+	// MinChunkSize is the smallest negotiable chunk size in bytes.
 	MinChunkSize = 4 << 10
+	// MaxChunkSize is the largest negotiable chunk size in bytes.
 	MaxChunkSize = 16 << 20
 
 	// DefaultChunkSize is the chunk size in bytes a sender proposes unless
@@ -119,7 +121,7 @@ func ReadControl(r io.Reader, h FrameHeader, buf []byte) ([]byte, error) {
 // noEOF turns io.EOF inside a frame into io.ErrUnexpectedEOF: a peer that
 // stops mid-frame has cut the session, not ended it.
 func noEOF(err error) error {
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return io.ErrUnexpectedEOF
 	}
 	return err

@@ -157,7 +157,7 @@ func TestReadMessageCutMidFrame(t *testing.T) {
 			t.Fatalf("cut after %d bytes: error %v, want io.ErrUnexpectedEOF", n, err)
 		}
 	}
-	if _, err := ReadMessage(bytes.NewReader(nil)); err != io.EOF {
+	if _, err := ReadMessage(bytes.NewReader(nil)); !errors.Is(err, io.EOF) {
 		t.Fatalf("empty stream: error %v, want io.EOF", err)
 	}
 }

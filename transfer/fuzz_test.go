@@ -41,7 +41,7 @@ func FuzzReadFrameHeader(f *testing.F) {
 		}
 		switch {
 		case len(b) == 0:
-			if err != io.EOF {
+			if !errors.Is(err, io.EOF) {
 				t.Fatalf("empty input: %v", err)
 			}
 			return

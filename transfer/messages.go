@@ -353,9 +353,9 @@ func (d *decoder) hash() (h Hash) {
 	return h
 }
 
-// str reads a length-prefixed UTF-8 string of at most max bytes.
-func (d *decoder) str(max int) string {
-	s := d.raw(max)
+// str reads a length-prefixed UTF-8 string of at most limit bytes.
+func (d *decoder) str(limit int) string {
+	s := d.raw(limit)
 	if d.err == nil && !utf8.ValidString(s) {
 		d.fail("string is not valid UTF-8")
 		return ""
@@ -363,11 +363,11 @@ func (d *decoder) str(max int) string {
 	return s
 }
 
-// raw reads a length-prefixed byte string of at most max bytes.
-func (d *decoder) raw(max int) string {
+// raw reads a length-prefixed byte string of at most limit bytes.
+func (d *decoder) raw(limit int) string {
 	n := int(d.u16())
-	if d.err == nil && n > max {
-		d.fail("string of %d bytes above %d", n, max)
+	if d.err == nil && n > limit {
+		d.fail("string of %d bytes above %d", n, limit)
 		return ""
 	}
 	return string(d.take(n))

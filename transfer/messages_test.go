@@ -218,7 +218,7 @@ func TestDecodeMessageRejects(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Errorf("error %q does not wrap %q", err, tt.want)
 			}
-			if tt.want == ErrVersion && errors.Is(err, ErrProtocol) {
+			if errors.Is(tt.want, ErrVersion) && errors.Is(err, ErrProtocol) {
 				t.Errorf("version error %q also wraps ErrProtocol", err)
 			}
 			if !strings.Contains(err.Error(), tt.msg) {

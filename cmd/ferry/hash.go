@@ -43,7 +43,7 @@ func hashOne(stdin io.Reader, stdout io.Writer, p string) error {
 		if err != nil {
 			return err
 		}
-		defer f.Close()
+		defer f.Close() //nolint:errcheck // opened read-only
 		r = f
 	}
 	h, err := transfer.HashReader(r)

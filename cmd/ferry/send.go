@@ -222,7 +222,7 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 	if err != nil {
 		rec.Status, rec.Error = "failed", oneLine(err)
 		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", f.local, oneLine(err), advice(err))
-		s.emit(rec)
+		_ = s.emit(rec) // the transfer's error is the one to report
 		return fmt.Errorf("%w: %w", errReported, err)
 	}
 	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(res.Hash[:])
@@ -232,15 +232,20 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
 			f.local, transfer.QuoteName(f.remote), human(res.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
 	}
-	s.emit(rec)
-	return nil
+	return s.emit(rec)
 }
 
-func (s *sender) emit(rec record) {
-	if s.json {
-		b, _ := json.Marshal(rec)
-		fmt.Fprintf(s.stdout, "%s\n", b)
+// emit writes rec to stdout as a --json line, if asked to. A record that
+// cannot be written fails the run: it is the result.
+func (s *sender) emit(rec record) error {
+	if !s.json {
+		return nil
 	}
+	b, _ := json.Marshal(rec) // a record of strings and numbers always encodes
+	if _, err := fmt.Fprintf(s.stdout, "%s\n", b); err != nil {
+		return fmt.Errorf("writing --json record: %w", err)
+	}
+	return nil
 }
 
 // sendWithRetries opens the file and sends it, reconnecting and resuming
@@ -250,7 +255,7 @@ func (s *sender) sendWithRetries(ctx context.Context, f file, rec *record) (tran
 	if err != nil {
 		return transfer.Result{}, err
 	}
-	defer fh.Close()
+	defer fh.Close() //nolint:errcheck // opened read-only
 	src, err := transfer.FileSource(fh)
 	if err != nil {
 		return transfer.Result{}, err
@@ -319,7 +324,7 @@ func (s *sender) connect(ctx context.Context) error {
 	c, err := transfer.Handshake(ctx, &deadlineConn{Conn: conn, timeout: s.timeout},
 		transfer.ClientOptions{ChunkSize: s.chunkSize, Agent: "ferry/" + version})
 	if err != nil {
-		conn.Close()
+		_ = conn.Close() // the handshake's error is the one to report
 		return fmt.Errorf("handshake with %s: %w", s.addr, err)
 	}
 	s.client = c
@@ -328,7 +333,7 @@ func (s *sender) connect(ctx context.Context) error {
 
 func (s *sender) closeClient() {
 	if s.client != nil {
-		s.client.Close()
+		_ = s.client.Close() // every result is in; the session holds nothing more
 		s.client = nil
 	}
 }
@@ -342,7 +347,9 @@ type deadlineConn struct {
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
 	if c.timeout > 0 {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+			return 0, err
+		}
 	}
 	return c.Conn.Write(p)
 }

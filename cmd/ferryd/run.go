@@ -112,13 +112,13 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 	if err != nil {
 		return fmt.Errorf("opening root: %w", err)
 	}
-	defer fsys.Close()
+	defer fsys.Close() //nolint:errcheck // a directory handle; nothing to flush
 	// One daemon per root, before anything under it is touched.
 	lock, err := daemon.LockRoot(fsys)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer lock.Close() //nolint:errcheck // released on exit either way
 	store, err := daemon.NewDirStore(fsys)
 	if err != nil {
 		return fmt.Errorf("opening root %s: %w", root, err)
@@ -156,7 +156,9 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
 		go func() { errc <- srv.Serve(ln) }()
 	}
-	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		log.Warn("notifying systemd", "state", "ready", "err", err)
+	}
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -177,7 +179,9 @@ func orNegative[T int | int64](v T) T {
 // drain shuts down gracefully; a second signal exits at once (tusd, caddy).
 func drain(srv *daemon.Server, log *slog.Logger, timeout time.Duration) error {
 	log.Info("shutting down", "timeout", timeout)
-	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyStopping); err != nil {
+		log.Warn("notifying systemd", "state", "stopping", "err", err)
+	}
 	again := make(chan os.Signal, 1)
 	signal.Notify(again, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(again)
@@ -210,7 +214,7 @@ func listenAll(addrs []string) ([]net.Listener, error) {
 		ln, err := net.Listen(network, addr)
 		if err != nil {
 			for _, l := range lns {
-				l.Close()
+				_ = l.Close() // the listen error is the one to report
 			}
 			return nil, fmt.Errorf("listening on %s: %w", a, err)
 		}

@@ -56,7 +56,7 @@ func (c *conn) serve() {
 	select {
 	case <-c.done:
 		c.p.mu.Unlock()
-		server.Close()
+		_ = server.Close() // shut already; nothing was relayed
 		return
 	default:
 		c.server = server
@@ -120,9 +120,10 @@ func (c *conn) shut() {
 		c.p.mu.Lock()
 		server := c.server
 		c.p.mu.Unlock()
-		c.client.Close()
+		// A proxy closing a link passes no data on: the errors change nothing.
+		_ = c.client.Close()
 		if server != nil {
-			server.Close()
+			_ = server.Close()
 		}
 	})
 }
@@ -150,11 +151,12 @@ func (c *conn) pump(d Direction, src, dst net.Conn) {
 }
 
 func closeWrite(c net.Conn) {
+	// Best effort: the other direction's pump sees a failure on its own.
 	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+		_ = tc.CloseWrite()
 		return
 	}
-	c.Close()
+	_ = c.Close()
 }
 
 // forward writes b to dst slice by slice as the faults allow. It returns

@@ -313,7 +313,7 @@ func (p *Proxy) accept() {
 		}
 		c := p.register(nc)
 		if c == nil {
-			nc.Close()
+			_ = nc.Close() // turned away: the proxy is closing
 			return
 		}
 		p.wg.Add(1)

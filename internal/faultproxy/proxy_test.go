@@ -43,7 +43,7 @@ func (s *sink) serve() {
 		}
 		go func() {
 			defer c.Close()
-			var w io.Writer = io.Discard
+			w := io.Discard
 			if s.echo {
 				w = c
 			}
@@ -283,8 +283,8 @@ func TestThrottle(t *testing.T) {
 	}
 	// The first slice goes at once, so allow one slice less than half a second.
 	elapsed := time.Since(start)
-	if min := time.Second/2 - time.Second/throttleSlices; elapsed < min {
-		t.Errorf("%d bytes at %d B/s took %v, want at least %v", n, rate, elapsed, min)
+	if least := time.Second/2 - time.Second/throttleSlices; elapsed < least {
+		t.Errorf("%d bytes at %d B/s took %v, want at least %v", n, rate, elapsed, least)
 	}
 	if elapsed > 5*time.Second {
 		t.Errorf("%d bytes at %d B/s took %v: throttled far below the rate", n, rate, elapsed)

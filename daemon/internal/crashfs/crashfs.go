@@ -797,7 +797,7 @@ func (f *FS) SyncDir(name string) (err error) {
 	defer f.end(&err)
 	defer f.mu.Unlock()
 	berr := f.begin(Op{Kind: OpSyncDir, Name: name})
-	if berr != nil && berr != errCrashAfter {
+	if berr != nil && !errors.Is(berr, errCrashAfter) {
 		return &fs.PathError{Op: "sync", Path: name, Err: berr}
 	}
 	n, err := f.lookup("sync", name)
@@ -931,8 +931,8 @@ func (h *file) Sync() (err error) {
 	defer f.mu.Unlock()
 	berr := h.check(Op{Kind: OpSync})
 	switch {
-	case berr == errCrashAfter:
-	case errors.Is(berr, ErrCrashed) || berr == os.ErrClosed:
+	case errors.Is(berr, errCrashAfter):
+	case errors.Is(berr, ErrCrashed) || errors.Is(berr, os.ErrClosed):
 		return &fs.PathError{Op: "sync", Path: h.name, Err: berr}
 	case berr != nil:
 		// fsyncgate: the writes this sync should have persisted are

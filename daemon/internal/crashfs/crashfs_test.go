@@ -241,13 +241,13 @@ func TestReadAtEOF(t *testing.T) {
 	f := m.create("f", []byte("hello"))
 	buf := make([]byte, 8)
 	n, err := f.ReadAt(buf, 2)
-	if n != 3 || err != io.EOF || string(buf[:n]) != "llo" {
+	if n != 3 || !errors.Is(err, io.EOF) || string(buf[:n]) != "llo" {
 		t.Errorf("ReadAt = %d, %v, %q", n, err, buf[:n])
 	}
 	if n, err := f.ReadAt(buf[:5], 0); n != 5 || err != nil {
 		t.Errorf("exact ReadAt = %d, %v", n, err)
 	}
-	if n, err := f.ReadAt(buf, 9); n != 0 || err != io.EOF {
+	if n, err := f.ReadAt(buf, 9); n != 0 || !errors.Is(err, io.EOF) {
 		t.Errorf("ReadAt past end = %d, %v", n, err)
 	}
 }
