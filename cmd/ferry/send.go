@@ -252,10 +252,11 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 	}
 	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(rep.Hash[:])
 	switch {
-	case s.quiet || s.json:
-	case rep.AlreadyCommitted:
+	case s.quiet:
+	case rep.AlreadyCommitted: // a notice, printed with --json too, like the resume notice
 		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
 			f.local, transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
+	case s.json:
 	default:
 		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
 		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
