@@ -288,9 +288,11 @@ func (s *sender) describe(err error) string {
 	case errors.Is(err, context.Canceled):
 		return "interrupted"
 	case errors.Is(err, transfer.ErrSourceUnreadable):
-		return "cannot be read: " + oneLine(errors.Unwrap(err))
-	case errors.Is(err, transfer.ErrKeepsChanging):
-		return oneLine(err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return "cannot be read: " + oneLine(pe.Err)
+		}
+		return "cannot be read: " + strings.TrimPrefix(oneLine(err), transfer.ErrSourceUnreadable.Error()+": ")
 	}
 	return oneLine(err)
 }
