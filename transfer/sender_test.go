@@ -435,7 +435,9 @@ func TestSendJoinsItsGoroutines(t *testing.T) {
 		resume bool
 		end    func(w io.Writer) error
 	}{
-		{"commits before the trailer", false, func(w io.Writer) error { return WriteMessage(w, &Committed{Size: int64(len(data)), Hash: HashBytes(data)}) }},
+		{"commits before the trailer", false, func(w io.Writer) error {
+			return WriteMessage(w, &Committed{Size: int64(len(data)), Hash: HashBytes(data)})
+		}},
 		{"acks beyond the file", false, func(w io.Writer) error { return WriteMessage(w, &Ack{DurableOffset: 1 << 40}) }},
 		{"acks beyond the file after a resume", true, func(w io.Writer) error { return WriteMessage(w, &Ack{DurableOffset: 1 << 40}) }},
 		{"refuses", true, func(w io.Writer) error { return WriteMessage(w, &RemoteError{Code: CodeInternal}) }},
