@@ -58,15 +58,18 @@ func TestSenderRetrySeesChangedSource(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root)
 	p := newProxy(t, d.addr)
-	p.Throttle(8 << 20)
+	p.Throttle(16 << 20)
+	// More than loopback socket buffers hold, so that the first attempt
+	// is still reading the file when it changes.
+	const size = 32 << 20
 	src := filepath.Join(t.TempDir(), "data.bin")
-	writeRandom(t, src, 4<<20, 2)
+	writeRandom(t, src, size, 2)
 	f := startFerry(t, sendArgs(p.Addr(), "--retries", "3", src)...)
-	if err := p.WaitBytes(ctx, 1<<20); err != nil {
+	if err := p.WaitBytes(ctx, 2<<20); err != nil {
 		t.Fatal(err)
 	}
 	change(t, src, false, func(f *os.File) { // one append, during the first attempt
-		if _, err := f.WriteAt([]byte("appended"), 4<<20); err != nil {
+		if _, err := f.WriteAt([]byte("appended"), size); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -74,7 +77,7 @@ func TestSenderRetrySeesChangedSource(t *testing.T) {
 	r, _ := f.waitWithin(60 * time.Second)
 	wantCode(t, r, exitOK)
 	rec := onlyRecord(t, r)
-	if rec.Attempts != 2 || rec.Size != 4<<20+8 {
+	if rec.Attempts != 2 || rec.Size != size+8 {
 		t.Errorf("attempts %d size %d; want 2 attempts, the second sending the appended file", rec.Attempts, rec.Size)
 	}
 	checkCommitted(t, rec, src, filepath.Join(root, "data.bin"))
