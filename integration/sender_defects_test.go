@@ -77,8 +77,10 @@ func TestSenderRetrySeesChangedSource(t *testing.T) {
 	r, _ := f.waitWithin(60 * time.Second)
 	wantCode(t, r, exitOK)
 	rec := onlyRecord(t, r)
-	if rec.Attempts != 2 || rec.Size != size+8 {
-		t.Errorf("attempts %d size %d; want 2 attempts, the second sending the appended file", rec.Attempts, rec.Size)
+	// Two attempts, and one more if the daemon still held the first
+	// session's transfer and refused the second as busy.
+	if rec.Attempts < 2 || rec.Attempts > 3 || rec.Size != size+8 {
+		t.Errorf("attempts %d size %d; want 2 (or 3) attempts, the last sending the appended file", rec.Attempts, rec.Size)
 	}
 	checkCommitted(t, rec, src, filepath.Join(root, "data.bin"))
 }
