@@ -129,7 +129,9 @@ type Result struct {
 	ResumedFrom int64 // durable offset the daemon accepted at
 	SentBytes   int64 // chunk data bytes written in this session, resends included
 	// DurableOffset is the last durable offset the daemon acknowledged,
-	// also when Send fails: a retry resumes at least there.
+	// also when Send fails: a retry resumes at least there. It is 0 when
+	// the transfer started over (no partial is kept) or the file was
+	// already committed (AlreadyCommitted: a committed file, no partial).
 	DurableOffset int64
 	Restarted     bool // a partial for this name held other content and was discarded
 	// AlreadyCommitted says the daemon already held this file under the
