@@ -198,8 +198,12 @@ func TestSenderDeadlines(t *testing.T) {
 			dial, _ := pipeDialer(t, tt.daemon)
 			s := &Sender{Addr: "test", Dial: dial, ChunkSize: MinChunkSize, Timeout: 200 * time.Millisecond}
 			defer s.Close()
+			// Without deadlines Send would wait forever; the context only
+			// keeps a regression from hanging the test run.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
 			start := time.Now()
-			_, err := s.Send(context.Background(), File{Name: "f", Path: tempSource(t, data)})
+			_, err := s.Send(ctx, File{Name: "f", Path: tempSource(t, data)})
 			if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("error %v, want a deadline error", err)
 			}
