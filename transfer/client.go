@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -17,7 +18,21 @@ type ClientOptions struct {
 	ChunkSize int
 	// Agent names the sending software in the Hello, for the daemon's logs.
 	Agent string
+	// Timeout bounds every wait for the daemon when the connection can
+	// set deadlines (a net.Conn can): each write must complete within it,
+	// and a read fails when the daemon has sent nothing and taken no data
+	// for that long. The wait for Committed gets more time when the daemon
+	// must re-read data to hash it (see RehashRate). Zero means no
+	// deadlines.
+	Timeout time.Duration
 }
+
+// RehashRate is the slowest rate, in bytes per second, at which the sender
+// assumes a daemon re-reads data to hash it: after the Trailer of a
+// transfer accepted at durable offset D (an already committed file, or a
+// resume whose prefix the daemon hashes again), the wait for Committed
+// may last Timeout + D/RehashRate.
+const RehashRate = 64 << 20
 
 // Client is the sending end of one session. Transfers on a Client run one
 // at a time; a Client is not safe for concurrent use.
@@ -32,17 +47,20 @@ type Client struct {
 // Handshake exchanges Hellos over rwc and returns a Client ready to Send.
 // It returns an error wrapping ErrVersion if the daemon speaks another
 // major version, or the daemon's *RemoteError if it refuses the session.
-// If ctx ends during the handshake, rwc is closed.
+// It returns an error wrapping ErrNotFerry if the peer answers with bytes
+// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is out of
+// range. If ctx ends during the handshake, rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
-	stop := context.AfterFunc(ctx, func() { _ = rwc.Close() }) // unblocks I/O; ctx's error is reported
-	defer stop()
 	cs := opts.ChunkSize
 	if cs == 0 {
 		cs = DefaultChunkSize
 	}
 	if cs < MinChunkSize || cs > MaxChunkSize {
-		return nil, fmt.Errorf("chunk size %d outside %d..%d", cs, MinChunkSize, MaxChunkSize)
+		return nil, fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, cs, MinChunkSize, MaxChunkSize)
 	}
+	rwc = withDeadlines(rwc, opts.Timeout)
+	stop := closeOnCancel(ctx, rwc)
+	defer stop()
 	agent := opts.Agent
 	if len(agent) > maxAgent || !utf8.ValidString(agent) {
 		agent = "ferry" // the agent is for logs only; never fail a session over it
@@ -53,6 +71,11 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	}
 	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10)}
 	m, err := ReadMessage(c.r)
+	if errors.Is(err, ErrProtocol) {
+		// The first bytes are no Hello and no Refuse: whatever listens
+		// there is not a ferry daemon, and asking again will not change it.
+		return nil, fmt.Errorf("%w: reading daemon hello: %w", ErrNotFerry, err)
+	}
 	if err != nil {
 		return nil, ctxErr(ctx, fmt.Errorf("reading daemon hello: %w", err))
 	}
@@ -106,10 +129,18 @@ type Result struct {
 	ResumedFrom int64 // durable offset the daemon accepted at
 	SentBytes   int64 // chunk data bytes written in this session, resends included
 	// DurableOffset is the last durable offset the daemon acknowledged,
-	// also when Send fails: a retry resumes at least there.
+	// also when Send fails: a retry resumes at least there. It is 0 when
+	// the transfer started over (no partial is kept) or the file was
+	// already committed (AlreadyCommitted: a committed file, no partial).
 	DurableOffset int64
 	Restarted     bool // a partial for this name held other content and was discarded
-	Hash          Hash // whole-file BLAKE3, as b3sum prints it
+	// AlreadyCommitted says the daemon already held this file under the
+	// name (AcceptCommitted) and confirmed it by its BLAKE3: no chunk was
+	// sent.
+	AlreadyCommitted bool
+	Hash             Hash // whole-file BLAKE3, as b3sum prints it
+
+	accepted bool // the daemon accepted the offer: DurableOffset is known
 }
 
 // Send offers src under the remote name and sends it until the daemon
@@ -121,11 +152,14 @@ type Result struct {
 // hash disagrees, ErrSourceChanged when src shrank, or the I/O error that
 // broke the session. After any error other than a refusal at offer time the
 // Client must not be reused. If ctx ends, the connection is closed.
+// Every goroutine Send starts has ended when it returns.
 func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOptions) (Result, error) {
 	if c.broken != nil {
 		return Result{}, fmt.Errorf("session unusable: %w", c.broken)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = c.rwc.Close() }) // unblocks I/O; ctx's error is reported
+	setSlack(c.rwc, 0)
+	defer setSlack(c.rwc, 0)
+	stop := closeOnCancel(ctx, c.rwc)
 	defer stop()
 	if opts.MaxNacks == 0 {
 		opts.MaxNacks = 3
@@ -153,7 +187,10 @@ func (c *Client) send(ctx context.Context, src Source, name string, opts SendOpt
 	if err != nil {
 		return Result{}, err
 	}
-	res := Result{Size: src.Size, Restarted: acc.Flags&AcceptRestarted != 0}
+	res := Result{Size: src.Size, Restarted: acc.Flags&AcceptRestarted != 0, DurableOffset: acc.DurableOffset, accepted: true}
+	if acc.Flags&AcceptCommitted != 0 {
+		res.DurableOffset = 0 // a committed file, not a partial
+	}
 	if ok, err := c.tailMatches(src, acc); err != nil {
 		return res, err
 	} else if !ok {
@@ -165,6 +202,7 @@ func (c *Client) send(ctx context.Context, src Source, name string, opts SendOpt
 			return res, fmt.Errorf("%w: restart accepted at offset %d", ErrProtocol, acc.DurableOffset)
 		}
 		res.Restarted = true
+		res.DurableOffset = 0
 	}
 	res.ResumedFrom = acc.DurableOffset
 	c.streaming = true
@@ -172,6 +210,10 @@ func (c *Client) send(ctx context.Context, src Source, name string, opts SendOpt
 	s.progress.Restarted = res.Restarted
 	res.SentBytes, res.Hash, err = s.run()
 	res.DurableOffset = s.progress.DurableOffset
+	if acc.Flags&AcceptCommitted != 0 {
+		res.DurableOffset = 0
+		res.AlreadyCommitted = err == nil && res.SentBytes == 0
+	}
 	return res, err
 }
 
@@ -257,16 +299,34 @@ type chunkItem struct {
 	err   error
 }
 
-func (s *stream) run() (int64, Hash, error) {
+func (s *stream) run() (sent int64, h Hash, err error) {
 	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	go s.readLoop(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.readLoop(ctx)
+	}()
 	off := s.progress.ResumedFrom
 	if off > 0 {
 		// Hash the prefix the daemon already has while chunks past it
 		// go out; cancelled with this attempt, not left re-reading.
 		s.whole.CatchUp(ctx, s.src.R, off)
 	}
+	defer func() {
+		// Join every goroutine of the transfer before returning. After
+		// Committed or a refusal the reader has stopped by itself; after
+		// any other error the session is broken, and closing it is what
+		// ends a read in progress.
+		cancel()
+		if err != nil {
+			_ = s.c.rwc.Close() // unblocks the reader; err is the one to report
+		}
+		wg.Wait()
+		if s.whole.done != nil {
+			<-s.whole.done
+		}
+	}()
 	for {
 		err := s.sendFrom(ctx, off)
 		if err == nil {
@@ -381,6 +441,9 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 			return false, h, 0, fmt.Errorf("%w: modified while it was being sent; the next attempt starts over", ErrSourceChanged)
 		}
 	}
+	// The daemon may re-read the durable prefix to hash it before it
+	// answers (RehashRate); allow for that on top of the timeout.
+	setSlack(s.c.rwc, time.Duration(float64(s.progress.ResumedFrom)/RehashRate*float64(time.Second)))
 	if err := WriteMessage(s.c.rwc, &Trailer{Hash: h}); err != nil {
 		return false, h, 0, s.writeFailed(err)
 	}

@@ -1,7 +1,9 @@
 // Package transfer is what both ends of ferry share: the wire protocol
 // (frames, messages, version negotiation, refusal codes), chunking, BLAKE3
-// hashing, destination-name validation, and the sender engine (Handshake,
-// Client.Send) as a library. It knows no flags, terminals or daemon root.
+// hashing, destination-name validation, and the sender engine as a
+// library: Sender (reconnect, resume, backoff, deadlines, retryable versus
+// permanent errors) on top of one session's Handshake and Client.Send. It
+// knows no flags, terminals or daemon root.
 //
 // The full specification, with every payload layout, the session flow,
 // resume and the daemon's durability order, is docs/PROTOCOL.md. In short:

@@ -46,6 +46,27 @@ var (
 	// while it was being sent (size or content no longer match what was
 	// offered). Retrying starts the transfer over.
 	ErrSourceChanged = errors.New("source file changed during transfer")
+
+	// ErrSourceUnreadable is returned by Sender.Send when the source file
+	// cannot be opened or is not a regular file. It is permanent: the
+	// file fails, and retrying the same command cannot help until the
+	// file's permissions or type change.
+	ErrSourceUnreadable = errors.New("source file cannot be read")
+
+	// ErrKeepsChanging is returned by Sender.Send when the source changed
+	// more than Sender.MaxRestarts times while it was being sent, so every
+	// attempt had to start over. It is permanent for this run.
+	ErrKeepsChanging = errors.New("source keeps changing while it is sent")
+
+	// ErrNotFerry is returned by Handshake when the peer answers with
+	// bytes that are not a ferry Hello or refusal: it is not a ferry
+	// daemon. It is permanent.
+	ErrNotFerry = errors.New("peer does not speak the ferry protocol")
+
+	// ErrInvalidConfig is returned when a Sender or ClientOptions field is
+	// out of range (a chunk size outside MinChunkSize..MaxChunkSize, a
+	// negative retry count, …). It is permanent: it is a usage error.
+	ErrInvalidConfig = errors.New("invalid sender configuration")
 )
 
 // codePrecedence lists every code with its sentinel, in the order CodeOf
@@ -125,15 +146,28 @@ func (e *RemoteError) sentinel() error {
 	return ErrInternal
 }
 
+// permanent are the locally found conditions that no new session fixes.
+var permanent = []error{
+	ErrVersion, ErrBadName, ErrSourceUnreadable, ErrKeepsChanging, ErrNotFerry, ErrInvalidConfig,
+}
+
 // Retryable reports whether a new session may succeed where err failed:
 // network and I/O errors, integrity failures (the chunk is sent again), and
 // refusals that describe a passing state of the daemon (and unknown codes,
 // which count as CodeInternal). Refusals about the request itself (bad
-// name, exists, too large, no space, unauthorized) and a version mismatch
-// found by either side are permanent.
+// name, exists, too large, no space, unauthorized), a version mismatch
+// found by either side, a peer that is not ferry (ErrNotFerry), an
+// unreadable source (ErrSourceUnreadable), a source that keeps changing
+// (ErrKeepsChanging), and an invalid configuration (ErrInvalidConfig)
+// are permanent.
 func Retryable(err error) bool {
-	if err == nil || errors.Is(err, ErrVersion) || errors.Is(err, ErrBadName) {
+	if err == nil {
 		return false
+	}
+	for _, p := range permanent {
+		if errors.Is(err, p) {
+			return false
+		}
 	}
 	var re *RemoteError
 	if errors.As(err, &re) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 
 	"github.com/ferry-dev/ferry/transfer"
@@ -8,11 +9,12 @@ import (
 
 // Exit codes of ferry; the table is part of the README.
 const (
-	exitOK        = 0 // every file committed
-	exitFailed    = 1 // failed after retries: network or I/O
-	exitUsage     = 2 // bad flags or arguments
-	exitRefused   = 3 // refused by the daemon: name, exists, size, space, credential
-	exitIntegrity = 4 // an integrity failure that retries did not fix
+	exitOK        = 0   // every file committed
+	exitFailed    = 1   // failed after retries: network or I/O
+	exitUsage     = 2   // bad flags or arguments
+	exitRefused   = 3   // refused by the daemon: name, exists, size, space, credential
+	exitIntegrity = 4   // an integrity failure that retries did not fix
+	exitInterrupt = 130 // interrupted by SIGINT or SIGTERM, as shells expect
 )
 
 // errUsage marks errors in how ferry was called.
@@ -24,7 +26,9 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, errUsage):
+	case errors.Is(err, context.Canceled):
+		return exitInterrupt
+	case errors.Is(err, errUsage), errors.Is(err, transfer.ErrInvalidConfig):
 		return exitUsage
 	case errors.Is(err, transfer.ErrIntegrity):
 		return exitIntegrity

@@ -22,30 +22,28 @@ func isTerminal(w io.Writer) bool {
 // the ETA derived from it.
 const barTemplate = `{{string . "name"}} {{counters . }} {{bar . "[" "=" ">" " " "]"}} {{percent . }} {{string . "rate"}} {{string . "eta"}}`
 
-// progressBar draws one file's pb/v3 bar on stderr; with bars off it
-// prints only the resume and restart notices.
+// progressBar draws one file's pb/v3 bar on stderr, one bar per attempt;
+// with bars off it prints only the resume and restart notices.
 type progressBar struct {
-	s       *sender
-	f       file
-	bar     *pb.ProgressBar
-	start   time.Time
-	noticed bool
+	s     *sender
+	f     file
+	bar   *pb.ProgressBar
+	start time.Time
+	began bool // the current attempt reported progress
 }
 
-func (s *sender) newBar(f file, size int64) *progressBar {
-	b := &progressBar{s: s, f: f, start: time.Now()}
-	if s.bars {
-		b.bar = pb.New64(size).SetTemplateString(barTemplate).SetWriter(s.stderr).Set(pb.Bytes, true).
-			Set("name", f.remote).SetRefreshRate(200 * time.Millisecond)
-	}
-	return b
+func (s *sender) newBar(f file) *progressBar {
+	return &progressBar{s: s, f: f}
 }
 
 func (b *progressBar) update(p transfer.Progress) {
-	if !b.noticed {
-		b.noticed = true
+	if !b.began {
+		b.began = true
+		b.start = time.Now()
 		b.notice(p)
-		if b.bar != nil {
+		if b.s.bars {
+			b.bar = pb.New64(p.Size).SetTemplateString(barTemplate).SetWriter(b.s.stderr).Set(pb.Bytes, true).
+				Set("name", b.f.remote).SetRefreshRate(200 * time.Millisecond)
 			b.bar.SetCurrent(p.ResumedFrom).Start()
 		}
 	}
@@ -69,14 +67,12 @@ func (b *progressBar) notice(p transfer.Progress) {
 	if p.Restarted {
 		fmt.Fprintf(b.s.stderr, "ferry: %s changed since its partial was made; starting over\n", b.f.local)
 	}
-	switch {
-	case p.ResumedFrom > 0 && p.ResumedFrom == p.Size:
-		fmt.Fprintf(b.s.stderr, "ferry: %s is already on the daemon; comparing BLAKE3 hashes\n", b.f.local)
-	case p.ResumedFrom > 0:
+	if p.ResumedFrom > 0 && p.ResumedFrom < p.Size {
 		fmt.Fprintf(b.s.stderr, "ferry: resuming %s at %s of %s\n", b.f.local, human(p.ResumedFrom), human(p.Size))
 	}
 }
 
+// finish ends the current attempt's bar; the next attempt draws a new one.
 func (b *progressBar) finish(ok bool) {
 	if b.bar != nil && b.bar.IsStarted() {
 		if ok {
@@ -84,4 +80,5 @@ func (b *progressBar) finish(ok bool) {
 		}
 		b.bar.Finish()
 	}
+	b.bar, b.began = nil, false
 }

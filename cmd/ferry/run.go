@@ -8,7 +8,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -79,16 +78,4 @@ func isFlagError(err error) bool {
 // oneLine keeps an error message on one line.
 func oneLine(err error) string {
 	return strings.NewReplacer("\n", " ", "\r", " ").Replace(err.Error())
-}
-
-// backoff returns the wait before retry n (1-based): base doubled each
-// time, capped at 30s, with ±50% jitter so that many senders cut by one
-// outage do not reconnect in step.
-func backoff(base time.Duration, n int, jitter func() float64) time.Duration {
-	d := base
-	for i := 1; i < n && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 30*time.Second)
-	return time.Duration(float64(d) * (0.5 + jitter()))
 }

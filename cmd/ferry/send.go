@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,9 +33,9 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.StringFlag{Name: "to", EnvVars: []string{"FERRY_TO"}, Usage: "daemon address HOST[:PORT] (default port 7219) or unix:/path"},
 			&cli.StringFlag{Name: "dest", EnvVars: []string{"FERRY_DEST"}, Usage: "remote directory, relative to the daemon's root (default: the root)"},
 			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
-			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s"},
-			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "give up on a connection that accepts no data for this long"},
-			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose (the daemon may lower it)"},
+			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
+			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
+			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose, 4096..16777216 (the daemon may lower it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -49,18 +49,16 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 	}
 }
 
-// sender sends files one after another, over one session while it lasts.
+// sender sends files one after another through one transfer.Sender and
+// reports each on stderr and, with --json, on stdout.
 type sender struct {
-	network, addr string
-	retries       int
-	backoff       time.Duration
-	timeout       time.Duration
-	chunkSize     int
-	quiet, json   bool
-	stdout        io.Writer
-	stderr        io.Writer
-	bars          bool
-	client        *transfer.Client
+	engine      *transfer.Sender
+	addr        string // as the user typed it, for messages
+	quiet, json bool
+	stdout      io.Writer
+	stderr      io.Writer
+	bars        bool
+	bar         *progressBar // of the file being sent
 }
 
 func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, []file, error) {
@@ -74,15 +72,28 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, []file, error
 	if c.Int("retries") < 0 {
 		return nil, nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
 	}
+	if cs := c.Int("chunk-size"); cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
+		return nil, nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
+	}
+	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
+		return nil, nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
+	}
 	files, err := collect(c.Args().Slice(), c.String("dest"))
 	if err != nil {
 		return nil, nil, err
 	}
 	s := &sender{
-		network: network, addr: addr,
-		retries: c.Int("retries"), backoff: c.Duration("backoff"), timeout: c.Duration("timeout"),
-		chunkSize: c.Int("chunk-size"), quiet: c.Bool("quiet"), json: c.Bool("json"),
+		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"),
 		stdout: stdout, stderr: stderr,
+	}
+	s.engine = &transfer.Sender{
+		Network: network, Addr: addr,
+		ChunkSize: c.Int("chunk-size"), Agent: "ferry/" + version,
+		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
+		OnRetry: s.retrying,
+	}
+	if s.engine.Backoff == 0 {
+		s.engine.Backoff = time.Nanosecond // --backoff 0: retry at once
 	}
 	s.bars = !s.quiet && isTerminal(stderr)
 	return s, files, nil
@@ -179,25 +190,27 @@ func remoteName(dest, base string) string {
 
 // record is the --json object for one file.
 type record struct {
-	Path           string  `json:"path"`
-	Remote         string  `json:"remote"`
-	Size           int64   `json:"size"`
-	ResumedFrom    int64   `json:"resumed_from"`
-	SentBytes      int64   `json:"sent_bytes"`
-	TotalSentBytes int64   `json:"total_sent_bytes"`
-	Attempts       int     `json:"attempts"`
-	Restarted      bool    `json:"restarted"`
-	BLAKE3         string  `json:"blake3,omitempty"`
-	Seconds        float64 `json:"seconds"`
-	Status         string  `json:"status"`
-	Error          string  `json:"error,omitempty"`
+	Path             string  `json:"path"`
+	Remote           string  `json:"remote"`
+	Size             int64   `json:"size"`
+	ResumedFrom      int64   `json:"resumed_from"`
+	SentBytes        int64   `json:"sent_bytes"`
+	TotalSentBytes   int64   `json:"total_sent_bytes"`
+	Attempts         int     `json:"attempts"`
+	Restarted        bool    `json:"restarted"`
+	AlreadyCommitted bool    `json:"already_committed"`
+	BLAKE3           string  `json:"blake3,omitempty"`
+	Seconds          float64 `json:"seconds"`
+	Status           string  `json:"status"`
+	Error            string  `json:"error,omitempty"`
 }
 
-// sendAll sends every file. A refusal skips to the next file; a failure
-// that retries could not fix stops the run. The exit code is the worst
-// seen.
+// sendAll sends every file. A refusal, or a failure of the file itself
+// (unreadable, keeps changing), skips to the next file; a failure that
+// retries could not fix stops the run, as the next file would meet it
+// too. The exit code is the worst seen.
 func (s *sender) sendAll(ctx context.Context, files []file) error {
-	defer s.closeClient()
+	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
 	var worst error
 	for _, f := range files {
 		err := s.sendFile(ctx, f)
@@ -207,32 +220,58 @@ func (s *sender) sendAll(ctx context.Context, files []file) error {
 		if worst == nil || exitCode(err) > exitCode(worst) {
 			worst = err
 		}
-		if exitCode(err) != exitRefused {
+		if exitCode(err) != exitRefused && !perFile(err) {
 			break
 		}
 	}
 	return worst
 }
 
+// perFile reports whether err concerns one file only, so the run goes on.
+func perFile(err error) bool {
+	return errors.Is(err, transfer.ErrSourceUnreadable) || errors.Is(err, transfer.ErrKeepsChanging) ||
+		errors.Is(err, transfer.ErrSourceChanged)
+}
+
 func (s *sender) sendFile(ctx context.Context, f file) error {
 	start := time.Now()
-	rec := record{Path: f.local, Remote: f.remote}
-	res, err := s.sendWithRetries(ctx, f, &rec)
-	rec.Seconds = time.Since(start).Seconds()
+	s.bar = s.newBar(f)
+	rep, err := s.engine.Send(ctx, transfer.File{Name: f.remote, Path: f.local, Progress: s.bar.update})
+	s.bar.finish(err == nil)
+	rec := record{
+		Path: f.local, Remote: f.remote, Size: rep.Size,
+		ResumedFrom: rep.ResumedFrom, SentBytes: rep.SentBytes, TotalSentBytes: rep.TotalSentBytes,
+		Attempts: rep.Attempts, Restarted: rep.Restarted, AlreadyCommitted: rep.AlreadyCommitted,
+		Seconds: time.Since(start).Seconds(),
+	}
 	if err != nil {
 		rec.Status, rec.Error = "failed", oneLine(err)
-		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", f.local, oneLine(err), advice(err))
+		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", f.local, s.describe(err), s.advice(err, rep))
 		_ = s.emit(rec) // the transfer's error is the one to report
 		return fmt.Errorf("%w: %w", errReported, err)
 	}
-	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(res.Hash[:])
-	rec.ResumedFrom, rec.SentBytes, rec.Restarted = res.ResumedFrom, res.SentBytes, rec.Restarted || res.Restarted
-	if !s.quiet && !s.json {
-		rate := float64(res.Size-res.ResumedFrom) / max(rec.Seconds, 1e-9)
+	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(rep.Hash[:])
+	switch {
+	case s.quiet:
+	case rep.AlreadyCommitted: // a notice, printed with --json too, like the resume notice
+		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
+			f.local, transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
+	case s.json:
+	default:
+		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
 		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
-			f.local, transfer.QuoteName(f.remote), human(res.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
+			f.local, transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
 	}
 	return s.emit(rec)
+}
+
+// retrying reports a failed attempt that the engine is about to retry.
+func (s *sender) retrying(e transfer.RetryEvent) {
+	s.bar.finish(false)
+	if !s.quiet {
+		fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
+			s.bar.f.local, oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
+	}
 }
 
 // emit writes rec to stdout as a --json line, if asked to. A record that
@@ -248,121 +287,42 @@ func (s *sender) emit(rec record) error {
 	return nil
 }
 
-// sendWithRetries opens the file and sends it, reconnecting and resuming
-// from the daemon's durable offset after each retryable failure.
-func (s *sender) sendWithRetries(ctx context.Context, f file, rec *record) (transfer.Result, error) {
-	fh, err := os.Open(f.local)
-	if err != nil {
-		return transfer.Result{}, err
-	}
-	defer fh.Close() //nolint:errcheck // opened read-only
-	src, err := transfer.FileSource(fh)
-	if err != nil {
-		return transfer.Result{}, err
-	}
-	rec.Size = src.Size
-	// failures counts attempts in a row that made nothing more durable:
-	// --retries bounds it, and the backoff grows with it. An attempt that
-	// moved the durable offset resets it, so a long transfer over a link
-	// that drops now and then never runs out of retries while it advances.
-	failures := 0
-	for {
-		rec.Attempts++
-		res, err := s.attempt(ctx, src, f)
-		rec.TotalSentBytes += res.SentBytes
-		rec.Restarted = rec.Restarted || res.Restarted
-		if err == nil {
-			return res, nil
-		}
-		if ctx.Err() != nil {
-			return res, fmt.Errorf("interrupted; the daemon keeps the partial, run the same command to resume: %w", context.Cause(ctx))
-		}
-		failures++
-		if res.DurableOffset > res.ResumedFrom {
-			failures = 1
-		}
-		if !transfer.Retryable(err) || failures > s.retries {
-			if rec.Attempts > 1 {
-				err = fmt.Errorf("%w (after %d attempts)", err, rec.Attempts)
-			}
-			return res, err
-		}
-		wait := backoff(s.backoff, failures, rand.Float64)
-		if !s.quiet {
-			fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
-				f.local, oneLine(err), wait.Seconds(), failures, s.retries)
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-		}
-	}
-}
-
-// attempt sends src once, connecting first if there is no session.
-func (s *sender) attempt(ctx context.Context, src transfer.Source, f file) (transfer.Result, error) {
-	if s.client == nil {
-		if err := s.connect(ctx); err != nil {
-			return transfer.Result{}, err
-		}
-	}
-	bar := s.newBar(f, src.Size)
-	res, err := s.client.Send(ctx, src, f.remote, transfer.SendOptions{Progress: bar.update})
-	bar.finish(err == nil)
-	if !s.client.Usable() {
-		s.closeClient() // the transfer failed past its offer; start a new session
-	}
-	return res, err
-}
-
-func (s *sender) connect(ctx context.Context) error {
-	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(ctx, s.network, s.addr)
-	if err != nil {
-		return fmt.Errorf("connecting to %s: %w", s.addr, err)
-	}
-	c, err := transfer.Handshake(ctx, &deadlineConn{Conn: conn, timeout: s.timeout},
-		transfer.ClientOptions{ChunkSize: s.chunkSize, Agent: "ferry/" + version})
-	if err != nil {
-		_ = conn.Close() // the handshake's error is the one to report
-		return fmt.Errorf("handshake with %s: %w", s.addr, err)
-	}
-	s.client = c
-	return nil
-}
-
-func (s *sender) closeClient() {
-	if s.client != nil {
-		_ = s.client.Close() // every result is in; the session holds nothing more
-		s.client = nil
-	}
-}
-
-// deadlineConn bounds every write, so a link that stops accepting data
-// fails the attempt (and the retry loop reconnects) instead of hanging.
-type deadlineConn struct {
-	net.Conn
-	timeout time.Duration
-}
-
-func (c *deadlineConn) Write(p []byte) (int, error) {
-	if c.timeout > 0 {
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
-			return 0, err
-		}
-	}
-	return c.Conn.Write(p)
-}
-
-// advice adds what to do about an error, for the one-line message.
-func advice(err error) string {
+// describe is the one-line reason a file failed.
+func (s *sender) describe(err error) string {
 	switch {
-	case errors.Is(err, transfer.ErrExists):
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	case errors.Is(err, transfer.ErrSourceUnreadable):
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return "cannot be read: " + oneLine(pe.Err)
+		}
+		return "cannot be read: " + strings.TrimPrefix(oneLine(err), transfer.ErrSourceUnreadable.Error()+": ")
+	}
+	return oneLine(err)
+}
+
+// advice adds what to do about an error, for the one-line message. Resume
+// advice appears only when the daemon holds a partial to resume.
+func (s *sender) advice(err error, rep transfer.Report) string {
+	partial := ""
+	if rep.DurableOffset > 0 {
+		partial = fmt.Sprintf("; the daemon keeps %s of %s, run the same command again to resume", human(rep.DurableOffset), human(rep.Size))
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return partial
+	case errors.Is(err, transfer.ErrExists), errors.Is(err, transfer.ErrSourceUnreadable),
+		errors.Is(err, transfer.ErrKeepsChanging):
 		return ""
 	case errors.Is(err, transfer.ErrIntegrity):
 		return " (data was corrupted in transit or on the daemon's disk; check the link and the daemon's storage)"
+	case errors.Is(err, transfer.ErrNotFerry):
+		return fmt.Sprintf(" (is %s the address of a ferryd daemon?)", s.addr)
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT) && strings.Contains(err.Error(), "connecting to"):
+		return fmt.Sprintf(" (is ferryd running on %s?)%s", s.addr, partial)
 	case exitCode(err) == exitFailed:
-		return " (run the same command again to resume)"
+		return partial
 	}
 	return ""
 }

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"testing"
-	"time"
 
 	"github.com/ferry-dev/ferry/transfer"
 )
@@ -57,30 +57,6 @@ func TestRemoteName(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	mid := func() float64 { return 0.5 } // no jitter
-	tests := []struct {
-		n    int
-		want time.Duration
-	}{
-		{1, 500 * time.Millisecond},
-		{2, time.Second},
-		{3, 2 * time.Second},
-		{7, 30 * time.Second}, // 32s capped
-		{50, 30 * time.Second},
-	}
-	for _, tt := range tests {
-		if got := backoff(500*time.Millisecond, tt.n, mid); got != tt.want {
-			t.Errorf("backoff(retry %d) = %v, want %v", tt.n, got, tt.want)
-		}
-	}
-	lo := backoff(time.Second, 1, func() float64 { return 0 })
-	hi := backoff(time.Second, 1, func() float64 { return 0.999 })
-	if lo != 500*time.Millisecond || hi < 1490*time.Millisecond || hi >= 1500*time.Millisecond {
-		t.Errorf("jitter range [%v, %v], want [0.5s, 1.5s)", lo, hi)
-	}
-}
-
 func TestExitCode(t *testing.T) {
 	refused := func(c transfer.Code) error {
 		return fmt.Errorf("sending: %w", &transfer.RemoteError{Code: c, Message: "x"})
@@ -106,6 +82,11 @@ func TestExitCode(t *testing.T) {
 		{"integrity refusal", refused(transfer.CodeIntegrity), exitIntegrity},
 		{"integrity found by the sender", fmt.Errorf("%w: hash", transfer.ErrIntegrity), exitIntegrity},
 		{"source changed", transfer.ErrSourceChanged, exitFailed},
+		{"source unreadable", fmt.Errorf("%w: permission denied", transfer.ErrSourceUnreadable), exitFailed},
+		{"source keeps changing", transfer.ErrKeepsChanging, exitFailed},
+		{"not a ferry daemon", fmt.Errorf("handshake: %w", transfer.ErrNotFerry), exitFailed},
+		{"invalid configuration", fmt.Errorf("%w: chunk size", transfer.ErrInvalidConfig), exitUsage},
+		{"interrupted", fmt.Errorf("interrupted: %w", context.Canceled), exitInterrupt},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,89 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// deadliner is the part of net.Conn (and of net.Pipe's ends) that bounds
+// a blocked read or write.
+type deadliner interface {
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+}
+
+// deadlineConn bounds every wait for the peer. Each Write gets a write
+// deadline of timeout. Each Read gets a read deadline of timeout plus the
+// current slack, and a Write that succeeds pushes the read deadline
+// forward too: a session fails when the peer has neither taken data nor
+// sent any for that long, whether the sender is waiting for an answer
+// (Hello, Accept, Committed) or streaming chunks. Read and Write may be
+// called from different goroutines.
+type deadlineConn struct {
+	io.ReadWriteCloser
+	d       deadliner
+	timeout time.Duration
+	slack   atomic.Int64 // extra read allowance in nanoseconds
+}
+
+// withDeadlines wraps rwc so that no read or write waits longer than
+// timeout. It returns rwc unchanged when timeout is 0 or rwc cannot set
+// deadlines.
+func withDeadlines(rwc io.ReadWriteCloser, timeout time.Duration) io.ReadWriteCloser {
+	d, ok := rwc.(deadliner)
+	if timeout <= 0 || !ok {
+		return rwc
+	}
+	return &deadlineConn{ReadWriteCloser: rwc, d: d, timeout: timeout}
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	wait := c.timeout + time.Duration(c.slack.Load())
+	_ = c.d.SetReadDeadline(time.Now().Add(wait)) // a conn that cannot set one fails the Read itself
+	n, err := c.ReadWriteCloser.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("no answer from the daemon for %v: %w", wait, err)
+	}
+	return n, err
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	_ = c.d.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.ReadWriteCloser.Write(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, fmt.Errorf("the daemon took no data for %v: %w", c.timeout, err)
+	}
+	if err == nil {
+		_ = c.d.SetReadDeadline(time.Now().Add(c.timeout + time.Duration(c.slack.Load())))
+	}
+	return n, err
+}
+
+// setSlack sets how much longer than the timeout a read may wait, for
+// answers the peer legitimately needs time to compute.
+func setSlack(rwc io.ReadWriteCloser, d time.Duration) {
+	if c, ok := rwc.(*deadlineConn); ok {
+		c.slack.Store(int64(d))
+	}
+}
+
+// closeOnCancel closes c when ctx ends. The returned stop undoes that and,
+// if the close already began, waits until it is over, so that no goroutine
+// of the caller outlives it.
+func closeOnCancel(ctx context.Context, c io.Closer) (stop func()) {
+	done := make(chan struct{})
+	unregister := context.AfterFunc(ctx, func() {
+		defer close(done)
+		_ = c.Close() // unblocks I/O; ctx's error is reported
+	})
+	return func() {
+		if !unregister() {
+			<-done
+		}
+	}
+}

@@ -1,0 +1,316 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"time"
+)
+
+// Defaults of Sender's fields.
+const (
+	DefaultBackoff     = 500 * time.Millisecond
+	DefaultMaxBackoff  = 30 * time.Second
+	DefaultTimeout     = 60 * time.Second
+	DefaultMaxRestarts = 3
+)
+
+// Sender sends files to one daemon and never makes a transfer start again
+// from zero because of a failure it can recover from: after a network or
+// I/O failure it reconnects, with exponential backoff, and resumes from the
+// daemon's durable offset. It keeps one session across files while the
+// session is usable.
+//
+// Set Addr (and Network); the other fields have working zero values. A
+// Sender is not safe for concurrent use; call Close when done.
+type Sender struct {
+	// Network and Addr name the daemon, as for net.Dial: Network "tcp"
+	// (the default when empty) or "unix". Addr appears in error messages.
+	Network, Addr string
+	// Dial opens a connection to the daemon. Defaults to a net.Dialer
+	// with Timeout as its timeout and 15s keep-alives.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ChunkSize is the chunk size in bytes proposed to the daemon, which
+	// may lower it. Defaults to DefaultChunkSize; outside
+	// MinChunkSize..MaxChunkSize, Send fails with ErrInvalidConfig.
+	ChunkSize int
+	// Agent names the sending software in the Hello, for the daemon's logs.
+	Agent string
+	// Retries is how many attempts in a row that make no progress (move
+	// no durable offset of an unchanged source) may follow a retryable
+	// failure. An attempt that makes progress resets the count, so a long
+	// transfer over a link that drops now and then never runs out.
+	// Zero means no retry; negative is ErrInvalidConfig.
+	Retries int
+	// Backoff is the wait before the first retry in a row; it doubles with
+	// each further retry up to MaxBackoff, with ±50% jitter, never above
+	// MaxBackoff. Defaults to DefaultBackoff (500ms) and
+	// DefaultMaxBackoff (30s).
+	Backoff, MaxBackoff time.Duration
+	// Timeout bounds every wait for the daemon: dialing, each write, and
+	// each read (the daemon must send something or take data at least
+	// this often; see ClientOptions.Timeout for the wait for Committed).
+	// Defaults to DefaultTimeout (60s).
+	Timeout time.Duration
+	// MaxRestarts is how many times one Send may start a file over
+	// because the source changed (it was modified during an attempt, or
+	// differs from the one the previous attempt sent). One more change
+	// fails the file with ErrKeepsChanging. Defaults to
+	// DefaultMaxRestarts (3).
+	MaxRestarts int
+	// OnRetry, if set, is called before each wait for a retry.
+	OnRetry func(RetryEvent)
+	// Jitter returns a number in [0, 1) for the backoff jitter. Defaults to
+	// math/rand/v2's Float64; tests set it.
+	Jitter func() float64
+
+	client *Client
+}
+
+// File is one file for Sender.Send.
+type File struct {
+	// Name is the file's name on the daemon, relative to its root.
+	Name string
+	// Open opens the source. Send calls it at the start of every
+	// attempt and closes the file at the attempt's end, so that each
+	// attempt offers the file as it is then. Defaults to os.Open(Path).
+	Open func() (*os.File, error)
+	// Path is the local path opened when Open is nil.
+	Path string
+	// Progress, if set, is called as in SendOptions.Progress, during
+	// every attempt.
+	Progress func(Progress)
+}
+
+// RetryEvent describes a failed attempt that Send is about to retry.
+type RetryEvent struct {
+	Name     string        // File.Name
+	Attempt  int           // the attempt that failed, from 1
+	Err      error         // why it failed
+	Wait     time.Duration // the backoff before the next attempt
+	Failures int           // attempts in a row without progress, from 1
+	Retries  int           // Sender.Retries
+}
+
+// Report describes how a Send went, also when it failed.
+type Report struct {
+	Size           int64 // bytes in the source, as the last attempt opened it
+	Attempts       int   // attempts made, from 1
+	ResumedFrom    int64 // durable offset the last attempt started at
+	SentBytes      int64 // chunk data bytes sent by the last attempt
+	TotalSentBytes int64 // chunk data bytes sent by all attempts
+	// DurableOffset is the daemon's last known durable offset of a
+	// partial of this file; 0 when there is none (or the file is
+	// committed). After a failure, a partial exists on the daemon when it
+	// is above 0, and a new Send resumes there.
+	DurableOffset int64
+	Restarted     bool // some attempt discarded a partial and started at 0
+	Restarts      int  // attempts that started over because the source changed
+	// AlreadyCommitted says the daemon already held this file under the
+	// name and confirmed it by BLAKE3; no data was sent.
+	AlreadyCommitted bool
+	Hash             Hash // whole-file BLAKE3, set when Send returns nil
+}
+
+// Send sends f until the daemon commits it, retrying as the Sender's
+// fields say. It returns nil once the daemon confirmed the commit (or
+// that the same file was already committed). Errors:
+//   - ErrInvalidConfig for a Sender field out of range;
+//   - ErrSourceUnreadable when f cannot be opened or is not a regular file;
+//   - ErrKeepsChanging when the source changed more than MaxRestarts times;
+//   - the daemon's refusal (a *RemoteError) when it is permanent;
+//   - ErrNotFerry or ErrVersion when the peer is not a compatible daemon;
+//   - ctx's error (context.Canceled) when ctx ends;
+//   - otherwise the last retryable error, once Retries attempts in a row
+//     made no progress, with the attempt count appended.
+//
+// Retryable tells them apart. Every goroutine Send starts has ended when
+// it returns.
+func (s *Sender) Send(ctx context.Context, f File) (Report, error) {
+	var rep Report
+	if err := s.check(); err != nil {
+		return rep, err
+	}
+	maxRestarts := orDefault(s.MaxRestarts, DefaultMaxRestarts)
+	failures := 0
+	var prev identity
+	changed := false // the last attempt found the source modified
+	for {
+		fh, src, err := open(f)
+		if err != nil {
+			return rep, err
+		}
+		id := identityOf(src)
+		if rep.Attempts > 0 && (changed || id != prev) {
+			rep.Restarts++
+			if rep.Restarts > maxRestarts {
+				_ = fh.Close() // opened read-only
+				return rep, fmt.Errorf("%w: it changed %d times during %d attempts; send it again once nothing writes to it",
+					ErrKeepsChanging, rep.Restarts, rep.Attempts)
+			}
+		}
+		prev = id
+		rep.Size = src.Size
+		rep.Attempts++
+		res, err := s.attempt(ctx, src, f)
+		_ = fh.Close() // opened read-only
+		rep.ResumedFrom, rep.SentBytes = res.ResumedFrom, res.SentBytes
+		rep.TotalSentBytes += res.SentBytes
+		rep.Restarted = rep.Restarted || res.Restarted
+		if res.accepted {
+			rep.DurableOffset = res.DurableOffset
+		}
+		if err == nil {
+			rep.DurableOffset = 0
+			rep.AlreadyCommitted, rep.Hash = res.AlreadyCommitted, res.Hash
+			return rep, nil
+		}
+		if ctx.Err() != nil {
+			return rep, fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		}
+		changed = errors.Is(err, ErrSourceChanged)
+		failures++
+		if res.DurableOffset > res.ResumedFrom && !changed {
+			failures = 1 // progress on the same source
+		}
+		if !Retryable(err) || failures > s.Retries {
+			if rep.Attempts > 1 {
+				err = fmt.Errorf("%w (after %d attempts)", err, rep.Attempts)
+			}
+			return rep, err
+		}
+		jitter := s.Jitter
+		if jitter == nil {
+			jitter = rand.Float64
+		}
+		wait := Backoff(orDefault(s.Backoff, DefaultBackoff), orDefault(s.MaxBackoff, DefaultMaxBackoff), failures, jitter())
+		if s.OnRetry != nil {
+			s.OnRetry(RetryEvent{Name: f.Name, Attempt: rep.Attempts, Err: err, Wait: wait, Failures: failures, Retries: s.Retries})
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return rep, fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// Close ends the Sender's session, if one is open.
+func (s *Sender) Close() error {
+	if s.client == nil {
+		return nil
+	}
+	err := s.client.Close()
+	s.client = nil
+	return err
+}
+
+// check validates the fields.
+func (s *Sender) check() error {
+	switch {
+	case s.Addr == "":
+		return fmt.Errorf("%w: no daemon address", ErrInvalidConfig)
+	case s.ChunkSize != 0 && (s.ChunkSize < MinChunkSize || s.ChunkSize > MaxChunkSize):
+		return fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, s.ChunkSize, MinChunkSize, MaxChunkSize)
+	case s.Retries < 0:
+		return fmt.Errorf("%w: retries %d below 0", ErrInvalidConfig, s.Retries)
+	case s.Backoff < 0 || s.MaxBackoff < 0 || s.Timeout < 0:
+		return fmt.Errorf("%w: negative backoff or timeout", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// attempt sends src once, connecting first if there is no session.
+func (s *Sender) attempt(ctx context.Context, src Source, f File) (Result, error) {
+	if s.client == nil {
+		if err := s.connect(ctx); err != nil {
+			return Result{}, err
+		}
+	}
+	res, err := s.client.Send(ctx, src, f.Name, SendOptions{Progress: f.Progress})
+	if !s.client.Usable() {
+		_ = s.Close() // the transfer failed past its offer; the next attempt starts a new session
+	}
+	return res, err
+}
+
+func (s *Sender) connect(ctx context.Context) error {
+	network := s.Network
+	if network == "" {
+		network = "tcp"
+	}
+	timeout := orDefault(s.Timeout, DefaultTimeout)
+	dial := s.Dial
+	if dial == nil {
+		d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
+		dial = d.DialContext
+	}
+	conn, err := dial(ctx, network, s.Addr)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
+	}
+	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout})
+	if err != nil {
+		_ = conn.Close() // the handshake's error is the one to report
+		return fmt.Errorf("handshake with %s: %w", s.Addr, err)
+	}
+	s.client = c
+	return nil
+}
+
+// open opens f and describes it as a Source; the caller closes the file.
+func open(f File) (*os.File, Source, error) {
+	o := f.Open
+	if o == nil {
+		o = func() (*os.File, error) { return os.Open(f.Path) }
+	}
+	fh, err := o()
+	if err != nil {
+		return nil, Source{}, fmt.Errorf("%w: %w", ErrSourceUnreadable, err)
+	}
+	src, err := FileSource(fh)
+	if err != nil {
+		_ = fh.Close() // opened read-only
+		return nil, Source{}, fmt.Errorf("%w: %w", ErrSourceUnreadable, err)
+	}
+	return fh, src, nil
+}
+
+// identity is what tells one version of a source from another between
+// attempts: what the Offer carries, less the prefix hash.
+type identity struct {
+	size    int64
+	mtimeNs int64
+	inode   uint64
+}
+
+func identityOf(src Source) identity {
+	return identity{size: src.Size, mtimeNs: src.ModTime.UnixNano(), inode: src.Inode}
+}
+
+// Backoff returns the wait before retry n (from 1) in a row: base doubled
+// for each retry after the first, with jitter (in [0, 1)) spreading it over
+// [0.5, 1.5) times that, so that many senders cut by one outage do not
+// reconnect in step; the result never exceeds maxWait.
+func Backoff(base, maxWait time.Duration, n int, jitter float64) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxWait; i++ {
+		d *= 2
+	}
+	d = time.Duration(float64(min(d, maxWait)) * (0.5 + jitter))
+	return min(d, maxWait)
+}
+
+// orDefault returns v, or def when v is zero.
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
