@@ -37,7 +37,7 @@ func openEntry(e entry) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("reading metadata: %w", err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != e.Dev || st.Ino != e.Ino {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Dev) != e.Dev || st.Ino != e.Ino {
 		unix.Close(fd)
 		return nil, errNotSame
 	}

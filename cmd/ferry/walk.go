@@ -78,8 +78,10 @@ type entry struct {
 	top, rel string
 }
 
-// errNotRegular is what warn's err wraps for an entry that is neither a
-// regular file nor a directory.
+// errNotRegular is what warn's err wraps for an entry below a PATH that
+// is neither a regular file nor a directory: skipped by design. A PATH
+// itself of such a type gets an error that does not wrap it, since the
+// user named a file that is not sent.
 var errNotRegular = errors.New("not a regular file or directory; skipped")
 
 // walkPaths streams the regular files under paths to visit; see the
@@ -139,10 +141,18 @@ func destJoin(dest, base string) string {
 }
 
 type walker struct {
-	ctx   context.Context
-	visit func(entry) error
-	warn  func(path string, err error)
+	ctx       context.Context
+	visit     func(entry) error
+	warn      func(path string, err error)
+	ancestors []fileID // of the directory being walked, from the PATH down
 }
+
+// fileID identifies a file: device and inode numbers.
+type fileID struct{ dev, ino uint64 }
+
+// errLoop is what warn's err is for a directory that contains itself
+// (through a bind mount): it is walked once.
+var errLoop = errors.New("a directory inside itself (a bind mount?); skipped the second time")
 
 // walkTop sends PATH p, resolved to top, under the name remote. The PATH
 // itself is followed if it is a symlink: the user named it.
@@ -177,15 +187,25 @@ func (w *walker) walkTop(p, top, remote string) error {
 			w.warn(p, errNotSame)
 			return nil
 		}
-		return w.walkDir(d, fd, p, top, "", remote)
+		return w.walkDir(d, fd, p, top, "", remote, &now)
 	}
-	w.warn(p, fmt.Errorf("%s, %w", kindOf(st.Mode), errNotRegular))
+	// Not errNotRegular: the user named this file, and it is not sent.
+	w.warn(p, fmt.Errorf("%s, not a regular file or directory; not sent", kindOf(uint32(st.Mode))))
 	return nil
 }
 
 // walkDir visits the directory open as d (whose descriptor is fd), found
 // at local (for messages) and rel below top, named remote on the daemon.
-func (w *walker) walkDir(d *os.File, fd int, local, top, rel, remote string) error {
+func (w *walker) walkDir(d *os.File, fd int, local, top, rel, remote string, st *unix.Stat_t) error {
+	// A bind mount can make a directory its own descendant; symlinks,
+	// which are not followed, cannot.
+	id := fileID{uint64(st.Dev), st.Ino}
+	if slices.Contains(w.ancestors, id) {
+		w.warn(local, errLoop)
+		return nil
+	}
+	w.ancestors = append(w.ancestors, id)
+	defer func() { w.ancestors = w.ancestors[:len(w.ancestors)-1] }()
 	names, err := d.Readdirnames(-1)
 	if err != nil {
 		// Some names may have come back: send those, and say the
@@ -240,17 +260,17 @@ func (w *walker) walkEntry(dirfd int, name, local, top, rel, remote string) erro
 			w.warn(local, errNotSame)
 			return nil
 		}
-		return w.walkDir(d, fd, local, top, rel, remote)
+		return w.walkDir(d, fd, local, top, rel, remote, &now)
 	}
-	w.warn(local, fmt.Errorf("%s, %w", kindOf(st.Mode), errNotRegular))
+	w.warn(local, fmt.Errorf("%s, %w", kindOf(uint32(st.Mode)), errNotRegular))
 	return nil
 }
 
 func newEntry(local, remote, top, rel string, st *unix.Stat_t) entry {
 	return entry{
 		Local: local, Remote: remote,
-		Dev: st.Dev, Ino: st.Ino,
-		Size: st.Size, Mode: fileMode(st.Mode),
+		Dev: uint64(st.Dev), Ino: st.Ino,
+		Size: st.Size, Mode: fileMode(uint32(st.Mode)),
 		ModTime: time.Unix(st.Mtim.Unix()),
 		top:     top, rel: rel,
 	}

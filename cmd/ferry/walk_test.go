@@ -129,7 +129,7 @@ func TestWalkOrderTypesAndNames(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := fi.Sys().(*syscall.Stat_t)
-		if e.Dev != st.Dev || e.Ino != st.Ino || e.Size != fi.Size() || e.Mode != fi.Mode() || !e.ModTime.Equal(fi.ModTime()) {
+		if e.Dev != uint64(st.Dev) || e.Ino != st.Ino || e.Size != fi.Size() || e.Mode != fi.Mode() || !e.ModTime.Equal(fi.ModTime()) {
 			t.Errorf("%s: entry %+v does not match lstat %v %v %v %v", e.Local, e, st.Ino, fi.Size(), fi.Mode(), fi.ModTime())
 		}
 	}
@@ -243,50 +243,37 @@ func TestWalkMissingPathGoesOn(t *testing.T) {
 	}
 }
 
-// TestWalkUnopenableDirectoryGoesOn: a directory that cannot be opened is
-// reported, and the walk goes on with its siblings. The tests run as root
-// here, for whom no permission bit makes a directory unreadable, so the
-// open fails with EMFILE instead: the process may open one directory
-// more than the walk needs for the top level.
-func TestWalkUnopenableDirectoryGoesOn(t *testing.T) {
+// TestWalkPathOfOtherType: a PATH that is neither a regular file nor a
+// directory is not sent, and, unlike such an entry below a PATH, its
+// warning does not wrap errNotRegular: the user named it.
+func TestWalkPathOfOtherType(t *testing.T) {
 	dir := t.TempDir()
-	mkfiles(t, dir, "tree/a/deep/x.txt", "tree/a/y.txt", "tree/b.txt", "tree/c/z.txt")
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+	mkfiles(t, dir, "f.txt")
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The two lowest free descriptors are the ones the walk gets for
-	// tree and tree/a; tree/a/deep then finds none.
-	f1, err := os.Open(dir)
+	if err := os.Symlink(fifo, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := walkAll(t, "", fifo, filepath.Join(dir, "link"), filepath.Join(dir, "f.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second := f2.Fd()
-	f1.Close()
-	f2.Close()
-	low := lim
-	low.Cur = uint64(second) + 1
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	r, err := walkAll(t, "", filepath.Join(dir, "tree"))
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	// tree/c opens: tree/a's descriptor was closed after its walk.
-	if got, want := r.remotes(), []string{"tree/a/y.txt", "tree/b.txt", "tree/c/z.txt"}; !slices.Equal(got, want) {
+	if got, want := r.remotes(), []string{"f.txt"}; !slices.Equal(got, want) {
 		t.Errorf("visited %q, want %q", got, want)
 	}
-	want := []string{filepath.Join(dir, "tree/a/deep") + ": opening directory: too many open files"}
+	want := []string{
+		fifo + ": a named pipe, not a regular file or directory; not sent",
+		filepath.Join(dir, "link") + ": a named pipe, not a regular file or directory; not sent",
+	}
 	if !slices.Equal(r.warns, want) {
 		t.Errorf("warnings\n %q\nwant\n %q", r.warns, want)
+	}
+	for _, err := range r.errs {
+		if errors.Is(err, errNotRegular) {
+			t.Errorf("warning %v wraps errNotRegular", err)
+		}
 	}
 }
 
