@@ -9,26 +9,36 @@ package main
 // walkPaths checks every PATH first (a usage error, wrapping errUsage, for
 // an empty PATH or one that names "/"), then streams the regular files
 // below them to visit, one entry at a time, in a fixed order: PATHs in the
-// order given, and within a directory its entries sorted by name, depth
-// first. It never builds the whole list: memory is bounded by the depth of
-// the tree times the size of its largest directory.
+// order given, and within a directory its entries sorted by name (byte
+// order), depth first. It never builds the whole list: memory is bounded
+// by the depth of the tree times the size of its largest directory, and
+// one descriptor is open per directory level. visit may take as long as
+// it likes (send the file) or keep the entry for later: an entry needs
+// nothing of the walk's to be opened.
 //
 // Everything that is not sent is reported to warn, one call each, and the
-// walk goes on: a PATH that does not exist, an entry that is not a
-// regular file or directory (symbolic link, named pipe, socket, device:
-// err wraps errNotRegular), a directory that cannot be opened or read, an
-// entry replaced while the walk looked at it (err wraps errNotSame). warn's
-// err never repeats the path; print it as
+// walk goes on:
+//   - an entry below a PATH that is not a regular file or directory
+//     (symbolic link, named pipe, socket, device): err wraps errNotRegular;
+//   - a directory met again below itself (a bind mount): err is errLoop;
+//   - a PATH that does not exist (err wraps fs.ErrNotExist), or that is
+//     of another type;
+//   - a directory that cannot be opened or read (fs.ErrPermission, ...);
+//   - an entry replaced while the walk looked at it: err wraps errNotSame.
+//
+// warn's err never repeats the path; print it as
 //
 //	fmt.Fprintf(stderr, "ferry: %s: %s\n", escapeName(path), escapeRemote(err.Error()))
 //
-// and decide the exit code from it: errNotRegular is a notice (ferry sends
-// regular files only, by design); anything else means a file the user
-// named was not sent, exit 1.
+// and decide the exit code from it: errNotRegular and errLoop are notices
+// (ferry sends regular files only, by design; the looped directory was
+// sent once), which leave it alone; anything else means something the
+// user named was not sent: exit 1 (failed) at least.
 //
-// Each entry is opened with openEntry (open.go), never by e.Local: that
+// Each entry is opened with openEntry (open.go), never by e.Local: it
 // opens every component below the PATH without following symlinks and
-// refuses, with errNotSame, a file that is not the one the walk saw.
+// refuses, with errNotSame, a file that is not the one the walk saw; the
+// caller reports that for the file and goes on, exit 1.
 //
 // visit's error stops the walk and is returned as it is; a cancelled ctx
 // stops it with context.Cause(ctx).
