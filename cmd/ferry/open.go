@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// errNotSame is what openEntry's (and warn's) err wraps when the file at
+// an entry's path is not the one the walk saw: it was replaced, by another
+// file or a symlink, or a directory on its path was (issue 8: a private
+// key swapped in for tree/z.txt was uploaded as tree/z.txt).
+var errNotSame = errors.New("replaced since it was listed (not the file the walk saw); skipped")
+
+// openEntry opens the file the walk saw as e, for reading. It opens e's
+// PATH (following it if it is a symlink, as the walk did), then each
+// component below it with O_NOFOLLOW, so that no symlink below the PATH is
+// followed, and checks that what it opened is a regular file with the
+// device and inode number the walk recorded.
+//
+// It returns an error wrapping errNotSame if a component is now a symlink
+// or not a directory, or the file is not the same regular file; otherwise
+// the error from opening (wrapping a syscall.Errno, e.g. ENOENT when the
+// file was removed, EACCES). Errors do not repeat e.Local: the caller
+// names the file. The returned file's Name is e.Local; the caller closes
+// it.
+func openEntry(e entry) (*os.File, error) {
+	fd, err := openBelow(e.top, e.rel)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("reading metadata: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Dev) != e.Dev || st.Ino != e.Ino {
+		unix.Close(fd)
+		return nil, errNotSame
+	}
+	// O_NONBLOCK kept the open from hanging on a named pipe swapped in;
+	// a regular file does not need it.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("opening: %w", err)
+	}
+	return os.NewFile(uintptr(fd), e.Local), nil
+}
+
+// openBelow opens top, then each slash-separated component of rel in turn
+// without following symlinks, and returns the last descriptor: the file.
+// With rel == "", top is the file.
+func openBelow(top, rel string) (int, error) {
+	const file = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY
+	if rel == "" {
+		fd, err := openRetry(func() (int, error) { return unix.Open(top, file, 0) })
+		if err != nil {
+			return -1, fmt.Errorf("opening: %w", err)
+		}
+		return fd, nil
+	}
+	dir, err := openRetry(func() (int, error) {
+		return unix.Open(top, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	})
+	if err != nil {
+		if errors.Is(err, unix.ENOTDIR) {
+			return -1, errNotSame
+		}
+		return -1, fmt.Errorf("opening %s: %w", escapeName(top), err)
+	}
+	for {
+		name, rest, more := strings.Cut(rel, "/")
+		flags := file | unix.O_NOFOLLOW
+		if more {
+			flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		}
+		fd, err := openRetry(func() (int, error) { return unix.Openat(dir, name, flags, 0) })
+		unix.Close(dir)
+		switch {
+		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+			// A symlink (O_NOFOLLOW), or a file where a directory was.
+			return -1, errNotSame
+		case err != nil && more:
+			return -1, fmt.Errorf("opening directory %s: %w", escapeName(name), err)
+		case err != nil:
+			return -1, fmt.Errorf("opening: %w", err)
+		case !more:
+			return fd, nil
+		}
+		dir, rel = fd, rest
+	}
+}
