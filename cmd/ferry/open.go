@@ -34,17 +34,17 @@ func openEntry(e entry) (*os.File, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
 		return nil, fmt.Errorf("reading metadata: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Dev) != e.Dev || st.Ino != e.Ino {
-		unix.Close(fd)
+		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
 		return nil, errNotSame
 	}
 	// O_NONBLOCK kept the open from hanging on a named pipe swapped in;
 	// a regular file does not need it.
 	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
 		return nil, fmt.Errorf("opening: %w", err)
 	}
 	return os.NewFile(uintptr(fd), e.Local), nil
@@ -78,7 +78,7 @@ func openBelow(top, rel string) (int, error) {
 			flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 		}
 		fd, err := openRetry(func() (int, error) { return unix.Openat(dir, name, flags, 0) })
-		unix.Close(dir)
+		_ = unix.Close(dir) // read-only descriptor; the error at hand is the one to report
 		switch {
 		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
 			// A symlink (O_NOFOLLOW), or a file where a directory was.

@@ -43,7 +43,7 @@ func (b *progressBar) update(p transfer.Progress) {
 		b.notice(p)
 		if b.s.bars {
 			b.bar = pb.New64(p.Size).SetTemplateString(barTemplate).SetWriter(b.s.stderr).Set(pb.Bytes, true).
-				Set("name", b.f.remote).SetRefreshRate(200 * time.Millisecond)
+				Set("name", escapeName(b.f.remote)).SetRefreshRate(200 * time.Millisecond)
 			b.bar.SetCurrent(p.ResumedFrom).Start()
 		}
 	}
@@ -65,10 +65,10 @@ func (b *progressBar) notice(p transfer.Progress) {
 		return
 	}
 	if p.Restarted {
-		fmt.Fprintf(b.s.stderr, "ferry: %s changed since its partial was made; starting over\n", b.f.local)
+		fmt.Fprintf(b.s.stderr, "ferry: %s changed since its partial was made; starting over\n", escapeName(b.f.local))
 	}
 	if p.ResumedFrom > 0 && p.ResumedFrom < p.Size {
-		fmt.Fprintf(b.s.stderr, "ferry: resuming %s at %s of %s\n", b.f.local, human(p.ResumedFrom), human(p.Size))
+		fmt.Fprintf(b.s.stderr, "ferry: resuming %s at %s of %s\n", escapeName(b.f.local), human(p.ResumedFrom), human(p.Size))
 	}
 }
 

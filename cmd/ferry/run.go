@@ -75,7 +75,9 @@ func isFlagError(err error) bool {
 	return false
 }
 
-// oneLine keeps an error message on one line.
+// oneLine returns an error message as one line safe for a terminal: it
+// may carry text from the daemon or a local file name, so control
+// characters are escaped (escapeRemote), never printed raw (issue 8).
 func oneLine(err error) string {
-	return strings.NewReplacer("\n", " ", "\r", " ").Replace(err.Error())
+	return escapeRemote(err.Error())
 }

@@ -10,8 +10,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"path"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -40,11 +38,11 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
 		Action: func(c *cli.Context) error {
-			s, files, err := newSender(c, stdout, stderr)
+			s, err := newSender(c, stdout, stderr)
 			if err != nil {
 				return err
 			}
-			return s.sendAll(ctx, files)
+			return s.sendAll(ctx, c.Args().Slice(), c.String("dest"))
 		},
 	}
 }
@@ -61,26 +59,22 @@ type sender struct {
 	bar         *progressBar // of the file being sent
 }
 
-func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, []file, error) {
+func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	if c.NArg() == 0 {
-		return nil, nil, fmt.Errorf("%w: ferry send needs at least one PATH", errUsage)
+		return nil, fmt.Errorf("%w: ferry send needs at least one PATH", errUsage)
 	}
 	network, addr, err := parseTo(c.String("to"))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if c.Int("retries") < 0 {
-		return nil, nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
+		return nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
 	}
 	if cs := c.Int("chunk-size"); cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return nil, nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
+		return nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
 	}
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
-		return nil, nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
-	}
-	files, err := collect(c.Args().Slice(), c.String("dest"))
-	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
 	}
 	s := &sender{
 		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"),
@@ -96,7 +90,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, []file, error
 		s.engine.Backoff = time.Nanosecond // --backoff 0: retry at once
 	}
 	s.bars = !s.quiet && isTerminal(stderr)
-	return s, files, nil
+	return s, nil
 }
 
 // parseTo turns --to into a dialable address, adding the default port.
@@ -117,75 +111,12 @@ func parseTo(to string) (network, addr string, err error) {
 	return "tcp", net.JoinHostPort(host, defaultPort), nil
 }
 
-// file is one local file and its name on the daemon.
+// file is one local file, as the walk found it, and its name on the
+// daemon.
 type file struct {
-	local  string
+	local  string // for messages and --json "path"; never opened by name
 	remote string
-}
-
-// collect expands PATHs: a file is sent under dest by its base name, a
-// directory as a tree under dest/its base name. Only regular files are
-// sent; other types inside a directory are skipped with a notice.
-func collect(paths []string, dest string) ([]file, error) {
-	var files []file
-	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
-		}
-		base := filepath.Base(filepath.Clean(p))
-		switch {
-		case fi.Mode().IsRegular():
-			files = append(files, file{local: p, remote: remoteName(dest, base)})
-		case fi.IsDir():
-			tree, err := walk(p, remoteName(dest, base))
-			if err != nil {
-				return nil, err
-			}
-			files = append(files, tree...)
-		default:
-			return nil, fmt.Errorf("%w: %s is not a regular file or directory", errUsage, p)
-		}
-	}
-	return files, nil
-}
-
-func walk(dir, remoteDir string) ([]file, error) {
-	var files []file
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		files = append(files, file{local: p, remote: path.Join(remoteDir, filepath.ToSlash(rel))})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", dir, err)
-	}
-	return files, nil
-}
-
-// remoteName puts base under dest exactly as typed: the daemon, not the
-// sender, judges names, so nothing is cleaned away here.
-func remoteName(dest, base string) string {
-	d := dest
-	for len(d) > 1 && strings.HasSuffix(d, "/") {
-		d = d[:len(d)-1]
-	}
-	switch d {
-	case "":
-		return base
-	case "/":
-		return "/" + base
-	}
-	return d + "/" + base
+	entry  entry // opened with openEntry, which refuses a swapped file
 }
 
 // record is the --json object for one file.
@@ -205,27 +136,62 @@ type record struct {
 	Error            string  `json:"error,omitempty"`
 }
 
-// sendAll sends every file. A refusal, or a failure of the file itself
-// (unreadable, keeps changing), skips to the next file; a failure that
-// retries could not fix stops the run, as the next file would meet it
-// too. The exit code is the worst seen.
-func (s *sender) sendAll(ctx context.Context, files []file) error {
+// sendAll walks paths (walk.go) and sends each file as the walk finds it,
+// so that memory stays flat however many files there are. A refusal, or a
+// failure of the file itself (unreadable, replaced, keeps changing),
+// skips to the next file; a failure that retries could not fix stops the
+// run, as the next file would meet it too. What the walk cannot send is
+// reported and counts as a failure, except files skipped by design
+// (symlinks, devices). The exit code is the worst seen.
+func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
 	var worst error
-	for _, f := range files {
-		err := s.sendFile(ctx, f)
-		if err == nil {
-			continue
-		}
+	note := func(err error) {
 		if worst == nil || exitCode(err) > exitCode(worst) {
 			worst = err
 		}
-		if exitCode(err) != exitRefused && !perFile(err) {
-			break
+	}
+	visit := func(e entry) error {
+		err := s.sendFile(ctx, file{local: e.Local, remote: e.Remote, entry: e})
+		if err == nil {
+			return nil
 		}
+		note(err)
+		if exitCode(err) != exitRefused && !perFile(err) {
+			return errStopWalk
+		}
+		return nil
+	}
+	warn := func(path string, err error) {
+		notice := errors.Is(err, errNotRegular) || errors.Is(err, errLoop)
+		if !notice || !s.quiet {
+			fmt.Fprintf(s.stderr, "ferry: %s: %s\n", escapeName(path), oneLine(err))
+		}
+		rec := record{Path: path, Status: "failed", Error: oneLine(err)}
+		if notice {
+			rec.Status = "skipped"
+		}
+		if werr := s.emit(rec); werr != nil {
+			note(werr)
+		}
+		if !notice {
+			note(fmt.Errorf("%w: %w", errReported, err))
+		}
+	}
+	err := walkPaths(ctx, paths, dest, visit, warn)
+	switch {
+	case err == nil, errors.Is(err, errStopWalk):
+	case ctx.Err() != nil:
+		note(fmt.Errorf("interrupted: %w", ctx.Err()))
+	default:
+		return err // a usage error, found before anything was sent
 	}
 	return worst
 }
+
+// errStopWalk ends the walk after a failure that the next file would meet
+// too; the failure itself is already noted.
+var errStopWalk = errors.New("stop")
 
 // perFile reports whether err concerns one file only, so the run goes on.
 func perFile(err error) bool {
@@ -236,7 +202,8 @@ func perFile(err error) bool {
 func (s *sender) sendFile(ctx context.Context, f file) error {
 	start := time.Now()
 	s.bar = s.newBar(f)
-	rep, err := s.engine.Send(ctx, transfer.File{Name: f.remote, Path: f.local, Progress: s.bar.update})
+	rep, err := s.engine.Send(ctx, transfer.File{Name: f.remote, Progress: s.bar.update,
+		Open: func() (*os.File, error) { return openEntry(f.entry) }})
 	s.bar.finish(err == nil)
 	rec := record{
 		Path: f.local, Remote: f.remote, Size: rep.Size,
@@ -246,7 +213,7 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 	}
 	if err != nil {
 		rec.Status, rec.Error = "failed", oneLine(err)
-		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", f.local, s.describe(err), s.advice(err, rep))
+		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", escapeName(f.local), s.describe(err), s.advice(err, rep))
 		_ = s.emit(rec) // the transfer's error is the one to report
 		return fmt.Errorf("%w: %w", errReported, err)
 	}
@@ -255,12 +222,12 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 	case s.quiet:
 	case rep.AlreadyCommitted: // a notice, printed with --json too, like the resume notice
 		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
-			f.local, transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
 	case s.json:
 	default:
 		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
 		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
-			f.local, transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
 	}
 	return s.emit(rec)
 }
@@ -270,7 +237,7 @@ func (s *sender) retrying(e transfer.RetryEvent) {
 	s.bar.finish(false)
 	if !s.quiet {
 		fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
-			s.bar.f.local, oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
+			escapeName(s.bar.f.local), oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
 	}
 }
 

@@ -40,23 +40,6 @@ func TestParseTo(t *testing.T) {
 	}
 }
 
-func TestRemoteName(t *testing.T) {
-	tests := []struct{ dest, base, want string }{
-		{"", "f", "f"},
-		{"backups", "f", "backups/f"},
-		{"backups/", "f", "backups/f"},
-		{"backups//", "f", "backups/f"},
-		{"/", "f", "/f"},        // absolute: left for the daemon to refuse
-		{"../x", "f", "../x/f"}, // not cleaned: the daemon judges names
-		{"a/../../x", "f", "a/../../x/f"},
-	}
-	for _, tt := range tests {
-		if got := remoteName(tt.dest, tt.base); got != tt.want {
-			t.Errorf("remoteName(%q, %q) = %q, want %q", tt.dest, tt.base, got, tt.want)
-		}
-	}
-}
-
 func TestExitCode(t *testing.T) {
 	refused := func(c transfer.Code) error {
 		return fmt.Errorf("sending: %w", &transfer.RemoteError{Code: c, Message: "x"})

@@ -187,7 +187,7 @@ func (w *walker) walkTop(p, top, remote string) error {
 			return nil
 		}
 		d := os.NewFile(uintptr(fd), p)
-		defer d.Close()
+		defer d.Close() //nolint:errcheck // read-only directory handle
 		var now unix.Stat_t
 		if err := unix.Fstat(fd, &now); err != nil {
 			w.warn(p, fmt.Errorf("reading directory metadata: %w", err))
@@ -240,7 +240,7 @@ func (w *walker) walkEntry(dirfd int, name, local, top, rel, remote string) erro
 	var st unix.Stat_t
 	if err := statRetry(func() error { return unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
 		// Most likely removed since the directory was listed.
-		w.warn(local, fmt.Errorf("reading metadata: %w", err))
+		w.warn(local, fmt.Errorf("cannot be read: %w", err))
 		return nil
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -260,7 +260,7 @@ func (w *walker) walkEntry(dirfd int, name, local, top, rel, remote string) erro
 			return nil
 		}
 		d := os.NewFile(uintptr(fd), local)
-		defer d.Close()
+		defer d.Close() //nolint:errcheck // read-only directory handle
 		var now unix.Stat_t
 		if err := unix.Fstat(fd, &now); err != nil {
 			w.warn(local, fmt.Errorf("reading directory metadata: %w", err))
@@ -344,7 +344,7 @@ func kindOf(m uint32) string {
 // which the raw unix calls pass on where the os package would retry.
 func statRetry(f func() error) error {
 	for {
-		if err := f(); err != unix.EINTR {
+		if err := f(); !errors.Is(err, unix.EINTR) {
 			return err
 		}
 	}
@@ -353,7 +353,7 @@ func statRetry(f func() error) error {
 func openRetry(f func() (int, error)) (int, error) {
 	for {
 		fd, err := f()
-		if err != unix.EINTR {
+		if !errors.Is(err, unix.EINTR) {
 			return fd, err
 		}
 	}

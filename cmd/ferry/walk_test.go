@@ -289,7 +289,7 @@ func TestWalkStopsOnVisitErrorAndCancel(t *testing.T) {
 		}
 		return nil
 	}, func(string, error) {})
-	if err != stop || n != 2 {
+	if err != stop || n != 2 { //nolint:errorlint // returned as is, unwrapped
 		t.Errorf("walkPaths = %v after %d visits, want %v after 2", err, n, stop)
 	}
 
@@ -301,7 +301,7 @@ func TestWalkStopsOnVisitErrorAndCancel(t *testing.T) {
 		cancel(cause)
 		return nil
 	}, func(string, error) {})
-	if err != cause || n != 1 {
+	if err != cause || n != 1 { //nolint:errorlint // returned as is, unwrapped
 		t.Errorf("walkPaths = %v after %d visits, want %v after 1", err, n, cause)
 	}
 }
