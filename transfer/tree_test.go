@@ -135,45 +135,75 @@ func TestTreeHashMatchesB3sum(t *testing.T) {
 	}
 }
 
-// TestChunkCVVector pins the test vector of docs/CHUNK-HASH.md: 48 KiB of
-// the BLAKE3 test-vector pattern in three chunks of 16 KiB.
+// TestChunkCVVector pins the test vectors of docs/CHUNK-HASH.md: files of
+// the BLAKE3 test-vector pattern in chunks of 16 KiB. The roots are what
+// b3sum prints; the chunk values are also checked against refSubtreeCV.
 func TestChunkCVVector(t *testing.T) {
-	data := patternData(3 * MinTreeChunkSize)
-	wantCVs := []string{
-		"5384f9b342c6cb86badedcbe662b0e980476a8db17db3cc1f13b19329749ab1f",
-		"406632eceb31aa6735f072ad0554f5963f4082b5139978455b44f67732cf949d",
-		"bccbba6c1168012dc733c21a85cc8500576e28489a119e848307770260b3c87f",
+	const (
+		cv0 = "5384f9b342c6cb86badedcbe662b0e980476a8db17db3cc1f13b19329749ab1f"
+		cv1 = "406632eceb31aa6735f072ad0554f5963f4082b5139978455b44f67732cf949d"
+		p01 = "1e03bf3657c5076623059f21d92f2ec634dd276b07e3760625c73416f343d857"
+	)
+	tests := []struct {
+		name  string
+		size  int
+		cvs   []string
+		stack string // merge stack before Sum, encoded
+		root  string
+	}{
+		{"three chunks", 3 * MinTreeChunkSize,
+			[]string{cv0, cv1, "bccbba6c1168012dc733c21a85cc8500576e28489a119e848307770260b3c87f"},
+			"0e000000000000c00002" + p01 + "bccbba6c1168012dc733c21a85cc8500576e28489a119e848307770260b3c87f",
+			"88c8baf84eb0b231f985d2be3540430506a9280fd0ec4cec74524bbc33bbc5df"},
+		{"ragged last chunk", 40000,
+			[]string{cv0, cv1, "083663d9bddc14d40cc2f3869e01c5bebde7632dfea165eda38af01d93d5045b"},
+			"0e0000000000009c4002" + p01 + "083663d9bddc14d40cc2f3869e01c5bebde7632dfea165eda38af01d93d5045b",
+			"ccd32b4544a24c50fbefb249e10a8fcedc26e2794c79eb8a44ad0631bf07f53f"},
+		{"one chunk is its root", MinTreeChunkSize,
+			[]string{"f875d6646de28985646f34ee13be9a576fd515f76b5b0a26bb324735041ddde4"},
+			"0e000000000000400001" + "f875d6646de28985646f34ee13be9a576fd515f76b5b0a26bb324735041ddde4",
+			"f875d6646de28985646f34ee13be9a576fd515f76b5b0a26bb324735041ddde4"},
 	}
-	const wantRoot = "88c8baf84eb0b231f985d2be3540430506a9280fd0ec4cec74524bbc33bbc5df" // b3sum
-	s, err := NewMergeStack(MinTreeChunkSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, want := range wantCVs {
-		off := int64(i * MinTreeChunkSize)
-		cv, err := ChunkCV(data[off:off+MinTreeChunkSize], off, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := hex.EncodeToString(cv[:]); got != want {
-			t.Errorf("chunk %d: CV %s, want %s", i, got, want)
-		}
-		if ref := refSubtreeCV(data[off:off+MinTreeChunkSize], uint64(off)/1024, false); cv != ref {
-			t.Errorf("chunk %d: CV %x, reference %x", i, cv, ref)
-		}
-		if err := s.Push(cv, MinTreeChunkSize); err != nil {
-			t.Fatal(err)
-		}
-	}
-	root, err := s.Sum(int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := hex.EncodeToString(root[:]); got != wantRoot {
-		t.Errorf("root %s, want %s", got, wantRoot)
-	}
-	if b := blake3.Sum256(data); root != b {
-		t.Errorf("root %x, BLAKE3 %x", root, b)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := patternData(tt.size)
+			root := len(tt.cvs) == 1
+			s, err := NewMergeStack(MinTreeChunkSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range tt.cvs {
+				off := int64(i * MinTreeChunkSize)
+				chunk := data[off:min(off+MinTreeChunkSize, int64(tt.size))]
+				cv, err := ChunkCV(chunk, off, root)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := hex.EncodeToString(cv[:]); got != want {
+					t.Errorf("chunk %d: CV %s, want %s", i, got, want)
+				}
+				if ref := refSubtreeCV(chunk, uint64(off)/1024, root); cv != ref {
+					t.Errorf("chunk %d: CV %x, reference %x", i, cv, ref)
+				}
+				if err := s.Push(cv, int64(len(chunk))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			enc, _ := s.MarshalBinary()
+			if got := hex.EncodeToString(enc); got != tt.stack {
+				t.Errorf("merge stack %s, want %s", got, tt.stack)
+			}
+			h, err := s.Sum(int64(tt.size))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hex.EncodeToString(h[:]); got != tt.root {
+				t.Errorf("root %s, want %s", got, tt.root)
+			}
+			if b := blake3.Sum256(data); h != b {
+				t.Errorf("root %x, BLAKE3 %x", h, b)
+			}
+		})
 	}
 }
 
