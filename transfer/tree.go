@@ -103,10 +103,16 @@ func checkSubtree(offset int64, n int, root bool) error {
 	return nil
 }
 
-// tailPool holds 16 KiB scratch buffers for a subtree's last piece when it
-// is shorter than pieceSize: guts.CompressBuffer reads a whole piece, and
-// reading past the caller's slice would race with whoever owns those bytes.
-var tailPool = sync.Pool{New: func() any { return new([pieceSize]byte) }}
+// piecePool holds 16 KiB scratch buffers that subtreeNode copies each
+// piece into before hashing it. guts.CompressBuffer reads its 16 BLAKE3
+// chunks as 16 streams 1 KiB apart, which hardware prefetchers follow
+// badly: on data that is not in cache it runs about twice as fast from a
+// buffer in L1, copy included (measured on an AMD EPYC over 256 MiB:
+// 0.40 against 0.21 CPU ns/byte with AVX-512, 0.71 against 0.37 with
+// AVX2; no difference on data already in cache). The copy also keeps a
+// short last piece from being read past its end, which would race with
+// whoever owns the bytes after it.
+var piecePool = sync.Pool{New: func() any { return new([pieceSize]byte) }}
 
 // subtreeNode returns the top node of the BLAKE3 subtree of data whose
 // first BLAKE3 chunk has counter counter, not yet compressed, so that the
@@ -115,11 +121,14 @@ var tailPool = sync.Pool{New: func() any { return new([pieceSize]byte) }}
 // and right to left at the end: the left-heavy tree shape BLAKE3 gives a
 // ragged last chunk.
 func subtreeNode(data []byte, counter uint64) guts.Node {
+	buf := piecePool.Get().(*[pieceSize]byte)
+	defer piecePool.Put(buf)
 	var stack [maxPieceStack][8]uint32
 	depth := 0
 	var pieces uint64
 	for len(data) > pieceSize {
-		cv := guts.ChainingValue(guts.CompressBuffer((*[pieceSize]byte)(data), pieceSize, &guts.IV, counter, 0))
+		copy(buf[:], data)
+		cv := guts.ChainingValue(guts.CompressBuffer(buf, pieceSize, &guts.IV, counter, 0))
 		pieces++
 		for t := pieces; t&1 == 0; t >>= 1 {
 			depth--
@@ -130,15 +139,7 @@ func subtreeNode(data []byte, counter uint64) guts.Node {
 		data = data[pieceSize:]
 		counter += guts.MaxSIMD
 	}
-	var n guts.Node
-	if len(data) == pieceSize {
-		n = guts.CompressBuffer((*[pieceSize]byte)(data), pieceSize, &guts.IV, counter, 0)
-	} else {
-		buf := tailPool.Get().(*[pieceSize]byte)
-		copy(buf[:], data)
-		n = guts.CompressBuffer(buf, len(data), &guts.IV, counter, 0)
-		tailPool.Put(buf)
-	}
+	n := guts.CompressBuffer(buf, copy(buf[:], data), &guts.IV, counter, 0)
 	for depth > 0 {
 		depth--
 		n = guts.ParentNode(stack[depth], guts.ChainingValue(n), &guts.IV, 0)
