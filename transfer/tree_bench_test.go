@@ -9,7 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	_ "unsafe" // for go:linkname
 
 	"github.com/zeebo/blake3"
 	"lukechampine.com/blake3/guts"
@@ -18,13 +17,6 @@ import (
 // Hash-only benchmarks of issue 10 (make bench-hash). They hash a buffer
 // in memory, 256 MiB unless FERRY_HASH_BENCH_MIB says otherwise, and
 // report ns/byte next to Go's MB/s.
-
-// gutsHaveAVX512 is guts' CPU switch, which it exports no way to set:
-// clearing it makes CompressBuffer take its AVX2 path, to measure a CPU
-// without AVX-512 on one that has it. Benchmarks only.
-//
-//go:linkname gutsHaveAVX512 lukechampine.com/blake3/guts.haveAVX512
-var gutsHaveAVX512 bool
 
 var benchBuf = sync.OnceValue(func() []byte {
 	mib := 256
@@ -62,33 +54,6 @@ func runHashBench(b *testing.B, hash func(data []byte) Hash) {
 	}
 }
 
-// gutsModes are the SIMD paths of guts this CPU can run: AVX-512 when it
-// has it, and AVX2 with AVX-512 switched off.
-func gutsModes() []struct {
-	name   string
-	avx512 bool
-} {
-	modes := []struct {
-		name   string
-		avx512 bool
-	}{{"avx2", false}}
-	if gutsHaveAVX512 {
-		modes = append([]struct {
-			name   string
-			avx512 bool
-		}{{"avx512", true}}, modes...)
-	}
-	return modes
-}
-
-// withAVX512 runs f with guts' AVX-512 path on or off and restores it.
-func withAVX512(on bool, f func()) {
-	saved := gutsHaveAVX512
-	gutsHaveAVX512 = on && saved
-	defer func() { gutsHaveAVX512 = saved }()
-	f()
-}
-
 // BenchmarkHashPasses compares, at 1 MiB chunks on one core, what each
 // side does today, two zeebo/blake3 passes (BLAKE3 of every chunk, and a
 // streaming hasher for the whole file), with one pass of chunk chaining
@@ -115,7 +80,7 @@ func BenchmarkHashPasses(b *testing.B) {
 	})
 	for _, m := range gutsModes() {
 		b.Run("guts-one-pass-"+m.name, func(b *testing.B) {
-			withAVX512(m.avx512, func() {
+			withSIMD(m, func() {
 				runHashBench(b, func(data []byte) Hash { return treeHash(b, data, c) })
 			})
 		})
@@ -127,7 +92,7 @@ func BenchmarkHashPasses(b *testing.B) {
 func BenchmarkHashParallel(b *testing.B) {
 	for _, m := range gutsModes() {
 		b.Run(m.name, func(b *testing.B) {
-			withAVX512(m.avx512, func() {
+			withSIMD(m, func() {
 				runHashBench(b, func(data []byte) Hash {
 					h, err := HashAt(b.Context(), bytes.NewReader(data), int64(len(data)), DefaultChunkSize, 0)
 					if err != nil {
@@ -148,7 +113,7 @@ func BenchmarkChunkSizes(b *testing.B) {
 	for _, m := range gutsModes() {
 		for c := 4 << 10; c <= 4<<20; c <<= 1 {
 			b.Run(fmt.Sprintf("%s/%dKiB", m.name, c>>10), func(b *testing.B) {
-				withAVX512(m.avx512, func() {
+				withSIMD(m, func() {
 					if c >= MinTreeChunkSize {
 						runHashBench(b, func(data []byte) Hash { return treeHash(b, data, c) })
 						return
