@@ -29,8 +29,9 @@ type CV [HashSize]byte
 const (
 	// MinTreeChunkSize and MaxTreeChunkSize bound the chunk size in bytes
 	// for chunk hashes that are BLAKE3 subtrees: 16 KiB to 16 MiB, and the
-	// size must be a power of two (CheckChunkSize). Below 16 KiB the SIMD
-	// compressor hashes fewer chunks per call than it can, so it wastes work.
+	// size must be a power of two (CheckChunkSize). Below 16 KiB the
+	// AVX-512 compressor fills only part of its 16 lanes and wastes work:
+	// at 8 KiB a byte costs twice as much (BenchmarkChunkSizes).
 	MinTreeChunkSize = 16 << 10
 	MaxTreeChunkSize = 16 << 20
 
