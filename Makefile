@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench profile lint fuzz
+.PHONY: build test soak demo bench bench-hash profile lint fuzz
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -29,6 +29,13 @@ demo: build
 bench: build
 	$(GO) build -trimpath -o bin/ferrybench ./bench
 	bin/ferrybench -bin bin -out bench/results.json $(BENCHFLAGS)
+
+# Hash-only benchmarks of issue 10 on a 256 MiB buffer (FERRY_HASH_BENCH_MIB=1024
+# for 1 GiB): two zeebo/blake3 passes against one chunk-tree pass, chunk
+# sizes, and the parallel hasher at GOMAXPROCS 1, 2 and 4.
+bench-hash:
+	$(GO) test -run='^$$' -bench='^Benchmark(HashPasses|ChunkSizes)$$' -cpu 1 ./transfer/
+	$(GO) test -run='^$$' -bench='^BenchmarkHashParallel$$' -cpu 1,2,4 ./transfer/
 
 # CPU profile of one in-process 1 GiB transfer (sender and daemon together).
 profile:
@@ -59,4 +66,5 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMessage$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeChunk$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzValidateName$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMergeStack$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeState$$' ./daemon/
