@@ -33,6 +33,7 @@ const (
 	// AVX-512 compressor fills only part of its 16 lanes and wastes work:
 	// at 8 KiB a byte costs twice as much (BenchmarkChunkSizes).
 	MinTreeChunkSize = 16 << 10
+	// MaxTreeChunkSize is the upper bound; see MinTreeChunkSize.
 	MaxTreeChunkSize = 16 << 20
 
 	// pieceSize is what one guts.CompressBuffer call hashes at once: 16
