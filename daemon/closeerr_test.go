@@ -80,7 +80,7 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			}
 			s.DirectIO = true
 			data := randomData(2*daemon.DirectAlign, 3)
-			offer := &transfer.Offer{Size: int64(len(data)), Mode: 0o600, Name: "f"}
+			offer := &transfer.Offer{ID: 1, Size: int64(len(data)), Mode: 0o600, Name: "f"}
 			p, _, err := s.Open(testKey, offer, false)
 			if err != nil {
 				t.Fatal(err)
