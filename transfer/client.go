@@ -203,4 +203,3 @@ func ctxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
-

@@ -146,7 +146,7 @@ type record struct {
 // (symlinks, devices). The exit code is the worst seen.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
-	var mu sync.Mutex // worst and the output, shared by the walk and the engine
+	var mu sync.Mutex      // worst and the output, shared by the walk and the engine
 	var worst error
 	note := func(err error) {
 		if worst == nil || exitCode(err) > exitCode(worst) {
