@@ -167,7 +167,8 @@ func (c *windowCut) Write(p []byte) (int, error) {
 // TestWindowCutAndResume cuts the link in the middle of a window (a big
 // file streaming after many small ones); the Sender reconnects and offers
 // again only the files that did not settle, the big one resuming from its
-// durable offset.
+// durable offset. (The first session may still hold the big file's name
+// when the second offers it: a busy refusal and one more attempt.)
 func TestWindowCutAndResume(t *testing.T) {
 	srv := newServer(t, daemon.Config{SyncBytes: 2 * testChunk})
 	dir := t.TempDir()
@@ -213,8 +214,8 @@ func TestWindowCutAndResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dials != 2 {
-		t.Fatalf("%d sessions, want 2", dials)
+	if dials < 2 {
+		t.Fatalf("%d sessions, want at least 2", dials)
 	}
 	once := 0
 	for i, f := range files {
@@ -227,11 +228,20 @@ func TestWindowCutAndResume(t *testing.T) {
 		}
 	}
 	big := reps["cut/f39"]
-	if big.Attempts != 2 || big.ResumedFrom == 0 || big.TotalSentBytes >= 2*big.Size {
+	if big.Attempts < 2 || big.ResumedFrom == 0 || big.TotalSentBytes >= 2*big.Size {
 		t.Fatalf("big file: %+v; want a second attempt resumed past 0", big)
 	}
 	if once == 0 {
 		t.Fatalf("every file was sent again after the cut")
 	}
 	t.Logf("%d of %d files committed in the first session; big file resumed at %d of %d", once, len(files), big.ResumedFrom, big.Size)
+}
+
+// TestV1PeerGetsReadableRefusal: a protocol 1 sender is told why, in the
+// Refuse layout every version shares.
+func TestV1PeerGetsReadableRefusal(t *testing.T) {
+	srv := newServer(t, daemon.Config{})
+	p := srv.raw(t)
+	p.write(msgFrame(&transfer.Hello{Major: 1, ChunkSize: testChunk, Agent: "ferry/v1"}))
+	p.expectRefusal(transfer.CodeVersion, "peer speaks v1.0, this side v2")
 }
