@@ -61,6 +61,10 @@ type Sender struct {
 	// fails the file with ErrKeepsChanging. Defaults to
 	// DefaultMaxRestarts (3).
 	MaxRestarts int
+	// Window is how many files SendAll keeps in flight on a session
+	// (offered and not settled), 1..MaxWindowFiles. Defaults to
+	// DefaultWindowFiles; 1 sends one file after another.
+	Window int
 	// OnRetry, if set, is called before each wait for a retry.
 	OnRetry func(RetryEvent)
 	// Jitter returns a number in [0, 1) for the backoff jitter. Defaults to
@@ -325,7 +329,7 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 			err = s.connect(ctx)
 		}
 		if err == nil {
-			unsettled, progressed, err = s.client.SendAll(ctx, nextJob, settle, WindowOptions{})
+			unsettled, progressed, err = s.client.SendAll(ctx, nextJob, settle, WindowOptions{Files: s.Window})
 			if !s.client.Usable() {
 				_ = s.Close() // the next attempt starts a new session
 			}
@@ -398,6 +402,8 @@ func (s *Sender) check() error {
 		return fmt.Errorf("%w: no daemon address", ErrInvalidConfig)
 	case s.ChunkSize != 0 && (s.ChunkSize < MinChunkSize || s.ChunkSize > MaxChunkSize):
 		return fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, s.ChunkSize, MinChunkSize, MaxChunkSize)
+	case s.Window < 0 || s.Window > MaxWindowFiles:
+		return fmt.Errorf("%w: window %d outside 1..%d", ErrInvalidConfig, s.Window, MaxWindowFiles)
 	case s.Retries < 0:
 		return fmt.Errorf("%w: retries %d below 0", ErrInvalidConfig, s.Retries)
 	case s.Backoff < 0 || s.MaxBackoff < 0 || s.Timeout < 0:

@@ -203,6 +203,9 @@ func (f *flight) result() Result {
 		r.Hash = f.committed.Hash
 		r.AlreadyCommitted = f.committed.Flags&CommittedAlready != 0 ||
 			(f.acc != nil && f.acc.Flags&AcceptCommitted != 0 && f.sent == 0)
+		if r.AlreadyCommitted {
+			r.ResumedFrom = r.Size // the daemon had all of it
+		}
 	}
 	return r
 }

@@ -35,6 +35,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
 			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose, 4096..16777216 (the daemon may lower it)"},
+			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -74,6 +75,9 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	if cs := c.Int("chunk-size"); cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
 		return nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
 	}
+	if w := c.Int("window"); w < 1 || w > transfer.MaxWindowFiles {
+		return nil, fmt.Errorf("%w: --window %d is outside 1..%d", errUsage, w, transfer.MaxWindowFiles)
+	}
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
 		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
 	}
@@ -85,6 +89,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Network: network, Addr: addr,
 		ChunkSize: c.Int("chunk-size"), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
+		Window:  c.Int("window"),
 		OnRetry: s.retrying,
 	}
 	if s.engine.Backoff == 0 {
