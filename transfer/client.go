@@ -42,7 +42,10 @@ type Client struct {
 	chunkSize int
 	broken    error  // set once the session can carry no more transfers
 	lastID    uint32 // the last transfer ID used in this session
-	reading   atomic.Bool
+	// confirming is set while the daemon answers small files with
+	// "already committed": their offers then go without data.
+	confirming bool
+	reading    atomic.Bool
 }
 
 // interruptRead ends a read of the daemon's messages in progress, which

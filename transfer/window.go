@@ -54,10 +54,10 @@ type WindowOptions struct {
 
 // flight is one transfer in flight on a session.
 type flight struct {
-	id    uint32
-	job   *Job
-	offer *Offer
-	small bool // its data went out with its offer (OfferData)
+	id          uint32
+	job         *Job
+	offer       *Offer
+	speculative bool // its data went out with its offer (OfferData)
 
 	acc       *Accept
 	restarted bool
@@ -316,9 +316,14 @@ func (w *window) start(job *Job) error {
 		return nil
 	}
 	offer.ID = f.id
-	f.small = job.Src.Size <= int64(w.c.chunkSize)
+	// A file of at most one chunk goes out with its offer, unless the
+	// daemon has lately been finding the files already committed (a send
+	// run again): then its offer goes alone, and its data only if the
+	// daemon wants it, one round trip later but without blocking the
+	// window.
+	f.speculative = job.Src.Size <= int64(w.c.chunkSize) && !w.c.confirming
 	w.mu.Unlock()
-	if f.small {
+	if f.speculative {
 		offer.Flags |= OfferData
 		if err := WriteMessage(w.c.rwc, offer); err != nil {
 			return err
@@ -622,7 +627,7 @@ func (w *window) handle(m Message) error {
 	case *RemoteError:
 		w.settleLocked(f, m)
 	case *Accept:
-		if f.small || f.acc != nil {
+		if f.speculative || f.acc != nil {
 			return fmt.Errorf("%w: unexpected accept for transfer %d", ErrProtocol, id)
 		}
 		if m.DurableOffset > f.offer.Size {
@@ -633,6 +638,9 @@ func (w *window) handle(m Message) error {
 		}
 		if m.Flags&AcceptRestarted != 0 {
 			f.restarted, f.progress.Restarted = true, true
+		}
+		if f.job.Src.Size <= int64(w.c.chunkSize) {
+			w.c.confirming = m.Flags&AcceptCommitted != 0
 		}
 		f.acc = m
 		w.ready = append(w.ready, f)
@@ -671,6 +679,9 @@ func (w *window) handle(m Message) error {
 			return nil
 		}
 		f.committed = m
+		if f.speculative && m.Flags&CommittedAlready != 0 {
+			w.c.confirming = true
+		}
 		w.progress = true
 		f.progress.DurableOffset = m.Size
 		f.progress.Sent = max(f.progress.Sent, m.Size)
