@@ -17,7 +17,6 @@ func header(typ FrameType, n uint32) []byte {
 }
 
 func TestReadFrameHeader(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	const maxChunk = 64 << 10
 	tests := []struct {
 		name     string
@@ -37,7 +36,9 @@ func TestReadFrameHeader(t *testing.T) {
 		{"chunk of 4 GiB", header(FrameChunk, 1<<32-1), MaxChunkSize, FrameHeader{}, ErrProtocol},
 		{"chunk larger than a control frame is fine", header(FrameChunk, MaxControlPayload+1), MaxChunkSize, FrameHeader{FrameChunk, MaxControlPayload + 1}, nil},
 		{"type 0", header(0, 1), maxChunk, FrameHeader{}, ErrProtocol},
-		{"type 10", header(10, 1), maxChunk, FrameHeader{}, ErrProtocol},
+		{"data (protocol 2)", header(FrameData, 12), maxChunk, FrameHeader{FrameData, 12}, nil},
+		{"refuse transfer (protocol 2)", header(FrameRefuseTransfer, 9), maxChunk, FrameHeader{FrameRefuseTransfer, 9}, nil},
+		{"type 12", header(12, 1), maxChunk, FrameHeader{}, ErrProtocol},
 		{"type 255", header(255, 0), maxChunk, FrameHeader{}, ErrProtocol},
 		{"HTTP request", []byte("GET / HTTP/1.1\r\n"), maxChunk, FrameHeader{}, ErrProtocol},
 		{"TLS client hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00}, maxChunk, FrameHeader{}, ErrProtocol},

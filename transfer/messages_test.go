@@ -141,10 +141,9 @@ func put(p []byte, off int, v any) []byte {
 }
 
 func TestDecodeMessageRejects(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
-	offer := EncodeMessage(&Offer{Size: 10, Mode: 0o644, Name: "f"})
-	accept := EncodeMessage(&Accept{DurableOffset: 100, TailOffset: 60, TailLength: 40})
+	offer := EncodeMessage(&Offer{ID: 1, Size: 10, Mode: 0o644, Name: "f"})
+	accept := EncodeMessage(&Accept{ID: 1, DurableOffset: 100, TailOffset: 60, TailLength: 40})
 	refuse := EncodeMessage(&RemoteError{Code: CodeExists, Message: "m"})
 	type tc struct {
 		name    string
@@ -157,10 +156,11 @@ func TestDecodeMessageRejects(t *testing.T) {
 		// Hello.
 		{"hello bad magic", FrameHello, cat([]byte("HTTP"), hello[4:]), ErrProtocol, "bad magic"},
 		{"hello TLS record", FrameHello, []byte{0x16, 0x03, 0x01, 0x02, 0, 1, 0, 0, 0, 0x10, 0, 0, 0, 0}, ErrProtocol, "not a ferry peer"},
-		{"hello major 2", FrameHello, put(hello, 4, uint16(2)), ErrVersion, "v2.0"},
+		{"hello major 1", FrameHello, put(hello, 4, uint16(1)), ErrVersion, "v1.0"},
+		{"hello major 3", FrameHello, put(hello, 4, uint16(3)), ErrVersion, "v3.0"},
 		{"hello major 0", FrameHello, put(hello, 4, uint16(0)), ErrVersion, "v0.0"},
-		{"hello major 2 with another layout", FrameHello, cat(hello[:4], []byte{0, 2, 0, 5}), ErrVersion, "v2.5"},
-		{"hello major 2 with a longer layout", FrameHello, cat(put(hello, 4, uint16(2)), []byte("new fields")), ErrVersion, "v2.0"},
+		{"hello major 1 with another layout", FrameHello, cat(hello[:4], []byte{0, 1, 0, 5}), ErrVersion, "v1.5"},
+		{"hello major 3 with a longer layout", FrameHello, cat(put(hello, 4, uint16(3)), []byte("new fields")), ErrVersion, "v3.0"},
 		{"hello chunk size below min", FrameHello, put(hello, 8, uint32(MinChunkSize-1)), ErrProtocol, "chunk size"},
 		{"hello chunk size zero", FrameHello, put(hello, 8, uint32(0)), ErrProtocol, "chunk size"},
 		{"hello chunk size above max", FrameHello, put(hello, 8, uint32(MaxChunkSize+1)), ErrProtocol, "chunk size"},
@@ -171,23 +171,24 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"hello magic only", FrameHello, hello[:4], ErrProtocol, "too short"},
 		{"hello trailing byte", FrameHello, cat(hello, []byte{0}), ErrProtocol, "trailing"},
 		// Offer.
-		{"offer size 2^62+1", FrameOffer, put(offer, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"offer size 2^63-1", FrameOffer, put(offer, 4, uint64(1<<63-1)), ErrProtocol, "above"},
-		{"offer negative size", FrameOffer, put(offer, 4, uint64(1<<63)), ErrProtocol, "above"},
-		{"offer mode setuid ok but 0o10000 not", FrameOffer, put(offer, 12, uint32(0o10000)), ErrProtocol, "mode"},
-		{"offer mode type bits", FrameOffer, put(offer, 12, uint32(0o40755)), ErrProtocol, "mode"},
-		{"offer name too long", FrameOffer, cat(offer[:64], []byte{0x10, 0x01}, bytes.Repeat([]byte("n"), MaxNameLen+1)), ErrProtocol, "above 4096"},
-		{"offer name length beyond payload", FrameOffer, cat(offer[:64], []byte{0, 5, 'f'}), ErrProtocol, "too short"},
-		{"offer short", FrameOffer, offer[:63], ErrProtocol, "too short"},
+		{"offer size 2^62+1", FrameOffer, put(offer, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"offer size 2^63-1", FrameOffer, put(offer, 8, uint64(1<<63-1)), ErrProtocol, "above"},
+		{"offer negative size", FrameOffer, put(offer, 8, uint64(1<<63)), ErrProtocol, "above"},
+		{"offer mode setuid ok but 0o10000 not", FrameOffer, put(offer, 16, uint32(0o10000)), ErrProtocol, "mode"},
+		{"offer mode type bits", FrameOffer, put(offer, 16, uint32(0o40755)), ErrProtocol, "mode"},
+		{"offer name too long", FrameOffer, cat(offer[:68], []byte{0x10, 0x01}, bytes.Repeat([]byte("n"), MaxNameLen+1)), ErrProtocol, "above 4096"},
+		{"offer name length beyond payload", FrameOffer, cat(offer[:68], []byte{0, 5, 'f'}), ErrProtocol, "too short"},
+		{"offer short", FrameOffer, offer[:67], ErrProtocol, "too short"},
+		{"offer transfer ID 0", FrameOffer, put(offer, 0, uint32(0)), ErrProtocol, "transfer ID 0"},
 		{"offer trailing byte", FrameOffer, cat(offer, []byte{0}), ErrProtocol, "trailing"},
 		// Accept.
-		{"accept tail does not end at durable offset", FrameAccept, put(accept, 12, uint64(50)), ErrProtocol, "does not end"},
-		{"accept tail past durable offset", FrameAccept, put(accept, 20, uint32(41)), ErrProtocol, "does not end"},
+		{"accept tail does not end at durable offset", FrameAccept, put(accept, 16, uint64(50)), ErrProtocol, "does not end"},
+		{"accept tail past durable offset", FrameAccept, put(accept, 24, uint32(41)), ErrProtocol, "does not end"},
 		{"accept tail longer than max chunk", FrameAccept,
-			put(put(put(accept, 4, uint64(2*MaxChunkSize)), 12, uint64(MaxChunkSize-1)), 20, uint32(MaxChunkSize+1)), ErrProtocol, "tail length"},
-		{"accept durable offset above max", FrameAccept, put(accept, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"accept tail offset above max", FrameAccept, put(accept, 12, uint64(1<<63)), ErrProtocol, "above"},
-		{"accept short", FrameAccept, accept[:55], ErrProtocol, "too short"},
+			put(put(put(accept, 8, uint64(2*MaxChunkSize)), 16, uint64(MaxChunkSize-1)), 24, uint32(MaxChunkSize+1)), ErrProtocol, "tail length"},
+		{"accept durable offset above max", FrameAccept, put(accept, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"accept tail offset above max", FrameAccept, put(accept, 16, uint64(1<<63)), ErrProtocol, "above"},
+		{"accept short", FrameAccept, accept[:59], ErrProtocol, "too short"},
 		{"accept trailing byte", FrameAccept, cat(accept, []byte{0}), ErrProtocol, "trailing"},
 		// Refuse.
 		{"refuse message too long", FrameRefuse, cat([]byte{0, 1, 0x04, 0x01}, bytes.Repeat([]byte("m"), maxMessage+1)), ErrProtocol, "above 1024"},
@@ -196,21 +197,26 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"refuse short", FrameRefuse, []byte{0, 1, 0}, ErrProtocol, "too short"},
 		{"refuse trailing byte", FrameRefuse, cat(refuse, []byte{0}), ErrProtocol, "trailing"},
 		// Ack, Nack, Trailer, Committed.
-		{"ack above max", FrameAck, put(make([]byte, 8), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"ack short", FrameAck, make([]byte, 7), ErrProtocol, "too short"},
-		{"ack trailing byte", FrameAck, make([]byte, 9), ErrProtocol, "trailing"},
-		{"nack negative", FrameNack, put(make([]byte, 8), 0, uint64(1<<63)), ErrProtocol, "above"},
+		{"ack above max", FrameAck, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"ack transfer ID 0", FrameAck, make([]byte, 12), ErrProtocol, "transfer ID 0"},
+		{"ack short", FrameAck, put(make([]byte, 11), 0, uint32(1)), ErrProtocol, "too short"},
+		{"ack trailing byte", FrameAck, put(make([]byte, 13), 0, uint32(1)), ErrProtocol, "trailing"},
+		{"nack negative", FrameNack, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(1<<63)), ErrProtocol, "above"},
 		{"nack short", FrameNack, nil, ErrProtocol, "too short"},
-		{"trailer short", FrameTrailer, make([]byte, 31), ErrProtocol, "too short"},
-		{"trailer trailing byte", FrameTrailer, make([]byte, 33), ErrProtocol, "trailing"},
-		{"committed size above max", FrameCommitted, put(make([]byte, 40), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"committed short", FrameCommitted, make([]byte, 39), ErrProtocol, "too short"},
+		{"trailer short", FrameTrailer, put(make([]byte, 35), 0, uint32(1)), ErrProtocol, "too short"},
+		{"trailer trailing byte", FrameTrailer, put(make([]byte, 37), 0, uint32(1)), ErrProtocol, "trailing"},
+		{"committed size above max", FrameCommitted, put(put(make([]byte, 48), 0, uint32(1)), 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"committed short", FrameCommitted, put(make([]byte, 47), 0, uint32(1)), ErrProtocol, "too short"},
 		// Frame types that are not control frames.
 		{"chunk is not a control frame", FrameChunk, make([]byte, ChunkHeaderSize), ErrProtocol, "not a control frame"},
 		{"type 0", 0, nil, ErrProtocol, "not a control frame"},
-		{"type 10", 10, nil, ErrProtocol, "not a control frame"},
+		{"type 12", 12, nil, ErrProtocol, "not a control frame"},
+		// Data, RefuseTransfer (protocol 2).
+		{"data transfer ID 0", FrameData, make([]byte, 12), ErrProtocol, "transfer ID 0"},
+		{"data offset above max", FrameData, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"refuse transfer ID 0", FrameRefuseTransfer, cat([]byte{0, 0, 0, 0}, refuse), ErrProtocol, "transfer ID 0"},
 	}
-	for _, typ := range []FrameType{FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted} {
+	for _, typ := range []FrameType{FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted, FrameData, FrameRefuseTransfer} {
 		tests = append(tests, tc{typ.String() + " empty", typ, nil, ErrProtocol, "too short"})
 	}
 	for _, tt := range tests {
@@ -236,19 +242,19 @@ func TestDecodeMessageRejects(t *testing.T) {
 }
 
 func TestDecodeMessageAccepts(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize})
-	offer := EncodeMessage(&Offer{Size: 10, Name: "f"})
+	offer := EncodeMessage(&Offer{ID: 1, Size: 10, Name: "f"})
 	tests := []struct {
 		name    string
 		typ     FrameType
 		payload []byte
 	}{
 		{"hello of a newer minor version", FrameHello, put(hello, 6, uint16(9))},
-		{"offer with unknown flags (added by minor versions)", FrameOffer, put(offer, 0, uint32(0xfffffffe))},
-		{"offer with setuid, setgid and sticky bits", FrameOffer, put(offer, 12, uint32(0o7777))},
-		{"offer with a negative mtime", FrameOffer, put(offer, 16, uint64(1<<63))},
+		{"offer with unknown flags (added by minor versions)", FrameOffer, put(offer, 4, uint32(0xfffffffc))},
+		{"offer with setuid, setgid and sticky bits", FrameOffer, put(offer, 16, uint32(0o7777))},
+		{"offer with a negative mtime", FrameOffer, put(offer, 20, uint64(1<<63))},
 		{"refuse with a code this side does not know", FrameRefuse, []byte{0xff, 0xff, 0, 0}},
+		{"committed with unknown flags", FrameCommitted, put(EncodeMessage(&Committed{ID: 1}), 4, uint32(0xfffffffe))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
