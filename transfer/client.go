@@ -182,7 +182,7 @@ type Result struct {
 // closed. Every goroutine Send starts has ended when it returns.
 func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOptions) (Result, error) {
 	job := &Job{Name: name, Src: src, Progress: opts.Progress}
-	given := false
+	given, settled := false, false
 	var ferr error
 	next := func() (*Job, bool) {
 		if given {
@@ -191,8 +191,8 @@ func (c *Client) Send(ctx context.Context, src Source, name string, opts SendOpt
 		given = true
 		return job, true
 	}
-	_, _, err := c.SendAll(ctx, next, func(_ *Job, err error) { ferr = err }, WindowOptions{Files: 1, MaxNacks: opts.MaxNacks})
-	if err != nil {
+	_, _, err := c.SendAll(ctx, next, func(_ *Job, err error) { ferr, settled = err, true }, WindowOptions{Files: 1, MaxNacks: opts.MaxNacks})
+	if err != nil && !settled {
 		return job.Last, err
 	}
 	return job.Last, ctxErr(ctx, ferr)

@@ -132,11 +132,35 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 		kick: make(chan struct{}, 1), flights: make(map[uint32]*flight), lastID: c.lastID}
 	var wg sync.WaitGroup
 	wg.Add(1)
+	readDone := make(chan struct{})
 	go func() {
 		defer wg.Done()
+		defer close(readDone)
 		w.readLoop()
 	}()
 	err = w.run(next, settle)
+	if err != nil && ctx.Err() == nil {
+		// A daemon that refuses closes the session, and a write fails
+		// before the refusal is read: give the reader a moment to
+		// deliver it, so that the user sees why (and the right exit code).
+		t := time.NewTimer(refusalWait)
+		select {
+		case <-readDone:
+		case <-t.C:
+		}
+		t.Stop()
+		w.mu.Lock()
+		if re, ok := w.sessErr.(*RemoteError); ok {
+			err = re
+		}
+		done := w.settled
+		w.settled = nil
+		w.mu.Unlock()
+		for _, f := range done {
+			f.job.Last = f.result()
+			settle(f.job, f.err)
+		}
+	}
 	c.lastID = w.lastID
 	if err != nil {
 		c.broken = err
@@ -276,10 +300,16 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 	}
 }
 
-// fail records a session failure.
+// refusalWait is how long a failed session waits for the refusal that
+// usually explains it.
+const refusalWait = 2 * time.Second
+
+// fail records a session failure. The daemon's refusal of the session
+// wins over the write error it caused.
 func (w *window) fail(err error) {
 	w.mu.Lock()
-	if w.sessErr == nil {
+	var re *RemoteError
+	if w.sessErr == nil || errors.As(err, &re) && re.ID == 0 {
 		w.sessErr = err
 	}
 	w.mu.Unlock()
@@ -656,6 +686,9 @@ func (w *window) handle(m Message) error {
 		f.progress.DurableOffset = m.DurableOffset
 		w.report(f)
 	case *Nack:
+		if !f.speculative && f.acc == nil && f.whole == nil {
+			return fmt.Errorf("%w: nack for transfer %d, which sent no data", ErrProtocol, id)
+		}
 		if m.Offset < f.durable || m.Offset >= max(f.job.Src.Size, 1) {
 			return fmt.Errorf("%w: nack at offset %d", ErrProtocol, m.Offset)
 		}
