@@ -159,6 +159,7 @@ type pending struct {
 	failures int      // attempts in a row without progress
 	prev     identity // the source as the previous attempt opened it
 	seen     bool     // prev is set
+	job      *Job     // opened before connecting, not yet offered
 	changed  bool     // the previous attempt found the source modified
 	notAfter time.Time
 }
@@ -196,6 +197,29 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 		}
 		done(p.f, p.rep, err)
 	}
+	// prepare opens p's file for an attempt; false when that settled p
+	// (it cannot be opened, or keeps changing).
+	prepare := func(p *pending) (*Job, bool) {
+		fh, src, err := open(p.f)
+		if err != nil {
+			finish(p, err)
+			return nil, false
+		}
+		id := identityOf(src)
+		if p.seen && (p.changed || id != p.prev) {
+			p.rep.Restarts++
+			if p.rep.Restarts > maxRestarts {
+				_ = fh.Close() // opened read-only
+				finish(p, fmt.Errorf("%w: it changed %d times during %d attempts; send it again once nothing writes to it",
+					ErrKeepsChanging, p.rep.Restarts, p.rep.Attempts))
+				return nil, false
+			}
+		}
+		p.prev, p.fh, p.seen = id, fh, true
+		p.rep.Size = src.Size
+		p.rep.Attempts++
+		return &Job{Name: p.f.Name, Src: src, Progress: p.f.Progress, Tag: p}, true
+	}
 	// nextJob opens the next file to offer: one to retry, else a new one.
 	nextJob := func() (*Job, bool) {
 		for {
@@ -222,25 +246,14 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 			} else {
 				return nil, false
 			}
-			fh, src, err := open(p.f)
-			if err != nil {
-				finish(p, err)
-				continue
+			if p.job != nil {
+				j := p.job
+				p.job = nil
+				return j, true
 			}
-			id := identityOf(src)
-			if p.seen && (p.changed || id != p.prev) {
-				p.rep.Restarts++
-				if p.rep.Restarts > maxRestarts {
-					_ = fh.Close() // opened read-only
-					finish(p, fmt.Errorf("%w: it changed %d times during %d attempts; send it again once nothing writes to it",
-						ErrKeepsChanging, p.rep.Restarts, p.rep.Attempts))
-					continue
-				}
+			if j, ok := prepare(p); ok {
+				return j, true
 			}
-			p.prev, p.fh, p.seen = id, fh, true
-			p.rep.Size = src.Size
-			p.rep.Attempts++
-			return &Job{Name: p.f.Name, Src: src, Progress: p.f.Progress, Tag: p}, true
 		}
 	}
 	// account records an attempt's result in its file's report.
@@ -313,10 +326,16 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 		if len(queue) == 0 && !exhausted {
 			// Hold a file before connecting, so that a failure to
 			// connect is that file's failed attempt.
-			if f, ok := next(); ok {
-				queue = append(queue, &pending{f: f})
-			} else {
-				exhausted = true
+			for !exhausted && len(queue) == 0 {
+				f, ok := next()
+				if !ok {
+					exhausted = true
+					break
+				}
+				p := &pending{f: f}
+				if p.job, ok = prepare(p); ok {
+					queue = append(queue, p)
+				}
 			}
 		}
 		if exhausted && len(queue) == 0 {
@@ -347,7 +366,11 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 			// carries the failure.
 			p := queue[0]
 			queue = queue[1:]
-			p.rep.Attempts++
+			if p.job != nil {
+				p.job = nil // counted as an attempt when opened; retry closes it
+			} else {
+				p.rep.Attempts++
+			}
 			unsettled = append(unsettled, &Job{Tag: p})
 		}
 		for _, j := range unsettled {
