@@ -409,7 +409,6 @@ func TestMaxSessionsPerIP(t *testing.T) {
 // retryable refusal, its verified chunk stays durable for a resume, and
 // its reservation goes to the next sender.
 func TestMinRateDropsTrickler(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	const free = 1 << 20
 	srv := newSpaceServer(t, free, daemon.Config{MinRate: 1024, MinRateWindow: time.Second}, nil)
 	slow := randomData(free-100, 171)

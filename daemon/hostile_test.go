@@ -195,7 +195,6 @@ func hostileChunk(off uint64, data []byte) []byte {
 // fresh session, while a good transfer on another session waits halfway;
 // it commits at the end.
 func TestHostileLies(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	srv := newHostileServer(t, daemon.Config{IdleTimeout: 10 * time.Second})
 
 	good := randomData(10*testChunk+7, 91)
@@ -365,7 +364,6 @@ func TestHostileLies(t *testing.T) {
 // durable offset it was given. Each is refused, and the partial is still
 // resumed intact afterwards.
 func TestHostileResume(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	srv := newHostileServer(t, daemon.Config{SyncBytes: testChunk})
 	data := randomData(5*testChunk+9, 93)
 	const durable = 2 * testChunk

@@ -200,7 +200,6 @@ func isOp(kind crashfs.OpKind, suffix string) func(crashfs.Op) bool {
 }
 
 func TestIOFaultFsyncFails(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	tests := []struct {
 		name     string
 		n        int

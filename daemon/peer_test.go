@@ -162,7 +162,7 @@ func offerFor(name string, data []byte) *transfer.Offer {
 
 func offerPayload(size uint64, name string) []byte {
 	p := transfer.EncodeMessage(&transfer.Offer{ID: 1, Size: 1, Mode: 0o600, Name: name})
-	binary.BigEndian.PutUint64(p[4:], size)
+	binary.BigEndian.PutUint64(p[8:], size)
 	return p
 }
 
@@ -171,7 +171,6 @@ func offerPayload(size uint64, name string) []byte {
 // session, while a transfer on another session of the same Server goes on
 // and commits.
 func TestBadPeers(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	srv := newServer(t, daemon.Config{IdleTimeout: 10 * time.Second, HandshakeTimeout: 200 * time.Millisecond})
 
 	// A good transfer, paused halfway for the whole test.
@@ -200,145 +199,155 @@ func TestBadPeers(t *testing.T) {
 		run  func(p *rawPeer)
 		code transfer.Code
 		msg  string
+		// open: the refusal is the transfer's alone (protocol 2); the
+		// session goes on.
+		open bool
 	}{
 		{"garbage bytes", func(p *rawPeer) {
 			p.write([]byte{0xff, 0xfe, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42})
-		}, transfer.CodeProtocol, "unknown frame type 255"},
+		}, transfer.CodeProtocol, "unknown frame type 255", false},
 		{"HTTP request", func(p *rawPeer) {
 			p.write([]byte("GET / HTTP/1.1\r\nHost: ferry\r\n\r\n"))
-		}, transfer.CodeProtocol, "unknown frame type 71"},
+		}, transfer.CodeProtocol, "unknown frame type 71", false},
 		{"TLS client hello", func(p *rawPeer) {
 			p.write([]byte{0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03})
-		}, transfer.CodeProtocol, "unknown frame type 22"},
+		}, transfer.CodeProtocol, "unknown frame type 22", false},
 		{"hello with bad magic", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, append([]byte("FTP!"), helloV1[4:]...)))
-		}, transfer.CodeProtocol, "not a ferry peer"},
+		}, transfer.CodeProtocol, "not a ferry peer", false},
 		{"hello truncated inside its fields", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, helloV1[:6]))
-		}, transfer.CodeProtocol, "too short"},
+		}, transfer.CodeProtocol, "too short", false},
 		{"hello with trailing bytes", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, append(append([]byte(nil), helloV1...), 0)))
-		}, transfer.CodeProtocol, "trailing"},
-		{"hello of major version 2", func(p *rawPeer) {
-			p.write(frame(transfer.FrameHello, withMajor(2)))
-		}, transfer.CodeVersion, "peer speaks v2.0, this side v1"},
-		{"hello of major version 2 in another layout", func(p *rawPeer) {
-			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 2, 0, 1}))
-		}, transfer.CodeVersion, "peer speaks v2.1, this side v1"},
+		}, transfer.CodeProtocol, "trailing", false},
+		{"hello of major version 1", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, withMajor(1)))
+		}, transfer.CodeVersion, "peer speaks v1.0, this side v2", false},
+		{"hello of major version 3", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, withMajor(3)))
+		}, transfer.CodeVersion, "peer speaks v3.0, this side v2", false},
+		{"hello of major version 3 in another layout", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 3, 0, 1}))
+		}, transfer.CodeVersion, "peer speaks v3.1, this side v2", false},
 		{"hello of major version 0", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(0)))
-		}, transfer.CodeVersion, "v0.0"},
+		}, transfer.CodeVersion, "v0.0", false},
 		{"hello with a chunk size below the minimum", func(p *rawPeer) {
 			p.write(msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: 512}))
-		}, transfer.CodeProtocol, "chunk size 512"},
+		}, transfer.CodeProtocol, "chunk size 512", false},
 		{"hello announcing 4 GiB", func(p *rawPeer) {
 			p.write([]byte{byte(transfer.FrameHello), 0xff, 0xff, 0xff, 0xff}, make([]byte, 1024))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"hello cut mid-frame, then silence", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, helloV1)[:10])
-		}, transfer.CodeTimeout, "no frame"},
+		}, transfer.CodeTimeout, "no frame", false},
 		{"offer before hello", func(p *rawPeer) {
 			p.write(msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "x"}))
-		}, transfer.CodeProtocol, "expected hello"},
+		}, transfer.CodeProtocol, "expected hello", false},
 		{"second hello", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameHello, helloV1))
-		}, transfer.CodeProtocol, "expected offer"},
+		}, transfer.CodeProtocol, "unexpected hello frame", false},
 		{"chunk without offer", func(p *rawPeer) {
 			p.hello()
 			p.write(chunkFrame(0, data[:testChunk]))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run", false},
 		{"trailer without offer", func(p *rawPeer) {
 			p.hello()
-			p.write(msgFrame(&transfer.Trailer{}))
-		}, transfer.CodeProtocol, "expected offer"},
+			p.write(msgFrame(&transfer.Trailer{ID: 1}))
+		}, transfer.CodeProtocol, "outside its data run", false},
 		{"control frame above 64 KiB", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, make([]byte, transfer.MaxControlPayload+1)))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"declared size 2^63-1", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, offerPayload(1<<63-1, "huge")))
-		}, transfer.CodeProtocol, "above"},
+		}, transfer.CodeProtocol, "above", false},
 		{"declared size 2^62+1", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, offerPayload(transfer.MaxFileSize+1, "huge")))
-		}, transfer.CodeProtocol, "above"},
+		}, transfer.CodeProtocol, "above", false},
 		{"offer with mode type bits", func(p *rawPeer) {
 			p.hello()
 			b := offerPayload(1, "m")
-			binary.BigEndian.PutUint32(b[12:], 0o100644)
+			binary.BigEndian.PutUint32(b[16:], 0o100644)
 			p.write(frame(transfer.FrameOffer, b))
-		}, transfer.CodeProtocol, "mode"},
+		}, transfer.CodeProtocol, "mode", false},
 		{"chunk at the wrong offset", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-offset", int64(len(data)))
 			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk]))
-		}, transfer.CodeProtocol, "expected 0"},
+		}, transfer.CodeProtocol, "expected 0", false},
 		{"chunk skipping ahead", func(p *rawPeer) {
 			p.hello()
 			p.offer("skip", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(2*testChunk, data[2*testChunk:]))
-		}, transfer.CodeProtocol, "expected 16384"},
+		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk repeated", func(p *rawPeer) {
 			p.hello()
 			p.offer("repeat", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(0, data[:testChunk]))
-		}, transfer.CodeProtocol, "expected 16384"},
+		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk longer than the frame limit", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-chunk", 1<<20)
 			big := make([]byte, testChunk+1)
 			p.write(chunkFrame(0, big))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"chunk whose length field disagrees with its frame", func(p *rawPeer) {
 			p.hello()
 			p.offer("disagree", int64(len(data)))
 			f := chunkFrame(0, data[:100])
 			binary.BigEndian.PutUint32(f[transfer.FrameHeaderSize+8:], 99)
 			p.write(f)
-		}, transfer.CodeProtocol, "declares 99 bytes"},
+		}, transfer.CodeProtocol, "declares 99 bytes", false},
 		{"chunk past the declared size", func(p *rawPeer) {
 			p.hello()
 			p.offer("past-size", 100)
 			p.write(chunkFrame(0, data[:200]))
-		}, transfer.CodeProtocol, "outside file of 100 bytes"},
+		}, transfer.CodeProtocol, "outside file of 100 bytes", false},
 		{"empty chunk", func(p *rawPeer) {
 			p.hello()
 			p.offer("empty-chunk", 100)
 			p.write(chunkFrame(0, nil))
-		}, transfer.CodeProtocol, "outside file"},
+		}, transfer.CodeProtocol, "outside file", false},
 		{"trailer before all data", func(p *rawPeer) {
 			p.hello()
 			p.offer("early-trailer", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
-		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152"},
+		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152", false},
 		{"trailer with another hash", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-hash", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
 				chunkFrame(2*testChunk, data[2*testChunk:]), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{7}}))
-		}, transfer.CodeIntegrity, "whole-file BLAKE3"},
+		}, transfer.CodeIntegrity, "whole-file BLAKE3", true},
 		{"ack from the sender", func(p *rawPeer) {
 			p.hello()
 			p.offer("ack", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Ack{ID: 1, DurableOffset: 1}))
-		}, transfer.CodeProtocol, "unexpected ack frame"},
+		}, transfer.CodeProtocol, "unexpected ack frame", false},
 		{"offer in the middle of a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("mid-offer", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "other"}))
-		}, transfer.CodeProtocol, "offer in the middle"},
+		}, transfer.CodeProtocol, "which is open", false},
 		{"unknown frame type during a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("unknown-type", int64(len(data)))
 			p.write(frame(42, nil))
-		}, transfer.CodeProtocol, "unknown frame type 42"},
+		}, transfer.CodeProtocol, "unknown frame type 42", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := srv.raw(t)
 			tt.run(p)
+			if tt.open {
+				srv.expectOpenRefusal(p, tt.code, tt.msg, "after-"+strings.ReplaceAll(tt.name, " ", "-"))
+				return
+			}
 			p.expectRefusal(tt.code, tt.msg)
 		})
 	}
@@ -363,7 +372,6 @@ func TestBadPeers(t *testing.T) {
 // in flight behind the bad chunk ignored (trailer included), then the
 // resent chunks accepted.
 func TestGoBackN(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	srv := newServer(t, daemon.Config{})
 	data := randomData(3*testChunk, 71)
 	p := srv.raw(t)
@@ -393,7 +401,6 @@ func TestGoBackN(t *testing.T) {
 }
 
 func TestDaemonLimitsBadChunks(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	srv := newServer(t, daemon.Config{MaxBadChunks: 2})
 	data := randomData(testChunk, 72)
 	p := srv.raw(t)
@@ -410,7 +417,6 @@ func TestDaemonLimitsBadChunks(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	t.Skip("TODO(issue 9): drives protocol 1 frames or a protocol 1 scripted peer; port to protocol 2")
 	const idle = 150 * time.Millisecond
 	data := randomData(4*testChunk, 81)
 	tests := []struct {
