@@ -383,6 +383,7 @@ func TestGoBackN(t *testing.T) {
 		chunkFrame(2*testChunk, data[2*testChunk:]),                        // in flight: ignored
 		badChunkFrame(2*testChunk, data[2*testChunk:]),                     // in flight, bad: ignored, no Nack
 		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}), // in flight: ignored
+		msgFrame(&transfer.Data{ID: 1, Offset: testChunk}),                 // a new data run from the nacked chunk
 		chunkFrame(testChunk, data[testChunk:2*testChunk]),                 // the resend
 		chunkFrame(2*testChunk, data[2*testChunk:]),                        // and on
 		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}), // again
@@ -411,9 +412,11 @@ func TestDaemonLimitsBadChunks(t *testing.T) {
 		if n := expect[*transfer.Nack](p); n.Offset != 0 {
 			t.Fatalf("nack at %d", n.Offset)
 		}
+		p.write(msgFrame(&transfer.Data{ID: 1})) // protocol 2: the resend is a new data run
 	}
 	p.write(badChunkFrame(0, data))
-	p.expectRefusal(transfer.CodeIntegrity, "3 chunks failed verification")
+	// The transfer is refused; the session goes on (protocol 2).
+	srv.expectOpenRefusal(p, transfer.CodeIntegrity, "3 chunks failed verification", "next")
 }
 
 func TestIdleTimeout(t *testing.T) {
@@ -431,13 +434,13 @@ func TestIdleTimeout(t *testing.T) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]))
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]))
 		}, 2 * testChunk},
 		{"chunk cut mid-frame", func(p *rawPeer) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk])[:1000])
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk])[:1000])
 		}, testChunk},
 		{"hello trickled byte by byte (slow loris)", func(p *rawPeer) {
 			for _, b := range msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: testChunk}) {
