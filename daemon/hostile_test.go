@@ -242,7 +242,7 @@ func TestHostileLies(t *testing.T) {
 		{"offer whose name length says 65535", func(p *rawPeer) {
 			p.hello()
 			b := offerPayload(10, "name")
-			binary.BigEndian.PutUint16(b[64:], math.MaxUint16)
+			binary.BigEndian.PutUint16(b[68:], math.MaxUint16)
 			p.write(frame(transfer.FrameOffer, b))
 		}, transfer.CodeProtocol, "string of 65535 bytes above 4096"},
 		{"chunk at a negative offset", func(p *rawPeer) {
@@ -291,13 +291,13 @@ func TestHostileLies(t *testing.T) {
 			p.hello()
 			p.offer("short-trailer", size)
 			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, make([]byte, 31)))
+				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 31)...)))
 		}, transfer.CodeProtocol, "too short"},
 		{"trailer of 33 bytes", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-trailer", size)
 			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, make([]byte, 33)))
+				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 33)...)))
 		}, transfer.CodeProtocol, "trailing"},
 		{"nack from the sender", func(p *rawPeer) {
 			p.hello()
@@ -311,17 +311,17 @@ func TestHostileLies(t *testing.T) {
 				p.t.Fatalf("refusal %+v", re)
 			}
 			p.write(chunkFrame(0, data[:testChunk]))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"chunk after the commit", func(p *rawPeer) {
 			p.hello()
 			p.sendWhole("done-chunk", data)
 			p.write(chunkFrame(size, data[:1]))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"trailer after the commit", func(p *rawPeer) {
 			p.hello()
 			p.sendWhole("done-trailer", data)
 			p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
-		}, transfer.CodeProtocol, "expected offer"},
+		}, transfer.CodeProtocol, "outside its data run"},
 	}
 	for _, tt := range closed {
 		t.Run(tt.name, func(t *testing.T) {
@@ -372,7 +372,7 @@ func TestHostileResume(t *testing.T) {
 	p.hello()
 	p.write(msgFrame(offerFor("r", data)))
 	expect[*transfer.Accept](p)
-	p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:durable]))
+	p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:durable]))
 	for {
 		m, err := p.read()
 		if err != nil {
@@ -414,6 +414,9 @@ func TestHostileResume(t *testing.T) {
 		send func(p *rawPeer)
 		msg  string
 	}{
+		{"data run rewinds into the durable data", func(p *rawPeer) {
+			p.write(msgFrame(&transfer.Data{ID: 1, Offset: 0}))
+		}, "data run of transfer 1 at offset 0, expected 32768"},
 		{"first chunk rewinds into the durable data", func(p *rawPeer) {
 			p.write(chunkFrame(0, data[:testChunk]))
 		}, "chunk at offset 0, expected 32768"},
@@ -430,6 +433,9 @@ func TestHostileResume(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := resumed(t)
+			if !strings.HasPrefix(tt.name, "data run") {
+				p.write(msgFrame(&transfer.Data{ID: 1, Offset: durable})) // protocol 2: the run opens at the durable offset
+			}
 			tt.send(p)
 			p.expectRefusal(transfer.CodeProtocol, tt.msg)
 		})

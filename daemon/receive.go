@@ -328,9 +328,6 @@ func (ss *session) trailer(m *transfer.Trailer) error {
 		// A trailer outside a run: only for an already committed file
 		// accepted without data.
 		t2, ok := ss.transfers[m.ID]
-		if !ok && m.ID <= ss.lastID {
-			return nil // refused or failed meanwhile
-		}
 		if !ok || !t2.confirm {
 			return fmt.Errorf("%w: trailer of transfer %d outside its data run", transfer.ErrProtocol, m.ID)
 		}
