@@ -418,7 +418,7 @@ func TestMinRateDropsTrickler(t *testing.T) {
 	if acc := expect[*transfer.Accept](a); acc.DurableOffset != 0 {
 		t.Fatalf("accepted at %d", acc.DurableOffset)
 	}
-	a.write(chunkFrame(0, slow[:testChunk]))
+	a.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, slow[:testChunk]))
 	refused := make(chan error, 1)
 	go func() { // reads what the daemon says to the trickler, to the end
 		for {
