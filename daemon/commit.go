@@ -118,7 +118,7 @@ func (c *committer) commit(group []*rxTransfer) {
 
 // settleGroup gives back what a committed group held. The session's
 // goroutine owns byKey, so the committer only releases server-side holds
-// and counts; the session forgets keys it no longer holds lazily.
+// and counts, and hands the group to forgetCommitted.
 func (ss *session) settleGroup(group []*rxTransfer) {
 	for _, t := range group {
 		if t.res != nil {
@@ -127,5 +127,23 @@ func (ss *session) settleGroup(group []*rxTransfer) {
 		ss.srv.release(t.key)
 		t.committed.Store(true)
 		ss.inFlight.Add(-1)
+	}
+	ss.doneMu.Lock()
+	ss.done = append(ss.done, group...)
+	ss.doneMu.Unlock()
+}
+
+// forgetCommitted drops the committed transfers from byKey, so that a
+// session's memory does not grow with the files it carried. Called by the
+// session's goroutine.
+func (ss *session) forgetCommitted() {
+	ss.doneMu.Lock()
+	done := ss.done
+	ss.done = nil
+	ss.doneMu.Unlock()
+	for _, t := range done {
+		if ss.byKey[t.key] == t {
+			delete(ss.byKey, t.key)
+		}
 	}
 }

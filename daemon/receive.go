@@ -163,6 +163,7 @@ func (ss *session) offer(o *transfer.Offer) error {
 		return fmt.Errorf("%w: offer of transfer %d, which is open", transfer.ErrProtocol, o.ID)
 	}
 	ss.lastID = max(ss.lastID, o.ID)
+	ss.forgetCommitted()
 	if ss.inFlight.Load() >= transfer.MaxWindowFiles {
 		return fmt.Errorf("%w: more than %d transfers in flight", transfer.ErrProtocol, transfer.MaxWindowFiles)
 	}

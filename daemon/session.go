@@ -47,6 +47,8 @@ type session struct {
 	inFlight  atomic.Int64 // transfers offered and not settled
 	receiving atomic.Int64 // open transfers waiting for data
 	commits   *committer
+	doneMu    sync.Mutex
+	done      []*rxTransfer // committed by the committer, still in byKey
 	stats     sessionStats
 }
 

@@ -1,10 +1,12 @@
 package transfer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 )
@@ -200,20 +202,12 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 		unsettled = append(unsettled, f.job)
 	}
 	// Oldest first, so that a retry keeps the walk's order.
-	sortJobs(unsettled, w.flights)
-	return unsettled, w.progress, ctxErr(ctx, err)
-}
-
-func sortJobs(jobs []*Job, flights map[uint32]*flight) {
-	ids := make(map[*Job]uint32, len(flights))
-	for id, f := range flights {
+	ids := make(map[*Job]uint32, len(w.flights))
+	for id, f := range w.flights {
 		ids[f.job] = id
 	}
-	for i := 1; i < len(jobs); i++ {
-		for j := i; j > 0 && ids[jobs[j]] < ids[jobs[j-1]]; j-- {
-			jobs[j], jobs[j-1] = jobs[j-1], jobs[j]
-		}
-	}
+	slices.SortFunc(unsettled, func(a, b *Job) int { return cmp.Compare(ids[a], ids[b]) })
+	return unsettled, w.progress, ctxErr(ctx, err)
 }
 
 func (f *flight) result() Result {
@@ -373,10 +367,12 @@ func (w *window) accepted(f *flight) error {
 	if acc.DurableOffset > 0 {
 		buf := make([]byte, acc.TailLength)
 		if err := src.readFull(buf, acc.TailOffset); err != nil {
+			// The daemon keeps the transfer open (its durable data stays)
+			// until the session ends or the name is offered again.
 			w.mu.Lock()
 			w.settleLocked(f, err)
 			w.mu.Unlock()
-			return w.abandon(f)
+			return nil
 		}
 		ok = HashBytes(buf) == acc.TailHash
 	}
@@ -403,10 +399,20 @@ func (w *window) accepted(f *flight) error {
 	return w.dataRun(f, acc.DurableOffset, true)
 }
 
-// abandon leaves a transfer the sender gave up on before its trailer: the
-// daemon keeps it open (its durable data stays) until the session ends or
-// the name is offered again.
-func (w *window) abandon(*flight) error { return nil }
+// track remembers a hasher whose catch-up goroutine SendAll must join,
+// forgetting those that ended, so that the list stays as short as the
+// window. Called with mu held.
+func (w *window) track(h *StreamHasher) {
+	live := w.hashers[:0]
+	for _, o := range w.hashers {
+		select {
+		case <-o.done:
+		default:
+			live = append(live, o)
+		}
+	}
+	w.hashers = append(live, h)
+}
 
 // dataRun sends f's chunks from off to the end of the file, opened by a
 // Data frame unless the offer opened it, then its trailer. A nack for f
@@ -419,7 +425,7 @@ func (w *window) dataRun(f *flight, off int64, open bool) error {
 		f.whole = NewStreamHasher()
 		if off > 0 {
 			f.whole.CatchUp(w.ctx, src.R, off)
-			w.hashers = append(w.hashers, f.whole)
+			w.track(f.whole)
 		}
 	}
 	f.trailer = false
@@ -465,7 +471,7 @@ func (w *window) fileFailed(f *flight, err error) error {
 	w.mu.Lock()
 	w.settleLocked(f, err)
 	w.mu.Unlock()
-	return w.abandon(f)
+	return nil
 }
 
 func (w *window) writeChunk(f *flight, c *Chunk) error {
@@ -565,7 +571,7 @@ func (w *window) trailer(f *flight) error {
 		w.mu.Lock()
 		f.whole = NewStreamHasher()
 		f.whole.CatchUp(w.ctx, src.R, src.Size)
-		w.hashers = append(w.hashers, f.whole)
+		w.track(f.whole)
 		w.mu.Unlock()
 	}
 	h, err := f.whole.Sum(w.ctx, src.Size)
