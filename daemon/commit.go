@@ -80,6 +80,7 @@ func (c *committer) commit(group []*rxTransfer) {
 	}
 	errs := store.CommitGroup(ps)
 	var done []*rxTransfer
+	var refused []error
 	for i, t := range group {
 		attrs := []any{"resumed_from", t.rx.resumedFrom, "received_bytes", t.rx.received,
 			"seconds", time.Since(t.start).Seconds(), "group", len(group)}
@@ -88,15 +89,16 @@ func (c *committer) commit(group []*rxTransfer) {
 				err = storageError("commit", err)
 			}
 			t.log.Warn("transfer interrupted", append(attrs, "err", err)...)
-			ss.refuseTransfer(t, err)
 			if cerr := t.p.Close(); cerr != nil {
 				t.log.Error("closing partial", "err", cerr)
 			}
+			refused = append(refused, err)
 			continue
 		}
 		t.log.Info("committed", attrs...)
 		ss.stats.committed.Add(1)
 		done = append(done, t)
+		refused = append(refused, nil)
 	}
 	// The files are committed and durable. Their partials go before the
 	// senders hear of it, with one fsync for the group, so that a sender
@@ -110,10 +112,16 @@ func (c *committer) commit(group []*rxTransfer) {
 			ss.log.Warn("partial left behind", "err", err) // the files themselves are committed
 		}
 	}
-	for _, t := range done {
+	// Settled before the sender hears of it: a sender that starts a new
+	// file on each answer must find the window's slot free.
+	ss.settleGroup(group)
+	for i, t := range group {
+		if refused[i] != nil {
+			ss.refuseTransfer(t, refused[i])
+			continue
+		}
 		_ = ss.send(&transfer.Committed{ID: t.id, Size: t.o.Size, Hash: t.hash}) // a failed write ends the session; the file is committed
 	}
-	ss.settleGroup(group)
 }
 
 // settleGroup gives back what a committed group held. The session's

@@ -57,6 +57,13 @@ func (ss *session) serve() error {
 	stopWatch := ss.watchRate(func() bool { return ss.receiving.Load() > 0 })
 	err := ss.loop()
 	stopWatch()
+	if err != nil {
+		// The session is over and its peer may have stopped reading:
+		// answers still due (Committed for files whose commit is under
+		// way) would only block. Their files commit all the same, and a
+		// sender that offers them again is told so.
+		_ = ss.conn.SetWriteDeadline(time.Now()) // fails only once closed
+	}
 	// Whatever ended the session, verified data is made durable: open
 	// transfers flush, and the files whose trailers verified commit.
 	for _, t := range ss.transfers {

@@ -245,3 +245,41 @@ func TestV1PeerGetsReadableRefusal(t *testing.T) {
 	p.write(msgFrame(&transfer.Hello{Major: 1, ChunkSize: testChunk, Agent: "ferry/v1"}))
 	p.expectRefusal(transfer.CodeVersion, "peer speaks v1.0, this side v2")
 }
+
+// slowAnswers delays after each Committed frame it writes, as a daemon
+// whose writes to a slow link take time does.
+type slowAnswers struct{ net.Conn }
+
+func (c slowAnswers) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if len(p) > 0 && transfer.FrameType(p[0]) == transfer.FrameCommitted {
+		time.Sleep(300 * time.Microsecond)
+	}
+	return n, err
+}
+
+// TestWindowFull sends more files than the window holds, so that the
+// sender starts a new file on each Committed. The daemon used to free a
+// window slot only after it had sent Committed for a whole group: a
+// sender quick to reuse the first slot of a group looked like one with
+// more than MaxWindowFiles transfers in flight, and was refused.
+func TestWindowFull(t *testing.T) {
+	srv := newServer(t, daemon.Config{})
+	c, d := net.Pipe()
+	t.Cleanup(func() { c.Close() })
+	srv.ServeConn(slowAnswers{d})
+	cl := handshake(t, c)
+	js, _ := jobs(2*transfer.MaxWindowFiles, 100, "full")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	settled := 0
+	unsettled, _, err := cl.SendAll(ctx, feed(js), func(j *transfer.Job, err error) {
+		settled++
+		if err != nil {
+			t.Errorf("%s: %v", j.Name, err)
+		}
+	}, transfer.WindowOptions{})
+	if err != nil || len(unsettled) != 0 || settled != len(js) {
+		t.Fatalf("SendAll: %v, %d unsettled, %d of %d settled", err, len(unsettled), settled, len(js))
+	}
+}

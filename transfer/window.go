@@ -621,10 +621,12 @@ func (w *window) readLoop() {
 				err = fmt.Errorf("daemon closed the session: %w", io.ErrUnexpectedEOF)
 			}
 			w.fail(err)
+			_ = w.c.rwc.Close() // a write blocked on a daemon that stopped reading ends too
 			return
 		}
 		if err := w.handle(m); err != nil {
 			w.fail(err)
+			_ = w.c.rwc.Close() // as above; err is the one to report
 			return
 		}
 	}
