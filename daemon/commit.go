@@ -11,6 +11,13 @@ import (
 // maxGroup is the most files one group commit takes.
 const maxGroup = 1024
 
+// maxGroupWait bounds how long the committer waits for more files while
+// the session keeps reading; groupPoll is how often it looks.
+const (
+	maxGroupWait = 5 * time.Millisecond
+	groupPoll    = 200 * time.Microsecond
+)
+
 // committer commits a session's files whose trailers verified, in groups:
 // while one group's fsyncs run, the files that verify meanwhile wait and
 // form the next group. A file that arrives when nothing is being
@@ -59,6 +66,17 @@ func (c *committer) loop() {
 		if len(c.queue) == 0 {
 			c.mu.Unlock()
 			return
+		}
+		// While the session is still reading frames that came in with
+		// these, more files are about to verify: wait a little for
+		// them, so that they share the group's fsyncs. A session that
+		// waits for the network (a lone file, the end of a tree) commits
+		// at once.
+		deadline := time.Now().Add(maxGroupWait)
+		for len(c.queue) < maxGroup && !c.closed && !c.ss.waiting.Load() && time.Now().Before(deadline) {
+			c.mu.Unlock()
+			time.Sleep(groupPoll)
+			c.mu.Lock()
 		}
 		n := min(len(c.queue), maxGroup)
 		group := c.queue[:n:n]

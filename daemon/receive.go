@@ -78,7 +78,11 @@ func (ss *session) serve() error {
 func (ss *session) loop() error {
 	for {
 		ss.readDeadline()
+		// Nothing buffered: the read waits for the network, and the
+		// committer need not wait for more files (commit.go).
+		ss.waiting.Store(ss.r.Buffered() == 0)
 		h, err := transfer.ReadFrameHeader(ss.r, ss.chunkSize)
+		ss.waiting.Store(false)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}

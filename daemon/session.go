@@ -46,6 +46,7 @@ type session struct {
 	lastID    uint32
 	inFlight  atomic.Int64 // transfers offered and not settled
 	receiving atomic.Int64 // open transfers waiting for data
+	waiting   atomic.Bool  // the receive loop is about to wait for the network
 	commits   *committer
 	doneMu    sync.Mutex
 	done      []*rxTransfer // committed by the committer, still in byKey
