@@ -142,8 +142,9 @@ type Progress struct {
 
 // SendOptions configure one transfer.
 type SendOptions struct {
-	// Progress, if set, is called from Send's goroutine after each chunk is
-	// written and each acknowledgement arrives. It must return quickly.
+	// Progress, if set, is called after each chunk is written and each
+	// acknowledgement arrives, one call at a time (see Job.Progress). It
+	// must return quickly.
 	Progress func(Progress)
 	// MaxNacks is how many times one chunk may be rejected by the daemon
 	// before Send gives up with ErrIntegrity. Defaults to 3.

@@ -31,7 +31,10 @@ const (
 type Job struct {
 	Name string
 	Src  Source
-	// Progress, if set, is called as in SendOptions.Progress.
+	// Progress, if set, is called after each chunk is written and each
+	// answer about the job arrives, one call at a time, from SendAll's
+	// goroutines with the window's lock held: it must return quickly and
+	// not call the Client.
 	Progress func(Progress)
 	// Tag is the caller's; SendAll does not look at it.
 	Tag any

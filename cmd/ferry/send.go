@@ -59,6 +59,8 @@ type sender struct {
 	stderr      io.Writer
 	bars        bool
 	locals      sync.Map // remote name → local path, for retry lines
+	barMu       sync.Mutex
+	activeBar   *progressBar // the one bar drawn, if any
 }
 
 func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
