@@ -85,7 +85,12 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := p.WriteAt(data, 0); err != nil {
+			// Two writes: a direct handle opens at the first aligned
+			// write that does not complete the file.
+			if err := p.WriteAt(data[:daemon.DirectAlign], 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.WriteAt(data[daemon.DirectAlign:], daemon.DirectAlign); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Sync(int64(len(data)), 0, transfer.HashBytes(data)); err != nil {

@@ -442,7 +442,6 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
-	p.direct = s.openDirect(dataPath)
 	// A failed directory fsync in writeState can leave a record renamed
 	// into place but not durable. Make it durable before its offset is
 	// offered, or a crash could take back what the sender was told.
@@ -500,7 +499,7 @@ func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
 	// A file committed in one go never has a state record, and needs no
 	// fsync of the partials' directory at all (group commit, issue 9).
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
-	return &dirPartial{s: s, key: key, f: f, direct: s.openDirect(dataPath), st: st, fresh: true}, nil
+	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true}, nil
 }
 
 // dirPartial is a DirStore partial.
@@ -508,9 +507,13 @@ type dirPartial struct {
 	s      *DirStore
 	key    string
 	f      File
-	direct File  // the same file opened for direct I/O, or nil
-	st     State // durable state; written only by Sync, read by the session
-	fresh  bool  // the data file's directory entry may not be durable yet
+	direct File // the same file opened for direct I/O, or nil
+	// directTried says direct I/O was considered: the direct handle is
+	// opened at the first aligned write that does not complete the file,
+	// so a small file costs one descriptor, not two.
+	directTried bool
+	st          State // durable state; written only by Sync, read by the session
+	fresh       bool  // the data file's directory entry may not be durable yet
 }
 
 func (p *dirPartial) State() State { return p.st }
