@@ -16,6 +16,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ferry-dev/ferry/internal/sizeflag"
 	"github.com/ferry-dev/ferry/transfer"
 )
 
@@ -33,7 +34,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
-			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose, 4096..16777216 (the daemon may lower it)"},
+			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, 4KiB..16MiB (the daemon may lower it)"),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -70,8 +71,10 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	if c.Int("retries") < 0 {
 		return nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
 	}
-	if cs := c.Int("chunk-size"); cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
+	cs := sizeflag.Get(c, "chunk-size")
+	if cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
+		return nil, fmt.Errorf("%w: --chunk-size %s is outside %s..%s", errUsage, sizeflag.Format(cs),
+			sizeflag.Format(transfer.MinChunkSize), sizeflag.Format(transfer.MaxChunkSize))
 	}
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
 		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
@@ -82,7 +85,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	}
 	s.engine = &transfer.Sender{
 		Network: network, Addr: addr,
-		ChunkSize: c.Int("chunk-size"), Agent: "ferry/" + version,
+		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
 		OnRetry: s.retrying,
 	}

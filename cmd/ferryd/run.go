@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -16,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/internal/sizeflag"
 )
 
 // version is set by the linker for releases.
@@ -65,28 +67,25 @@ func flags() []cli.Flag {
 			Usage: "address to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable)"},
 		&cli.StringFlag{Name: "root", Value: "./ferry-inbox", EnvVars: []string{"FERRY_ROOT"},
 			Usage: "directory received files are written into (under systemd: $STATE_DIRECTORY)"},
-		&cli.Int64Flag{Name: "sync-bytes", Value: 16 << 20, EnvVars: []string{"FERRY_SYNC_BYTES"},
-			Usage: "bytes written between fsyncs of a partial"},
+		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
 		&cli.DurationFlag{Name: "sync-interval", Value: time.Second, EnvVars: []string{"FERRY_SYNC_INTERVAL"},
 			Usage: "longest time written data waits for an fsync"},
 		&cli.DurationFlag{Name: "idle-timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_IDLE_TIMEOUT"},
 			Usage: "drop a session that delivers no frame for this long"},
-		&cli.Int64Flag{Name: "max-size", EnvVars: []string{"FERRY_MAX_SIZE"},
-			Usage: "refuse files larger than this many bytes (0: no limit)"},
+		sizeflag.Flag("max-size", 0, "FERRY_MAX_SIZE", "refuse files larger than `SIZE` (0: no limit)"),
 		&cli.IntFlag{Name: "max-sessions", Value: 64, EnvVars: []string{"FERRY_MAX_SESSIONS"},
 			Usage: "most sessions at once; more are refused as busy"},
 		&cli.IntFlag{Name: "max-sessions-per-ip", Value: 16, EnvVars: []string{"FERRY_MAX_SESSIONS_PER_IP"},
 			Usage: "most sessions at once from one IP address; more are refused as busy (0: no limit; Unix sockets are not counted)"},
-		&cli.Int64Flag{Name: "min-rate", Value: 4096, EnvVars: []string{"FERRY_MIN_RATE"},
-			Usage: "drop a session that holds disk space for a transfer but delivers fewer bytes per second than this, averaged over --min-rate-window; its data stays resumable (0: off)"},
+		sizeflag.RateFlag("min-rate", 4096, "FERRY_MIN_RATE",
+			"drop a session that holds disk space for a transfer but delivers less than `RATE` (bytes/s, e.g. 4KiB), averaged over --min-rate-window; its data stays resumable (0: off)"),
 		&cli.DurationFlag{Name: "min-rate-window", Value: 30 * time.Second, EnvVars: []string{"FERRY_MIN_RATE_WINDOW"},
 			Usage: "window --min-rate is averaged over"},
 		&cli.IntFlag{Name: "max-pending", Value: 1024, EnvVars: []string{"FERRY_MAX_PENDING"},
 			Usage: "most connections still waiting for their hello; more are closed at once"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
 			Usage: "drop a connection that sends no hello for this long"},
-		&cli.IntFlag{Name: "max-chunk-size", Value: 4 << 20, EnvVars: []string{"FERRY_MAX_CHUNK_SIZE"},
-			Usage: "largest chunk size in bytes agreed with senders (bounds memory per session)"},
+		sizeflag.Flag("max-chunk-size", 4<<20, "FERRY_MAX_CHUNK_SIZE", "largest chunk `SIZE` agreed with senders (bounds memory per session)"),
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
@@ -136,10 +135,11 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 	}
 	srv, err := daemon.NewServer(daemon.Config{
 		Store: store, Logger: log, Agent: "ferryd/" + version,
-		MaxChunkSize: c.Int("max-chunk-size"), SyncBytes: c.Int64("sync-bytes"), SyncInterval: c.Duration("sync-interval"),
-		IdleTimeout: c.Duration("idle-timeout"), MaxSize: c.Int64("max-size"), MaxSessions: c.Int("max-sessions"),
+		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
+		SyncInterval: c.Duration("sync-interval"),
+		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MaxSessions: c.Int("max-sessions"),
 		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
-		MinRate:          orNegative(c.Int64("min-rate")), MinRateWindow: c.Duration("min-rate-window"),
+		MinRate:          orNegative(sizeflag.Get(c, "min-rate")), MinRateWindow: c.Duration("min-rate-window"),
 		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
 	})
 	if err != nil {
