@@ -219,6 +219,7 @@ func TestDaemonBadFlagsExit2(t *testing.T) {
 		{"size with an unknown unit", []string{"--max-size", "10 parsecs"}},
 		{"negative size", []string{"--sync-bytes", "-1MiB"}},
 		{"rate not a rate", []string{"--min-rate", "fast"}},
+		{"unknown log format", []string{"--log-format", "xml"}},
 		{"unexpected argument", []string{"extra"}},
 	}
 	for _, tt := range tests {

@@ -32,6 +32,7 @@ const (
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	code := exitOK
+	var jsonLog *slog.Logger // with --log-format json, the last error is a record too
 	app := &cli.App{
 		Name:      "ferryd",
 		Usage:     "receive files over TCP, verified with BLAKE3, resumable after any interruption",
@@ -49,11 +50,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				code = exitUsage
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			return serve(ctx, c, stderr, &code)
+			log, err := newLogger(c.String("log-level"), c.String("log-format"), stderr)
+			if err != nil {
+				code = exitUsage
+				return err
+			}
+			if c.String("log-format") == "json" {
+				jsonLog = log
+			}
+			return serve(ctx, c, log, &code)
 		},
 	}
 	if err := app.Run(args); err != nil {
-		fmt.Fprintf(stderr, "ferryd: %v\n", err)
+		if jsonLog != nil {
+			jsonLog.Error("exiting", "err", err.Error())
+		} else {
+			fmt.Fprintf(stderr, "ferryd: %v\n", err)
+		}
 		if code == exitOK {
 			code = exitFailure
 		}
@@ -92,16 +105,13 @@ func flags() []cli.Flag {
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
 			Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
+			Usage: "text (key=value lines, journal-friendly) or json (one JSON object per line)"},
 	}
 }
 
 // serve runs the daemon until a signal; it sets *code for usage errors.
-func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) error {
-	log, err := newLogger(c.String("log-level"), stderr)
-	if err != nil {
-		*code = exitUsage
-		return err
-	}
+func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) error {
 	root := c.String("root")
 	if !c.IsSet("root") && os.Getenv("STATE_DIRECTORY") != "" {
 		// systemd's StateDirectory= may list several; the first is ours.
@@ -178,7 +188,7 @@ func orNegative[T int | int64](v T) T {
 
 // drain shuts down gracefully; a second signal exits at once (tusd, caddy).
 func drain(srv *daemon.Server, log *slog.Logger, timeout time.Duration) error {
-	log.Info("shutting down", "timeout", timeout)
+	log.Info("shutting down", "timeout", timeout.String()) // "30s", in JSON too
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyStopping); err != nil {
 		log.Warn("notifying systemd", "state", "stopping", "err", err)
 	}
@@ -223,10 +233,21 @@ func listenAll(addrs []string) ([]net.Listener, error) {
 	return lns, nil
 }
 
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+// newLogger returns the daemon's logger: slog's text handler
+// (msg=listening addr=…, one line per record) or, for format "json", its
+// JSON handler (one object per line with time, level, msg and the
+// attributes). A bad level or format is a usage error.
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
