@@ -17,7 +17,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/internal/bwlimit"
 	"github.com/ferry-dev/ferry/internal/sizeflag"
+	"github.com/ferry-dev/ferry/transfer"
 )
 
 // version is set by the linker for releases.
@@ -98,6 +100,8 @@ func flags() []cli.Flag {
 			Usage: "most connections still waiting for their hello; more are closed at once"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
 			Usage: "drop a connection that sends no hello for this long"},
+		sizeflag.RateFlag("max-rate", 0, "FERRY_MAX_RATE",
+			"receive at most `RATE` (bytes/s, e.g. 50MiB) on each session (0: no limit)"),
 		sizeflag.Flag("max-chunk-size", 4<<20, "FERRY_MAX_CHUNK_SIZE", "largest chunk `SIZE` agreed with senders (bounds memory per session)"),
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
@@ -143,8 +147,14 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	if err != nil {
 		return fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
 	}
+	wrap, err := maxRate(c)
+	if err != nil {
+		*code = exitUsage
+		return err
+	}
 	srv, err := daemon.NewServer(daemon.Config{
-		Store: store, Logger: log, Agent: "ferryd/" + version,
+		WrapConn: wrap,
+		Store:    store, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
 		SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MaxSessions: c.Int("max-sessions"),
@@ -175,6 +185,31 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		return fmt.Errorf("serving: %w", err)
 	}
 	return drain(srv, log, c.Duration("shutdown-timeout"))
+}
+
+// maxRate returns the connection wrapper that throttles each session's
+// reads to --max-rate, with a burst of one chunk; nil when there is no
+// limit. A rate that could not deliver a chunk within --idle-timeout, or
+// that is below --min-rate, would make the daemon drop its own throttled
+// sessions: a usage error.
+func maxRate(c *cli.Context) (func(net.Conn) net.Conn, error) {
+	rate := sizeflag.Get(c, "max-rate")
+	if rate == 0 {
+		return nil, nil
+	}
+	chunk, minRate, idle := sizeflag.Get(c, "max-chunk-size"), sizeflag.Get(c, "min-rate"), c.Duration("idle-timeout")
+	burst := int(min(max(chunk, transfer.MinChunkSize), transfer.MaxChunkSize))
+	if float64(rate)*idle.Seconds() < float64(burst) {
+		return nil, fmt.Errorf("--max-rate %s cannot deliver a %s chunk (--max-chunk-size) within --idle-timeout %v; raise it",
+			sizeflag.Format(rate), sizeflag.Format(int64(burst)), idle)
+	}
+	if rate < minRate {
+		return nil, fmt.Errorf("--max-rate %s is below --min-rate %s: every throttled transfer would be dropped",
+			sizeflag.Format(rate), sizeflag.Format(minRate))
+	}
+	return func(conn net.Conn) net.Conn {
+		return bwlimit.Reads(conn, bwlimit.NewLimiter(rate, burst)) // per session
+	}, nil
 }
 
 // orNegative maps a flag's 0, which turns a limit off, to the -1 that
