@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench bench-hash profile lint fuzz
+.PHONY: build test soak demo bench bench-hash profile lint fuzz units
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -55,6 +55,12 @@ $(GOLANGCI_LINT):
 lint: $(GOLANGCI_LINT)
 	$(GOLANGCI_LINT) run ./...
 	$(GO) vet ./...
+
+# systemd-analyze verify of dist/ferryd.service and dist/ferryd.socket, and
+# the service's security exposure (at most 1.6); skipped without
+# systemd-analyze. See .ci/verify-units.
+units: build
+	.ci/verify-units
 
 # Runs each fuzz target for FUZZTIME (one target per go test run is all Go
 # allows). The committed seed corpora also run in every `make test`.

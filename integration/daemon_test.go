@@ -140,6 +140,14 @@ func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin.ferryd, args...)
 	cmd.Env = append(childEnv(), env...)
+	return startDaemonCmd(t, cmd)
+}
+
+// startDaemonCmd starts cmd, a ferryd, and waits until it logs that it
+// listens.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	args := cmd.Args[1:]
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

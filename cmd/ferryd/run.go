@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/urfave/cli/v2"
 
@@ -79,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("127.0.0.1:7219"), EnvVars: []string{"FERRY_LISTEN"},
-			Usage: "address to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable)"},
+			Usage: "address to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable); with sockets from systemd (LISTEN_FDS), none unless set"},
 		&cli.StringFlag{Name: "root", Value: "./ferry-inbox", EnvVars: []string{"FERRY_ROOT"},
 			Usage: "directory received files are written into (under systemd: $STATE_DIRECTORY)"},
 		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
@@ -165,13 +166,25 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	if err != nil {
 		return err
 	}
-	lns, err := listenAll(c.StringSlice("listen"))
+	inherited, err := systemdListeners()
 	if err != nil {
+		*code = exitUsage // the socket unit is wrong; restarting cannot fix it
 		return err
+	}
+	var lns []net.Listener
+	if len(inherited) == 0 || c.IsSet("listen") {
+		if lns, err = listenAll(c.StringSlice("listen")); err != nil {
+			closeAll(inherited)
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	errc := make(chan error, len(lns))
+	errc := make(chan error, len(inherited)+len(lns))
+	for _, ln := range inherited {
+		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd")
+		go func() { errc <- srv.Serve(ln) }()
+	}
 	for _, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
 		go func() { errc <- srv.Serve(ln) }()
@@ -258,14 +271,37 @@ func listenAll(addrs []string) ([]net.Listener, error) {
 		}
 		ln, err := net.Listen(network, addr)
 		if err != nil {
-			for _, l := range lns {
-				_ = l.Close() // the listen error is the one to report
-			}
+			closeAll(lns)
 			return nil, fmt.Errorf("listening on %s: %w", a, err)
 		}
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// systemdListeners returns the listening sockets systemd passed to this
+// process (socket activation: LISTEN_FDS, and LISTEN_PID naming this
+// process), in order; none without them. It unsets those variables. A
+// passed descriptor that is not a listening stream socket (a datagram
+// socket, a file) is an error: the socket unit needs ListenStream=.
+func systemdListeners() ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, f := range activation.Files(true) {
+		ln, err := net.FileListener(f)
+		_ = f.Close() // the listener holds its own descriptor
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("using socket %s from systemd (LISTEN_FDS): %w; ferryd.socket needs ListenStream= lines", f.Name(), err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, l := range lns {
+		_ = l.Close() // the error that made us close them is the one to report
+	}
 }
 
 // newLogger returns the daemon's logger: slog's text handler
