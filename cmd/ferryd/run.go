@@ -34,55 +34,71 @@ const (
 )
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	code := exitOK
-	var jsonLog *slog.Logger // with --log-format json, the last error is a record too
-	app := &cli.App{
+	var st runState
+	if err := newApp(ctx, stdout, stderr, &st).Run(args); err != nil {
+		if st.jsonLog != nil {
+			st.jsonLog.Error("exiting", "err", err.Error())
+		} else {
+			fmt.Fprintf(stderr, "ferryd: %v\n", err)
+		}
+		if st.code == exitOK {
+			st.code = exitFailure
+		}
+	}
+	return st.code
+}
+
+// runState is what one run of the command line learns on the way.
+type runState struct {
+	code    int          // exit code chosen before the error returns
+	jsonLog *slog.Logger // with --log-format json, the last error is a record too
+}
+
+// newApp returns ferryd's command line; the man page and the shell
+// completions are generated from it too (docs_test.go, make man).
+func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.App {
+	return &cli.App{
 		Name:      "ferryd",
 		Usage:     "receive files over TCP, verified with BLAKE3, resumable after any interruption",
+		UsageText: "ferryd [--listen ADDR]... [--root DIR] [options]",
+		Description: "ferryd receives files that `ferry send` sends, verifies every chunk and the whole file with BLAKE3, " +
+			"keeps partial uploads durably and resumes them after any interruption. It logs on stderr. " +
+			"Every option also reads the FERRY_* environment variable shown with it. Sizes take units (512KiB, 10G). " +
+			"SIGTERM or SIGINT drains: sessions make their data durable, then ferryd exits 0; a second signal exits at once. " +
+			"Exit status: 0 after a drain, 1 on a failure to run, 2 on a usage error.",
 		Version:   version,
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags:     flags(),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			code = exitUsage
+			st.code = exitUsage
 			return err
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // we choose the exit code (urfave/cli#610)
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				code = exitUsage
+				st.code = exitUsage
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
 			log, err := newLogger(c.String("log-level"), c.String("log-format"), stderr)
 			if err != nil {
-				code = exitUsage
+				st.code = exitUsage
 				return err
 			}
 			if c.String("log-format") == "json" {
-				jsonLog = log
+				st.jsonLog = log
 			}
-			return serve(ctx, c, log, &code)
+			return serve(ctx, c, log, &st.code)
 		},
 	}
-	if err := app.Run(args); err != nil {
-		if jsonLog != nil {
-			jsonLog.Error("exiting", "err", err.Error())
-		} else {
-			fmt.Fprintf(stderr, "ferryd: %v\n", err)
-		}
-		if code == exitOK {
-			code = exitFailure
-		}
-	}
-	return code
 }
 
 func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("127.0.0.1:7219"), EnvVars: []string{"FERRY_LISTEN"},
-			Usage: "address to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable); with sockets from systemd (LISTEN_FDS), none unless set"},
+			Usage: "address `ADDR` to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable); with sockets from systemd (LISTEN_FDS), none unless set"},
 		&cli.StringFlag{Name: "root", Value: "./ferry-inbox", EnvVars: []string{"FERRY_ROOT"},
-			Usage: "directory received files are written into (under systemd: $STATE_DIRECTORY)"},
+			Usage: "directory `DIR` received files are written into (under systemd: $STATE_DIRECTORY)"},
 		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
 		&cli.DurationFlag{Name: "sync-interval", Value: time.Second, EnvVars: []string{"FERRY_SYNC_INTERVAL"},
 			Usage: "longest time written data waits for an fsync"},
@@ -109,9 +125,9 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
-			Usage: "debug, info, warn or error"},
+			Usage: "`LEVEL`: debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
-			Usage: "text (key=value lines, journal-friendly) or json (one JSON object per line)"},
+			Usage: "`FORMAT`: text (key=value lines, journal-friendly) or json (one JSON object per line)"},
 	}
 }
 

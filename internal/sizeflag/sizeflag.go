@@ -80,12 +80,12 @@ func (v *Value) Set(s string) error {
 	return nil
 }
 
-// String formats v as Format does, with "/s" for a rate.
+// String formats v as Format does, with "/s" for a rate other than 0.
 func (v *Value) String() string {
 	if v == nil {
 		return "0"
 	}
-	if v.rate {
+	if v.rate && v.n != 0 {
 		return Format(v.n) + "/s"
 	}
 	return Format(v.n)
