@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench bench-hash profile lint fuzz
+.PHONY: build test soak demo bench bench-hash profile lint fuzz units man
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -55,6 +55,18 @@ $(GOLANGCI_LINT):
 lint: $(GOLANGCI_LINT)
 	$(GOLANGCI_LINT) run ./...
 	$(GO) vet ./...
+
+# Rewrites the man pages (docs/man/ferry.1, docs/man/ferryd.8) and the
+# bash and zsh completions (dist/completion/) from the CLI definitions;
+# TestDocsCurrent, part of make test, fails when they are out of date.
+man:
+	$(GO) test -count=1 -run '^TestDocsCurrent$$' ./cmd/ferry/ ./cmd/ferryd/ -args -update
+
+# systemd-analyze verify of dist/ferryd.service and dist/ferryd.socket, and
+# the service's security exposure (at most 1.6); skipped without
+# systemd-analyze. See .ci/verify-units.
+units: build
+	.ci/verify-units
 
 # Runs each fuzz target for FUZZTIME (one target per go test run is all Go
 # allows). The committed seed corpora also run in every `make test`.

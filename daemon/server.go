@@ -65,6 +65,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Agent names the daemon in its Hello.
 	Agent string
+	// WrapConn, if set, wraps every connection ServeConn is given before
+	// its session starts: ferryd throttles each session's reads with it
+	// (--max-rate). The wrapper must keep deadlines and Close working.
+	WrapConn func(net.Conn) net.Conn
 }
 
 func (c *Config) setDefaults() {
@@ -188,6 +192,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // it ends. When MaxPending connections are already waiting for their
 // Hello, conn is closed at once.
 func (s *Server) ServeConn(conn net.Conn) {
+	if s.cfg.WrapConn != nil {
+		conn = s.cfg.WrapConn(conn)
+	}
 	ss := newSession(s, conn)
 	s.mu.Lock()
 	full := s.pending >= s.cfg.MaxPending

@@ -293,6 +293,7 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	if err := ss.send(acc); err != nil {
 		return false, err
 	}
+	log.Info("transfer started", "resumed_from", st.DurableOffset)
 	// The chunk buffer is held only while a transfer runs, so idle
 	// sessions cost a read buffer, not a chunk.
 	// Its data part is aligned for direct I/O (the slack pays for that).
