@@ -57,6 +57,10 @@ type bench struct {
 	seq           int        // numbers runs, for unique directory and log names
 	background    float64    // CPU busy fraction during the last settle pause
 	rec           recorder
+
+	trees              []*treeSeries  // tree runs, in the order first measured
+	million            *millionResult // nil when not run
+	loadStart, loadEnd string         // /proc/loadavg around the tree runs
 }
 
 func benchmark(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
@@ -199,8 +203,8 @@ func settle(pause, quietWait time.Duration, stderr io.Writer) float64 {
 	}
 }
 
-// runAll runs the three phases: sizes in interleaved rounds, the sparse
-// file once, and the concurrent senders.
+// runAll runs the phases: sizes in interleaved rounds, the sparse file
+// once, the concurrent senders, and the tree workloads (-trees).
 func (b *bench) runAll(ctx context.Context) error {
 	tools := b.tools()
 	for _, sz := range b.cfg.sizes {
@@ -225,9 +229,11 @@ func (b *bench) runAll(ctx context.Context) error {
 		_ = os.Remove(src.path) // best effort: the run cleans b.work up
 	}
 	if b.cfg.concurrent > 0 && slices.Contains(tools, "ferry") {
-		return b.runConcurrent(ctx)
+		if err := b.runConcurrent(ctx); err != nil {
+			return err
+		}
 	}
-	return nil
+	return b.runTrees(ctx)
 }
 
 // tools returns the tools to run, in round order.
