@@ -61,6 +61,7 @@ type bench struct {
 	trees              []*treeSeries  // tree runs, in the order first measured
 	million            *millionResult // nil when not run
 	loadStart, loadEnd string         // /proc/loadavg around the tree runs
+	rssFloor           int64          // peak RSS reported for `true`
 }
 
 func benchmark(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
@@ -70,6 +71,9 @@ func benchmark(ctx context.Context, cfg *config, stdout, stderr io.Writer) error
 	}
 	defer b.cleanup()
 	if err := b.checkSpace(); err != nil {
+		return err
+	}
+	if b.rssFloor, err = rssFloor(ctx, b.work); err != nil {
 		return err
 	}
 	started := time.Now()
@@ -332,3 +336,14 @@ func (b *bench) runTool(ctx context.Context, tool string, j job) (sample, error)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// rssFloor returns the peak RSS reported for `true`: the least any child
+// can report (see proc).
+func rssFloor(ctx context.Context, work string) (int64, error) {
+	p, err := startProc(ctx, filepath.Join(work, "logs", "true.log"), "true")
+	if err != nil {
+		return 0, err
+	}
+	u, err := p.wait()
+	return u.maxRSS, err
+}

@@ -91,6 +91,11 @@ type settings struct {
 	Rsync            string  `json:"rsync"`
 	RsyncDurability  string  `json:"rsync_durability"`
 	FirstChunkMethod string  `json:"first_chunk_method"`
+	// RSSFloorBytes is the peak RSS reported for `true`: every child runs
+	// under the rusage-exec wrapper, and a child's peak includes the
+	// wrapper's at the time it started the child. A figure at the floor
+	// means "at most this".
+	RSSFloorBytes int64 `json:"rss_floor_bytes"`
 }
 
 // row is one tool on one job. Wall time, CPU and first chunk are medians
@@ -138,10 +143,11 @@ func (b *bench) results(started time.Time) *results {
 		Date:    started.UTC().Format(time.RFC3339),
 		Machine: thisMachine(),
 		Settings: settings{
-			Rounds:       b.cfg.rounds,
-			PauseSeconds: b.cfg.pause.Seconds(),
-			QuietLimit:   quietLimit,
-			FerrydArgs:   strings.Join(b.ferrydArgs("ROOT"), " "),
+			Rounds:        b.cfg.rounds,
+			PauseSeconds:  b.cfg.pause.Seconds(),
+			QuietLimit:    quietLimit,
+			FerrydArgs:    strings.Join(b.ferrydArgs("ROOT"), " "),
+			RSSFloorBytes: b.rssFloor,
 			FirstChunkMethod: "ferry: a relay in the benchmark timestamps the header of the first chunk frame " +
 				"from the sender, in one extra untimed run per size (the sparse run itself); " +
 				"raw: the receiver's first read",
@@ -304,6 +310,7 @@ func printTable(w io.Writer, res *results) {
 	if res.Settings.Rsync != "" {
 		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
 	}
+	fmt.Fprintf(w, "peak RSS floor (the measuring wrapper's own, reported for `true`): %.1f MiB\n", float64(res.Settings.RSSFloorBytes)/mib)
 }
 
 func printSizes(w io.Writer, res *results) {
