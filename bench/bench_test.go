@@ -124,7 +124,7 @@ func TestMain(m *testing.M) {
 // cloned with over its exec, and Go clones children sharing the parent's
 // memory, so wait4 on a direct child reports at least the parent's peak.
 func TestChildRSSExcludesParent(t *testing.T) {
-	ballast := make([]byte, 256<<20)
+	ballast := make([]byte, 128<<20)
 	for i := 0; i < len(ballast); i += 4096 {
 		ballast[i] = 1
 	}
@@ -138,7 +138,7 @@ func TestChildRSSExcludesParent(t *testing.T) {
 	}
 	runtime.KeepAlive(ballast)
 	if u.maxRSS <= 0 || u.maxRSS > 64<<20 {
-		t.Errorf("peak RSS of true = %d MiB, want above 0 and well below the parent's 256 MiB", u.maxRSS>>20)
+		t.Errorf("peak RSS of true = %d MiB, want above 0 and well below the parent's 128 MiB", u.maxRSS>>20)
 	}
 }
 
@@ -209,5 +209,26 @@ func TestDelayPipe(t *testing.T) {
 	_ = c.Close()
 	if err := r.Close(); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestChildPID checks that the million run samples the program a wrapper
+// runs, not the wrapper.
+func TestChildPID(t *testing.T) {
+	p, err := startProc(context.Background(), filepath.Join(t.TempDir(), "sleep.log"), "sleep", "30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop() //nolint:errcheck // only ends the sleep
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", childPID(p.cmd.Process.Pid)))
+		if string(bytes.TrimSpace(comm)) == "sleep" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("childPID of the wrapper names %q, want sleep", comm)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

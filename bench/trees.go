@@ -524,16 +524,20 @@ func procHWM(pid int) int64 {
 	return 0
 }
 
-// childPID returns the first child of process pid (the program a
-// rusage-exec wrapper runs), or pid itself.
+// childPID returns a child of process pid (the program a rusage-exec
+// wrapper runs), or pid itself. The children are listed per thread, and
+// the wrapper starts its child from whichever thread it runs on.
 func childPID(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return pid
-	}
-	if f := strings.Fields(string(b)); len(f) > 0 {
-		if c, err := strconv.Atoi(f[0]); err == nil {
-			return c
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if c, err := strconv.Atoi(f[0]); err == nil {
+				return c
+			}
 		}
 	}
 	return pid
