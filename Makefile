@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench bench-hash profile lint fuzz units man
+.PHONY: build test soak demo bench bench-trees bench-fsync bench-hash profile lint fuzz units man
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -29,6 +29,22 @@ demo: build
 bench: build
 	$(GO) build -trimpath -o bin/ferrybench ./bench
 	bin/ferrybench -bin bin -out bench/results.json $(BENCHFLAGS)
+
+# Directory trees of issue 9 against rsync -a and rsync -a --fsync (bench/doc.go):
+# 20,000 files of 4 KiB, Go's src tree, a re-send, 500 files over 50 ms more
+# round trip, and peak RSS for 1,000,000 empty files; ~25 min with 3 rounds,
+# so not part of `make bench`. Writes bench/results-trees.json. Quick run:
+#   make bench-trees BENCHFLAGS='-rounds 1 -trees small,resend -tree-files 2000'
+bench-trees: build
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench -bin bin -out bench/results-trees.json -sizes '' -sparse 0 -concurrent 0 -trees all $(BENCHFLAGS)
+
+# fsync strategies for group commit (issue 9): sequential, parallel,
+# sync_file_range + fsync, syncfs, fdatasync, on 100, 1000 and 5000 files
+# of 4 KiB; writes bench/fsync.json. E.g. FSYNCFLAGS='-n 1000 -reps 1'.
+bench-fsync:
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench fsync $(FSYNCFLAGS)
 
 # Hash-only benchmarks of issue 10 on a 256 MiB buffer (FERRY_HASH_BENCH_MIB=1024
 # for 1 GiB): two zeebo/blake3 passes against one chunk-tree pass, chunk
