@@ -175,15 +175,14 @@ func leftoverCommit(t *testing.T, root, name string, data []byte) {
 		t.Fatal(err)
 	}
 	o := offerFor(name, data)
-	p, _, err := s.Open(partialKeyOf(name), o, false)
+	p, _, err := s.Open(partialKeyOf(name), o, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tail := int64(len(data)-1) / testChunk * testChunk
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(int64(len(data)), tail, transfer.HashBytes(data[tail:])); err != nil {
+	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	p.Close()
@@ -240,7 +239,7 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	checkUnchanged(t, root, "f", data, "after the offer that follows")
 	if acc.DurableOffset == 0 {
 		for off := 0; off < len(other); off += testChunk {
-			p.write(chunkFrame(int64(off), other[off:min(off+testChunk, len(other))]))
+			p.write(chunkFrame(int64(off), other[off:min(off+testChunk, len(other))], int64(len(other))))
 		}
 	}
 	p.write(msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(other)}))
@@ -418,7 +417,7 @@ func TestMinRateDropsTrickler(t *testing.T) {
 	if acc := expect[*transfer.Accept](a); acc.DurableOffset != 0 {
 		t.Fatalf("accepted at %d", acc.DurableOffset)
 	}
-	a.write(chunkFrame(0, slow[:testChunk]))
+	a.write(chunkFrame(0, slow[:testChunk], int64(len(slow))))
 	refused := make(chan error, 1)
 	go func() { // reads what the daemon says to the trickler, to the end
 		for {
