@@ -392,12 +392,12 @@ func TestGoBackN(t *testing.T) {
 	p.write(
 		chunkFrame(0, data[:testChunk], int64(len(data))),
 		badChunkFrame(testChunk, data[testChunk:2*testChunk]),
-		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),                 // in flight: ignored
-		badChunkFrame(2*testChunk, data[2*testChunk:]),              // in flight, bad: ignored, no Nack
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}), // in flight: ignored
-		chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),          // the resend
-		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),                 // and on
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}), // again
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // in flight: ignored
+		badChunkFrame(2*testChunk, data[2*testChunk:]),                       // in flight, bad: ignored, no Nack
+		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // in flight: ignored
+		chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))), // the resend
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // and on
+		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // again
 	)
 	if n := expect[*transfer.Nack](p); n.Offset != testChunk {
 		t.Fatalf("nack at %d, want %d", n.Offset, testChunk)

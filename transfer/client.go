@@ -300,9 +300,9 @@ func newStream(ctx context.Context, c *Client, src Source, acc *Accept, opts Sen
 		chunkSize: int(acc.ChunkSize),
 		rehash:    acc.Flags&AcceptCommitted != 0,
 		inbox:     make(chan Message, 16),
-		readErr:  make(chan error, 1),
-		progress: Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
-		nacks:    make(map[int64]int),
+		readErr:   make(chan error, 1),
+		progress:  Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
+		nacks:     make(map[int64]int),
 	}
 	return s
 }
