@@ -363,7 +363,7 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 		return false, err
 	}
 	// The one case where the daemon re-reads a whole file, in parallel.
-	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, 0)
+	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
 	if err != nil {
 		ss.refuse(fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return false, nil

@@ -13,8 +13,9 @@ import (
 
 // ClientOptions configure a sender session. The zero value is usable.
 type ClientOptions struct {
-	// ChunkSize is the chunk size in bytes proposed in the Hello; the
-	// daemon may lower it. Defaults to DefaultChunkSize.
+	// ChunkSize is the chunk size in bytes proposed in the Hello, a power
+	// of two from MinChunkSize to MaxChunkSize; the daemon may lower it.
+	// Defaults to DefaultChunkSize.
 	ChunkSize int
 	// Agent names the sending software in the Hello, for the daemon's logs.
 	Agent string
@@ -49,8 +50,9 @@ type Client struct {
 // It returns an error wrapping ErrVersion if the daemon speaks another
 // major version, or the daemon's *RemoteError if it refuses the session.
 // It returns an error wrapping ErrNotFerry if the peer answers with bytes
-// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is out of
-// range. If ctx ends during the handshake, rwc is closed.
+// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is not a
+// power of two from MinChunkSize to MaxChunkSize. If ctx ends during the
+// handshake, rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
 	cs := opts.ChunkSize
 	if cs == 0 {
@@ -361,11 +363,11 @@ type nackError struct{ offset int64 }
 func (e *nackError) Error() string { return fmt.Sprintf("chunk at offset %d rejected", e.offset) }
 
 // sendFrom writes chunks from off to the end of the file, hashed on
-// several goroutines ahead of the socket (HashChunks: at most GOMAXPROCS+1
-// chunk buffers). Between chunks it handles what the daemon sent. It
+// HashWorkers goroutines ahead of the socket (HashChunks), with at most
+// HashWorkers+1 chunk buffers. Between chunks it handles what the daemon sent. It
 // returns a *nackError when the daemon rejected a chunk meanwhile.
 func (s *stream) sendFrom(ctx context.Context, off int64) error {
-	return HashChunks(ctx, sourceReader{s.src}, off, s.src.Size, s.chunkSize, 0, func(o int64, data []byte, cv CV) error {
+	return HashChunks(ctx, sourceReader{s.src}, off, s.src.Size, s.chunkSize, HashWorkers(s.chunkSize), func(o int64, data []byte, cv CV) error {
 		n := int64(len(data))
 		s.whole.push(o, n, cv)
 		if err := WriteChunk(s.c.rwc, &Chunk{Offset: o, Hash: Hash(cv), Data: data}); err != nil {

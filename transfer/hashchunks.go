@@ -162,6 +162,14 @@ func (j *hashJob) run(ctx context.Context, r io.ReaderAt, pool *BufferPool, root
 	j.cv, j.err = ChunkCV(data, j.off, root)
 }
 
+// HashWorkers returns how many goroutines a transfer hashes chunks of
+// chunkSize bytes on: GOMAXPROCS, at most 8, and at most as many as keep
+// the chunk buffers in flight (HashWorkers+1) near 64 MiB, at least 1.
+// Hashing runs at several GB/s on each, far ahead of most links.
+func HashWorkers(chunkSize int) int {
+	return max(1, min(runtime.GOMAXPROCS(0), 8, (64<<20)/max(chunkSize, 1)))
+}
+
 // HashAt returns the BLAKE3 hash, the value b3sum prints, of the first size
 // bytes of r, built from chunk chaining values of chunkSize bytes hashed on
 // workers goroutines (HashChunks) and merged with a MergeStack. Errors are

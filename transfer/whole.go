@@ -49,7 +49,7 @@ func newWholeHash(ctx context.Context, r io.ReaderAt, from, size int64, chunkSiz
 	w.done = make(chan struct{})
 	go func() {
 		defer close(w.done)
-		err := hashRange(ctx, r, 0, from, size, chunkSize, 0, func(_ int64, data []byte, cv CV) error {
+		err := hashRange(ctx, r, 0, from, size, chunkSize, HashWorkers(chunkSize), func(_ int64, data []byte, cv CV) error {
 			return stack.Push(cv, int64(len(data)))
 		})
 		w.mu.Lock()

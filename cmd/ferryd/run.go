@@ -86,7 +86,7 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
 			Usage: "drop a connection that sends no hello for this long"},
 		&cli.IntFlag{Name: "max-chunk-size", Value: 4 << 20, EnvVars: []string{"FERRY_MAX_CHUNK_SIZE"},
-			Usage: "largest chunk size in bytes agreed with senders (bounds memory per session)"},
+			Usage: "largest chunk size in bytes agreed with senders, rounded down to a power of two (bounds memory per session)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
