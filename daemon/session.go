@@ -291,7 +291,7 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		TailOffset: tailOffset, TailLength: uint32(st.DurableOffset - tailOffset), TailHash: tailHash}
 	if restarted {
 		acc.Flags |= transfer.AcceptRestarted
-		log.Info("partial discarded", "reason", "source changed, or its chunks are larger than this session's")
+		log.Info("partial discarded", "reason", "source changed")
 	}
 	if err := ss.send(acc); err != nil {
 		return false, err

@@ -7,6 +7,7 @@ package daemon_test
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -268,5 +269,82 @@ func TestChunkReplayedAtAnotherOffsetIsNacked(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(srv.root, "f"))
 	if err != nil || string(got) != string(data) {
 		t.Fatalf("committed file differs (%v)", err)
+	}
+}
+
+// TestResumeAcrossChunkSizes resumes a partial in a session of another
+// chunk size. A partial made in smaller chunks keeps them (its merge
+// stack cannot be re-cut into larger ones without reading the prefix):
+// the Accept says so and the sender follows. One made in larger chunks is
+// re-cut from its tail chunk. Either way only the tail chunk is read and
+// the root is b3sum's.
+func TestResumeAcrossChunkSizes(t *testing.T) {
+	data := randomData(20*testChunk+300, 79)
+	tests := []struct {
+		name          string
+		first, second int
+		wantChunk     uint32
+	}{
+		{"smaller partial, larger session", testChunk, 4 * testChunk, testChunk},
+		{"larger partial, smaller session", 4 * testChunk, testChunk, testChunk},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			srv := newServerAt(t, root, daemon.Config{SyncBytes: 1})
+			conn := &cutConn{Conn: srv.dial(t), after: 9 * testChunk}
+			c, err := transfer.Handshake(context.Background(), conn, transfer.ClientOptions{ChunkSize: tt.first})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Send(context.Background(), source(data), "f", transfer.SendOptions{}); err == nil {
+				t.Fatal("first attempt survived the cut")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+
+			srv2, cfs := newCountingServer(t, root, daemon.Config{})
+			p := srv2.raw(t)
+			p.write(msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: uint32(tt.second), Agent: "raw"}))
+			expect[*transfer.Hello](p)
+			p.write(msgFrame(offerFor("f", data)))
+			acc := expect[*transfer.Accept](p)
+			if acc.ChunkSize != tt.wantChunk || acc.DurableOffset < 4*testChunk {
+				t.Fatalf("accept %+v, want chunk size %d and the durable prefix kept", acc, tt.wantChunk)
+			}
+			if n := cfs.read.Load(); n != int64(tt.first) {
+				t.Fatalf("read %d bytes of the partial, want only its %d-byte tail chunk", n, tt.first)
+			}
+			p.conn.Close()
+
+			c2, err := transfer.Handshake(context.Background(), srv2.dial(t), transfer.ClientOptions{ChunkSize: tt.second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := srv2.sendRetry(t, c2, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv2.checkCommitted(t, "f", data, res)
+			if res.ResumedFrom != acc.DurableOffset || res.Hash != b3sum(t, filepath.Join(root, "f")) {
+				t.Fatalf("resumed from %d (accepted at %d), hash %x", res.ResumedFrom, acc.DurableOffset, res.Hash)
+			}
+		})
+	}
+}
+
+// sendRetry sends source(data) as "f" on c, retrying while the name is
+// still held by a session that just ended.
+func (s *testServer) sendRetry(t *testing.T, c *transfer.Client, data []byte) (transfer.Result, error) {
+	t.Helper()
+	for {
+		res, err := c.Send(context.Background(), source(data), "f", transfer.SendOptions{})
+		if !errors.Is(err, transfer.ErrBusy) {
+			return res, err
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
