@@ -407,6 +407,9 @@ func (r sourceReader) ReadAt(p []byte, off int64) (int, error) {
 // a chunk that was still in flight, it returns done=false and the offset to
 // resend from.
 func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, err error) {
+	if s.whole.done != nil {
+		holdReads(ctx, s.c.rwc, s.whole.done) // the wait is on this side
+	}
 	h, err = s.whole.sum(ctx)
 	if err != nil {
 		return false, h, 0, err

@@ -331,3 +331,56 @@ func TestSendOffer(t *testing.T) {
 		})
 	}
 }
+
+// slowReaderAt delays every read, like a source on a slow disk.
+type slowReaderAt struct {
+	r     io.ReaderAt
+	delay time.Duration
+}
+
+func (s slowReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	time.Sleep(s.delay)
+	return s.r.ReadAt(p, off)
+}
+
+// TestSendWaitsForItsOwnPrefixHash resumes at a durable offset whose
+// prefix the sender re-hashes from a slow source for longer than its
+// timeout. Waiting for its own hash before the trailer is not the daemon
+// being silent: the send must not fail with a deadline error (it did, at
+// random under -race, once the prefix hash ran on HashChunks).
+func TestSendWaitsForItsOwnPrefixHash(t *testing.T) {
+	data := randomData(8*MinChunkSize, 12)
+	size := int64(len(data))
+	resumeAt := int64(6 * MinChunkSize)
+	conn := fakeDaemon(t, func(r *bufio.Reader, w io.Writer) error {
+		if err := answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w); err != nil {
+			return err
+		}
+		if _, err := ReadMessage(r); err != nil {
+			return err
+		}
+		acc := &Accept{ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
+			TailHash: mustChunkHash(data[resumeAt-MinChunkSize:resumeAt], resumeAt-MinChunkSize, size)}
+		if err := WriteMessage(w, acc); err != nil {
+			return err
+		}
+		if _, err := receiveChunks(r); err != nil {
+			return err
+		}
+		return WriteMessage(w, &Committed{Size: size, Hash: HashBytes(data)})
+	})
+	c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := memSource(data)
+	src.R = slowReaderAt{r: src.R, delay: 60 * time.Millisecond} // 6 prefix chunks: ≥ 180ms on 2 goroutines
+	res, err := c.Send(context.Background(), src, "f", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Hash != HashBytes(data) || res.ResumedFrom != resumeAt || res.SentBytes != size-resumeAt {
+		t.Fatalf("result %+v", res)
+	}
+}
