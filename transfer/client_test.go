@@ -332,14 +332,18 @@ func TestSendOffer(t *testing.T) {
 	}
 }
 
-// slowReaderAt delays every read, like a source on a slow disk.
+// slowReaderAt delays every read that starts before offset before, like
+// a source whose first part sits on a slow disk.
 type slowReaderAt struct {
-	r     io.ReaderAt
-	delay time.Duration
+	r      io.ReaderAt
+	before int64
+	delay  time.Duration
 }
 
 func (s slowReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	time.Sleep(s.delay)
+	if off < s.before {
+		time.Sleep(s.delay)
+	}
 	return s.r.ReadAt(p, off)
 }
 
@@ -369,13 +373,15 @@ func TestSendWaitsForItsOwnPrefixHash(t *testing.T) {
 		}
 		return WriteMessage(w, &Committed{Size: size, Hash: HashBytes(data)})
 	})
-	c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize, Timeout: 100 * time.Millisecond})
+	c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize, Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	src := memSource(data)
-	src.R = slowReaderAt{r: src.R, delay: 60 * time.Millisecond} // 6 prefix chunks: ≥ 180ms on 2 goroutines
+	// The prefix before the tail chunk hashes for at least 500ms, on any
+	// number of cores; the tail check and the chunks sent are quick.
+	src.R = slowReaderAt{r: src.R, before: resumeAt - MinChunkSize, delay: 500 * time.Millisecond}
 	res, err := c.Send(context.Background(), src, "f", SendOptions{})
 	if err != nil {
 		t.Fatal(err)
