@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench bench-trees bench-fsync bench-hash profile lint fuzz units man
+.PHONY: build test soak demo bench bench-trees bench-fsync bench-hash profile restart-read lint fuzz units man
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -52,6 +52,12 @@ bench-fsync:
 bench-hash:
 	$(GO) test -run='^$$' -bench='^Benchmark(HashPasses|ChunkSizes)$$' -cpu 1 ./transfer/
 	$(GO) test -run='^$$' -bench='^BenchmarkHashParallel$$' -cpu 1,2,4 ./transfer/
+
+# What a restarted ferryd reads to resume a 16 GiB sparse partial (issue 10;
+# RESTART_SIZE=4G for a shorter run): /proc/PID/io of ferryd.
+restart-read: build
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench -restart -restart-size $(or $(RESTART_SIZE),16G) $(BENCHFLAGS)
 
 # CPU profile of one in-process 1 GiB transfer (sender and daemon together).
 profile:

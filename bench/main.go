@@ -47,6 +47,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg.profile {
 		return exitCode(stderr, profile(ctx, cfg, stdout, stderr))
 	}
+	if cfg.restart {
+		return exitCode(stderr, restartRead(ctx, cfg, stdout, stderr))
+	}
 	return exitCode(stderr, benchmark(ctx, cfg, stdout, stderr))
 }
 
@@ -87,6 +90,9 @@ type config struct {
 	profile     bool
 	profileSize size
 	cpuProfile  string
+
+	restart     bool
+	restartSize size
 }
 
 // allTools lists the tools in the order they run within a round.
@@ -122,10 +128,18 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.profile, "profile", false, "instead of the benchmark, profile one in-process transfer")
 	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
+	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
+	var restartSize string
+	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")
 	if err := fs.Parse(args[1:]); err != nil {
 		return nil, err
 	}
 	err := cfg.parseValues(sizes, sparse, concSize, tools, syncBytes, profSize)
+	if err == nil {
+		if cfg.restartSize, err = parseSize(restartSize); err != nil {
+			err = fmt.Errorf("-restart-size: %w", err)
+		}
+	}
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}

@@ -85,8 +85,15 @@ func msgFrame(m transfer.Message) []byte {
 	return frame(typ, transfer.EncodeMessage(m))
 }
 
-func chunkFrame(off int64, data []byte) []byte {
-	return frame(transfer.FrameChunk, transfer.EncodeChunk(&transfer.Chunk{Offset: off, Hash: transfer.HashBytes(data), Data: data}))
+// chunkFrame frames data at off in a file of size bytes with its chunk
+// hash (transfer.ChunkHash); a chunk that is no aligned subtree gets a
+// hash that cannot match.
+func chunkFrame(off int64, data []byte, size int64) []byte {
+	h, err := transfer.ChunkHash(data, off, size)
+	if err != nil {
+		h = transfer.Hash{2}
+	}
+	return frame(transfer.FrameChunk, transfer.EncodeChunk(&transfer.Chunk{Offset: off, Hash: h, Data: data}))
 }
 
 func badChunkFrame(off int64, data []byte) []byte {
@@ -228,12 +235,17 @@ func TestBadPeers(t *testing.T) {
 		{"hello with trailing bytes", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, append(append([]byte(nil), helloV1...), 0)))
 		}, transfer.CodeProtocol, "trailing"},
-		{"hello of major version 2", func(p *rawPeer) {
-			p.write(frame(transfer.FrameHello, withMajor(2)))
-		}, transfer.CodeVersion, "peer speaks v2.0, this side v1"},
-		{"hello of major version 2 in another layout", func(p *rawPeer) {
-			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 2, 0, 1}))
-		}, transfer.CodeVersion, "peer speaks v2.1, this side v1"},
+		{"hello of major version 3", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, withMajor(3)))
+		}, transfer.CodeVersion, "peer speaks v3.0, this side v2"},
+		{"hello of major version 3 in another layout", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 3, 0, 1}))
+		}, transfer.CodeVersion, "peer speaks v3.1, this side v2"},
+		// Issue 10: a v1 sender (plain BLAKE3 chunk hashes, 4 KiB chunks
+		// allowed) is turned away with a reason it can print.
+		{"hello of major version 1", func(p *rawPeer) {
+			p.write(msgFrame(&transfer.Hello{Major: 1, ChunkSize: 4096, Agent: "ferry/0.9"}))
+		}, transfer.CodeVersion, "peer speaks v1.0, this side v2"},
 		{"hello of major version 0", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(0)))
 		}, transfer.CodeVersion, "v0.0"},
@@ -255,7 +267,7 @@ func TestBadPeers(t *testing.T) {
 		}, transfer.CodeProtocol, "expected offer"},
 		{"chunk without offer", func(p *rawPeer) {
 			p.hello()
-			p.write(chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
 		{"trailer without offer", func(p *rawPeer) {
 			p.hello()
@@ -282,61 +294,61 @@ func TestBadPeers(t *testing.T) {
 		{"chunk at the wrong offset", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-offset", int64(len(data)))
-			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk]))
+			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 0"},
 		{"chunk skipping ahead", func(p *rawPeer) {
 			p.hello()
 			p.offer("skip", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(2*testChunk, data[2*testChunk:]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 16384"},
 		{"chunk repeated", func(p *rawPeer) {
 			p.hello()
 			p.offer("repeat", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 16384"},
 		{"chunk longer than the frame limit", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-chunk", 1<<20)
 			big := make([]byte, testChunk+1)
-			p.write(chunkFrame(0, big))
+			p.write(chunkFrame(0, big, int64(len(data))))
 		}, transfer.CodeProtocol, "exceeds limit"},
 		{"chunk whose length field disagrees with its frame", func(p *rawPeer) {
 			p.hello()
 			p.offer("disagree", int64(len(data)))
-			f := chunkFrame(0, data[:100])
+			f := chunkFrame(0, data[:100], int64(len(data)))
 			binary.BigEndian.PutUint32(f[transfer.FrameHeaderSize+8:], 99)
 			p.write(f)
 		}, transfer.CodeProtocol, "declares 99 bytes"},
 		{"chunk past the declared size", func(p *rawPeer) {
 			p.hello()
 			p.offer("past-size", 100)
-			p.write(chunkFrame(0, data[:200]))
-		}, transfer.CodeProtocol, "outside file of 100 bytes"},
+			p.write(chunkFrame(0, data[:200], int64(len(data))))
+		}, transfer.CodeProtocol, "chunk [0,+200) of a file of 100 bytes"},
 		{"empty chunk", func(p *rawPeer) {
 			p.hello()
 			p.offer("empty-chunk", 100)
-			p.write(chunkFrame(0, nil))
-		}, transfer.CodeProtocol, "outside file"},
+			p.write(chunkFrame(0, nil, int64(len(data))))
+		}, transfer.CodeProtocol, "chunk [0,+0) of a file of 100 bytes"},
 		{"trailer before all data", func(p *rawPeer) {
 			p.hello()
 			p.offer("early-trailer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
 		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152"},
 		{"trailer with another hash", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-hash", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), msgFrame(&transfer.Trailer{Hash: transfer.Hash{7}}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), msgFrame(&transfer.Trailer{Hash: transfer.Hash{7}}))
 		}, transfer.CodeIntegrity, "whole-file BLAKE3"},
 		{"ack from the sender", func(p *rawPeer) {
 			p.hello()
 			p.offer("ack", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Ack{DurableOffset: 1}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Ack{DurableOffset: 1}))
 		}, transfer.CodeProtocol, "unexpected ack frame"},
 		{"offer in the middle of a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("mid-offer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Offer{Size: 1, Name: "other"}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Offer{Size: 1, Name: "other"}))
 		}, transfer.CodeProtocol, "offer in the middle"},
 		{"unknown frame type during a transfer", func(p *rawPeer) {
 			p.hello()
@@ -378,14 +390,14 @@ func TestGoBackN(t *testing.T) {
 	p.hello()
 	p.offer("f", int64(len(data)))
 	p.write(
-		chunkFrame(0, data[:testChunk]),
+		chunkFrame(0, data[:testChunk], int64(len(data))),
 		badChunkFrame(testChunk, data[testChunk:2*testChunk]),
-		chunkFrame(2*testChunk, data[2*testChunk:]),                 // in flight: ignored
-		badChunkFrame(2*testChunk, data[2*testChunk:]),              // in flight, bad: ignored, no Nack
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}), // in flight: ignored
-		chunkFrame(testChunk, data[testChunk:2*testChunk]),          // the resend
-		chunkFrame(2*testChunk, data[2*testChunk:]),                 // and on
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}), // again
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // in flight: ignored
+		badChunkFrame(2*testChunk, data[2*testChunk:]),                       // in flight, bad: ignored, no Nack
+		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // in flight: ignored
+		chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))), // the resend
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // and on
+		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // again
 	)
 	if n := expect[*transfer.Nack](p); n.Offset != testChunk {
 		t.Fatalf("nack at %d, want %d", n.Offset, testChunk)
@@ -431,13 +443,13 @@ func TestIdleTimeout(t *testing.T) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
 		}, 2 * testChunk},
 		{"chunk cut mid-frame", func(p *rawPeer) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk])[:1000])
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data)))[:1000])
 		}, testChunk},
 		{"hello trickled byte by byte (slow loris)", func(p *rawPeer) {
 			for _, b := range msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: testChunk}) {

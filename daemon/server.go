@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"sync"
 	"time"
@@ -18,7 +19,8 @@ type Config struct {
 	// Store keeps partials and committed files.
 	Store Store
 	// MaxChunkSize is the largest chunk size in bytes the daemon agrees to;
-	// it bounds the memory of a session. Defaults to 4 MiB.
+	// it bounds the memory of a session. Defaults to 4 MiB; clamped to
+	// MinChunkSize..MaxChunkSize and rounded down to a power of two.
 	MaxChunkSize int
 	// SyncBytes is how many bytes may be written between fsyncs of a
 	// partial. Defaults to 16 MiB.
@@ -76,6 +78,7 @@ func (c *Config) setDefaults() {
 		c.MaxChunkSize = 4 << 20
 	}
 	c.MaxChunkSize = min(max(c.MaxChunkSize, transfer.MinChunkSize), transfer.MaxChunkSize)
+	c.MaxChunkSize = 1 << (bits.Len(uint(c.MaxChunkSize)) - 1) // chunk sizes are powers of two
 	if c.SyncBytes <= 0 {
 		c.SyncBytes = 16 << 20
 	}

@@ -189,9 +189,11 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
-	// A multiple of DirectAlign, so that every chunk but a file's last
-	// can be written with direct I/O. MinChunkSize is one DirectAlign.
-	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize) / DirectAlign * DirectAlign
+	// Both are powers of two (the Hello decoder and setDefaults see to
+	// it), so the smaller is one too: every chunk is a complete BLAKE3
+	// subtree, and a multiple of DirectAlign, so that every chunk but a
+	// file's last can be written with direct I/O.
+	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
 	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
@@ -263,7 +265,7 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 	if exists {
 		return ss.confirmCommitted(o, log)
 	}
-	p, restarted, err := ss.srv.cfg.Store.Open(key, o, o.Flags&transfer.OfferRestart != 0)
+	p, restarted, err := ss.srv.cfg.Store.Open(key, o, ss.chunkSize, o.Flags&transfer.OfferRestart != 0)
 	if err != nil {
 		log.Error("opening partial", "err", err)
 		ss.refuse(fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err))
@@ -284,8 +286,9 @@ func (ss *session) transfer(o *transfer.Offer) (bool, error) {
 		return false, nil
 	}
 	defer res.release() // on every path: a failed Accept used to leak it (issue 8)
-	acc := &transfer.Accept{DurableOffset: st.DurableOffset, TailOffset: st.TailOffset,
-		TailLength: uint32(st.DurableOffset - st.TailOffset), TailHash: st.TailHash}
+	tailOffset, tailHash := st.Tail()
+	acc := &transfer.Accept{ChunkSize: uint32(st.Stack.ChunkSize()), DurableOffset: st.DurableOffset,
+		TailOffset: tailOffset, TailLength: uint32(st.DurableOffset - tailOffset), TailHash: tailHash}
 	if restarted {
 		acc.Flags |= transfer.AcceptRestarted
 		log.Info("partial discarded", "reason", "source changed")
@@ -334,14 +337,22 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 		return false, nil
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	tailLen := min(int64(ss.chunkSize), o.Size)
-	tail := make([]byte, tailLen)
-	if _, err := f.ReadAt(tail, o.Size-tailLen); err != nil {
+	var tailOffset int64
+	if o.Size > 0 {
+		tailOffset = (o.Size - 1) / int64(ss.chunkSize) * int64(ss.chunkSize)
+	}
+	tail := make([]byte, o.Size-tailOffset)
+	if _, err := f.ReadAt(tail, tailOffset); err != nil {
 		ss.refuse(fmt.Errorf("%w: reading %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return false, nil
 	}
-	acc := &transfer.Accept{Flags: transfer.AcceptCommitted, DurableOffset: o.Size,
-		TailOffset: o.Size - tailLen, TailLength: uint32(tailLen), TailHash: transfer.HashBytes(tail)}
+	tailHash, err := transfer.ChunkHash(tail, tailOffset, o.Size)
+	if err != nil && o.Size > 0 {
+		ss.refuse(fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return false, nil
+	}
+	acc := &transfer.Accept{Flags: transfer.AcceptCommitted, ChunkSize: uint32(ss.chunkSize), DurableOffset: o.Size,
+		TailOffset: tailOffset, TailLength: uint32(len(tail)), TailHash: tailHash}
 	if err := ss.send(acc); err != nil {
 		return false, err
 	}
@@ -352,7 +363,8 @@ func (ss *session) confirmCommitted(o *transfer.Offer, log *slog.Logger) (bool, 
 	if err != nil {
 		return false, err
 	}
-	h, err := transfer.HashReader(io.NewSectionReader(f, 0, o.Size))
+	// The one case where the daemon re-reads a whole file, in parallel.
+	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
 	if err != nil {
 		ss.refuse(fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return false, nil
@@ -395,46 +407,34 @@ type receiver struct {
 	ss       *session
 	p        Partial
 	o        *transfer.Offer
-	whole    *transfer.StreamHasher
+	stack    transfer.MergeStack // of the chunks in [0, next): the whole-file hash
 	sync     *syncer
 	next     int64        // offset of the next chunk expected
 	awaiting bool         // a chunk was nacked; skip frames until it comes again
 	bad      int          // chunks that failed verification
 	received int64        // chunk data bytes read from the wire
 	res      *reservation // disk space still promised to this transfer
-	tail     syncPoint
 	lastSync time.Time
 
-	stopCatchUp context.CancelFunc // nil unless a catch-up runs
-	failed      atomic.Bool        // the transfer failed: no more acks
+	failed atomic.Bool // the transfer failed: no more acks
 }
 
 func newReceiver(ss *session, p Partial, o *transfer.Offer, res *reservation) *receiver {
 	st := p.State()
-	rx := &receiver{ss: ss, p: p, o: o, res: res, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
-		tail: syncPoint{offset: st.DurableOffset, tailOffset: st.TailOffset, tailHash: st.TailHash}, lastSync: time.Now()}
-	rx.sync = newSyncer(p, rx.tail, rx.ack)
-	if st.DurableOffset > 0 {
-		// Rebuild the whole-file hash from the durable prefix in the
-		// background while new chunks arrive (croc#1029).
-		ctx, cancel := context.WithCancel(ss.srv.ctx)
-		rx.stopCatchUp = cancel
-		rx.whole.CatchUp(ctx, p, st.DurableOffset)
-	}
+	// The merge stack from the state record stands for the durable
+	// prefix: no byte of it is read again (croc#1029 waited hours for a
+	// re-read).
+	rx := &receiver{ss: ss, p: p, o: o, res: res, stack: st.Stack, next: st.DurableOffset, lastSync: time.Now()}
+	rx.sync = newSyncer(p, rx.point(), rx.ack)
 	return rx
 }
+
+// point returns the sync point of the chunks received so far.
+func (rx *receiver) point() syncPoint { return syncPoint{offset: rx.next, stack: rx.stack} }
 
 // run reads frames until the trailer commits the file or the session
 // breaks. On every exit path the verified data is made durable first.
 func (rx *receiver) run() error {
-	// The catch-up goroutine reads the partial, which is closed once run
-	// returns: stop it and wait for it (Sum returns when it has ended).
-	defer func() {
-		if rx.stopCatchUp != nil {
-			rx.stopCatchUp()
-			_, _ = rx.whole.Sum(context.Background(), 0) // only waits; the transfer has ended
-		}
-	}()
 	err := rx.loop()
 	if err != nil {
 		if !errors.Is(err, errReoffered) {
@@ -444,7 +444,7 @@ func (rx *receiver) run() error {
 			rx.failed.Store(true)
 			_ = rx.ss.conn.SetWriteDeadline(time.Now()) // fails only once closed: nothing to cut
 		}
-		if ferr := rx.sync.flush(rx.tail); ferr != nil {
+		if ferr := rx.sync.flush(rx.point()); ferr != nil {
 			rx.ss.log.Error("fsync after interruption", "err", ferr)
 		}
 	}
@@ -550,10 +550,10 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 		}
 		return fmt.Errorf("%w: chunk at offset %d, expected %d", transfer.ErrProtocol, c.Offset, rx.next)
 	}
-	if n == 0 || c.Offset+n > rx.o.Size {
-		return fmt.Errorf("%w: chunk [%d,+%d) outside file of %d bytes", transfer.ErrProtocol, c.Offset, n, rx.o.Size)
+	if cs := int64(rx.stack.ChunkSize()); n != min(cs, rx.o.Size-c.Offset) {
+		return fmt.Errorf("%w: chunk [%d,+%d) of a file of %d bytes in %d-byte chunks", transfer.ErrProtocol, c.Offset, n, rx.o.Size, cs)
 	}
-	if !c.Verify() {
+	if !c.Verify(rx.o.Size) {
 		rx.bad++
 		rx.ss.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
 		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
@@ -569,15 +569,16 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	if err := rx.sync.failed(); err != nil {
 		return storageError("fsync", err)
 	}
-	rx.whole.Write(c.Offset, c.Data)
+	if err := rx.stack.Push(transfer.CV(c.Hash), n); err != nil {
+		return fmt.Errorf("%w: %v", transfer.ErrInternal, err)
+	}
 	rx.next += n
 	// The bytes now occupy disk, so free space reflects them: stop
 	// promising them too.
 	rx.res.consume(n)
-	rx.tail = syncPoint{offset: rx.next, tailOffset: c.Offset, tailHash: c.Hash}
 	cfg := &rx.ss.srv.cfg
 	if rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval {
-		rx.sync.request(rx.tail)
+		rx.sync.request(rx.point())
 		rx.lastSync = time.Now()
 	}
 	return nil
@@ -588,17 +589,21 @@ func (rx *receiver) commit(t *transfer.Trailer) error {
 	if rx.next != rx.o.Size {
 		return fmt.Errorf("%w: trailer at offset %d of %d", transfer.ErrProtocol, rx.next, rx.o.Size)
 	}
-	if err := rx.sync.flush(rx.tail); err != nil {
+	if err := rx.sync.flush(rx.point()); err != nil {
 		return storageError("fsync", err)
 	}
-	h, err := rx.whole.Sum(rx.ss.srv.ctx, rx.o.Size)
+	h, err := rx.stack.Sum(rx.o.Size)
 	if err != nil {
-		return storageError("whole-file hash", err)
+		return fmt.Errorf("%w: whole-file hash: %v", transfer.ErrInternal, err)
 	}
 	if h != t.Hash {
 		// Every chunk verified, yet the whole does not: the stored prefix
 		// is not what was sent. Start the next attempt from zero.
-		if err := rx.p.Sync(0, 0, transfer.Hash{}); err != nil {
+		empty, err := transfer.NewMergeStack(rx.stack.ChunkSize())
+		if err == nil {
+			err = rx.p.Sync(empty)
+		}
+		if err != nil {
 			rx.ss.log.Error("resetting partial", "err", err)
 		}
 		return fmt.Errorf("%w: whole-file BLAKE3 %x, sender's %x", transfer.ErrIntegrity, h, t.Hash)

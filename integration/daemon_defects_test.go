@@ -38,7 +38,7 @@ func dialRaw(t *testing.T, addr, from string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(helloFrame(1)); err != nil {
+	if _, err := c.Write(helloFrame(2)); err != nil {
 		t.Fatal(err)
 	}
 	return &rawConn{t, c}

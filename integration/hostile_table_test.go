@@ -326,7 +326,7 @@ func TestHostileThousandSlowConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hello := helloFrame(1)
+	hello := helloFrame(2)
 	type slow struct {
 		conn net.Conn
 		kind string

@@ -13,8 +13,9 @@ import (
 
 // ClientOptions configure a sender session. The zero value is usable.
 type ClientOptions struct {
-	// ChunkSize is the chunk size in bytes proposed in the Hello; the
-	// daemon may lower it. Defaults to DefaultChunkSize.
+	// ChunkSize is the chunk size in bytes proposed in the Hello, a power
+	// of two from MinChunkSize to MaxChunkSize; the daemon may lower it.
+	// Defaults to DefaultChunkSize.
 	ChunkSize int
 	// Agent names the sending software in the Hello, for the daemon's logs.
 	Agent string
@@ -29,9 +30,10 @@ type ClientOptions struct {
 
 // RehashRate is the slowest rate, in bytes per second, at which the sender
 // assumes a daemon re-reads data to hash it: after the Trailer of a
-// transfer accepted at durable offset D (an already committed file, or a
-// resume whose prefix the daemon hashes again), the wait for Committed
-// may last Timeout + D/RehashRate.
+// transfer accepted as already committed (AcceptCommitted), which the
+// daemon hashes again, the wait for Committed may last Timeout +
+// size/RehashRate. A resumed partial needs no such wait: the daemon keeps
+// its merge stack.
 const RehashRate = 64 << 20
 
 // Client is the sending end of one session. Transfers on a Client run one
@@ -48,15 +50,16 @@ type Client struct {
 // It returns an error wrapping ErrVersion if the daemon speaks another
 // major version, or the daemon's *RemoteError if it refuses the session.
 // It returns an error wrapping ErrNotFerry if the peer answers with bytes
-// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is out of
-// range. If ctx ends during the handshake, rwc is closed.
+// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is not a
+// power of two from MinChunkSize to MaxChunkSize. If ctx ends during the
+// handshake, rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
 	cs := opts.ChunkSize
 	if cs == 0 {
 		cs = DefaultChunkSize
 	}
-	if cs < MinChunkSize || cs > MaxChunkSize {
-		return nil, fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, cs, MinChunkSize, MaxChunkSize)
+	if err := CheckChunkSize(cs); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	rwc = withDeadlines(rwc, opts.Timeout)
 	stop := closeOnCancel(ctx, rwc)
@@ -206,7 +209,7 @@ func (c *Client) send(ctx context.Context, src Source, name string, opts SendOpt
 	}
 	res.ResumedFrom = acc.DurableOffset
 	c.streaming = true
-	s := newStream(ctx, c, src, acc.DurableOffset, opts)
+	s := newStream(ctx, c, src, acc, opts)
 	s.progress.Restarted = res.Restarted
 	res.SentBytes, res.Hash, err = s.run()
 	res.DurableOffset = s.progress.DurableOffset
@@ -231,6 +234,12 @@ func (c *Client) offer(o *Offer) (*Accept, error) {
 		if m.DurableOffset > o.Size {
 			return nil, fmt.Errorf("%w: accepted at %d beyond size %d", ErrProtocol, m.DurableOffset, o.Size)
 		}
+		if int(m.ChunkSize) > c.chunkSize {
+			return nil, fmt.Errorf("%w: accepted with chunk size %d above the session's %d", ErrProtocol, m.ChunkSize, c.chunkSize)
+		}
+		if m.DurableOffset < o.Size && m.DurableOffset%int64(m.ChunkSize) != 0 {
+			return nil, fmt.Errorf("%w: accepted at %d, not a multiple of chunk size %d", ErrProtocol, m.DurableOffset, m.ChunkSize)
+		}
 		return m, nil
 	case *RemoteError:
 		return nil, m
@@ -249,7 +258,11 @@ func (c *Client) tailMatches(src Source, acc *Accept) (bool, error) {
 	if err := src.readFull(buf, acc.TailOffset); err != nil {
 		return false, err
 	}
-	return HashBytes(buf) == acc.TailHash, nil
+	h, err := ChunkHash(buf, acc.TailOffset, src.Size)
+	if err != nil {
+		return false, err
+	}
+	return h == acc.TailHash, nil
 }
 
 // ctxErr prefers ctx's error over the I/O error that closing the
@@ -261,17 +274,20 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// stream sends one transfer's chunks from a start offset: a producer
-// goroutine reads and hashes chunks ahead of the writer, a reader goroutine
-// takes the daemon's acks and nacks, and run (the writer) puts chunks on the
-// wire and rewinds the producer when a chunk is rejected (go-back-N).
+// stream sends one transfer's chunks from a start offset: HashChunks reads
+// and hashes chunks on several goroutines ahead of the writer, a reader
+// goroutine takes the daemon's acks and nacks, and run (the writer) puts
+// chunks on the wire in order and starts again from a rejected chunk
+// (go-back-N). The chunk chaining values build the whole-file hash
+// (wholeHash).
 type stream struct {
 	ctx       context.Context
 	c         *Client
 	src       Source
 	opts      SendOptions
-	pool      *BufferPool
-	whole     *StreamHasher
+	chunkSize int  // this transfer's, from the Accept
+	rehash    bool // the daemon re-hashes the file before Committed (AcceptCommitted)
+	whole     *wholeHash
 	inbox     chan Message
 	readErr   chan error
 	progress  Progress
@@ -279,24 +295,18 @@ type stream struct {
 	sentBytes int64
 }
 
-func newStream(ctx context.Context, c *Client, src Source, start int64, opts SendOptions) *stream {
+func newStream(ctx context.Context, c *Client, src Source, acc *Accept, opts SendOptions) *stream {
+	start := acc.DurableOffset
 	s := &stream{
 		ctx: ctx, c: c, src: src, opts: opts,
-		pool:     NewBufferPool(c.chunkSize),
-		whole:    NewStreamHasher(),
-		inbox:    make(chan Message, 16),
-		readErr:  make(chan error, 1),
-		progress: Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
-		nacks:    make(map[int64]int),
+		chunkSize: int(acc.ChunkSize),
+		rehash:    acc.Flags&AcceptCommitted != 0,
+		inbox:     make(chan Message, 16),
+		readErr:   make(chan error, 1),
+		progress:  Progress{Size: src.Size, ResumedFrom: start, Sent: start, DurableOffset: start},
+		nacks:     make(map[int64]int),
 	}
 	return s
-}
-
-// chunkItem is a chunk read and hashed by the producer; buf returns to the pool.
-type chunkItem struct {
-	chunk Chunk
-	buf   *[]byte
-	err   error
 }
 
 func (s *stream) run() (sent int64, h Hash, err error) {
@@ -308,10 +318,14 @@ func (s *stream) run() (sent int64, h Hash, err error) {
 		s.readLoop(ctx)
 	}()
 	off := s.progress.ResumedFrom
-	if off > 0 {
-		// Hash the prefix the daemon already has while chunks past it
-		// go out; cancelled with this attempt, not left re-reading.
-		s.whole.CatchUp(ctx, s.src.R, off)
+	// Hash the prefix the daemon already has while chunks past it go
+	// out; cancelled with this attempt, not left re-reading.
+	s.whole, err = newWholeHash(ctx, sourceReader{s.src}, off, s.src.Size, s.chunkSize)
+	if err != nil {
+		cancel()
+		_ = s.c.rwc.Close() // unblocks the reader; err is the one to report
+		wg.Wait()
+		return 0, Hash{}, err
 	}
 	defer func() {
 		// Join every goroutine of the transfer before returning. After
@@ -323,9 +337,7 @@ func (s *stream) run() (sent int64, h Hash, err error) {
 			_ = s.c.rwc.Close() // unblocks the reader; err is the one to report
 		}
 		wg.Wait()
-		if s.whole.done != nil {
-			<-s.whole.done
-		}
+		s.whole.wait()
 	}()
 	for {
 		err := s.sendFrom(ctx, off)
@@ -350,85 +362,55 @@ type nackError struct{ offset int64 }
 
 func (e *nackError) Error() string { return fmt.Sprintf("chunk at offset %d rejected", e.offset) }
 
-// sendFrom writes chunks from off to the end of the file. It returns a
-// *nackError when the daemon rejected a chunk meanwhile.
+// sendFrom writes chunks from off to the end of the file, hashed on
+// HashWorkers goroutines ahead of the socket (HashChunks), with at most
+// HashWorkers+1 chunk buffers. Between chunks it handles what the daemon sent. It
+// returns a *nackError when the daemon rejected a chunk meanwhile.
 func (s *stream) sendFrom(ctx context.Context, off int64) error {
-	pctx, stop := context.WithCancel(ctx)
-	items := make(chan chunkItem, 4)
-	go s.produce(pctx, off, items)
-	defer func() {
-		stop()
-		for it := range items { // the producer closes items on every exit
-			if it.buf != nil {
-				s.pool.Put(it.buf)
-			}
+	return HashChunks(ctx, sourceReader{s.src}, off, s.src.Size, s.chunkSize, HashWorkers(s.chunkSize), func(o int64, data []byte, cv CV) error {
+		n := int64(len(data))
+		s.whole.push(o, n, cv)
+		if err := WriteChunk(s.c.rwc, &Chunk{Offset: o, Hash: Hash(cv), Data: data}); err != nil {
+			return s.writeFailed(err)
 		}
-	}()
-	for {
-		select {
-		case it, ok := <-items:
-			if !ok {
+		s.sentBytes += n
+		s.progress.Sent = o + n
+		s.report()
+		for {
+			select {
+			case m := <-s.inbox:
+				if err := s.handle(m); err != nil {
+					return err
+				}
+			case err := <-s.readErr:
+				s.drainInbox()
+				return err
+			default:
 				return nil
 			}
-			if it.err != nil {
-				return it.err
-			}
-			err := WriteChunk(s.c.rwc, &it.chunk)
-			s.pool.Put(it.buf)
-			if err != nil {
-				return s.writeFailed(err)
-			}
-			s.sentBytes += int64(len(it.chunk.Data))
-			s.progress.Sent = it.chunk.Offset + int64(len(it.chunk.Data))
-			s.report()
-		case m := <-s.inbox:
-			if err := s.handle(m); err != nil {
-				return err
-			}
-		case err := <-s.readErr:
-			s.drainInbox()
-			return err
 		}
-	}
+	})
 }
 
-// produce reads chunks from off into pooled buffers, hashes each one and
-// feeds the whole-file hasher, and closes items when done or cancelled.
-func (s *stream) produce(ctx context.Context, off int64, items chan<- chunkItem) {
-	defer close(items)
-	cs := int64(s.c.chunkSize)
-	for off < s.src.Size {
-		n := min(cs, s.src.Size-off)
-		buf := s.pool.Get()
-		data := (*buf)[:n]
-		it := chunkItem{buf: buf}
-		if err := s.src.readFull(data, off); err != nil {
-			s.pool.Put(buf)
-			it = chunkItem{err: err}
-		} else {
-			it.chunk = Chunk{Offset: off, Hash: HashBytes(data), Data: data}
-			s.whole.Write(off, data)
-		}
-		select {
-		case items <- it:
-		case <-ctx.Done():
-			if it.buf != nil {
-				s.pool.Put(it.buf)
-			}
-			return
-		}
-		if it.err != nil {
-			return
-		}
-		off += n
+// sourceReader reads a Source for HashChunks: a short read means the
+// source shrank (ErrSourceChanged).
+type sourceReader struct{ src Source }
+
+func (r sourceReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.src.readFull(p, off); err != nil {
+		return 0, err
 	}
+	return len(p), nil
 }
 
 // finish sends the trailer and waits for the commit. If the daemon rejects
 // a chunk that was still in flight, it returns done=false and the offset to
 // resend from.
 func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, err error) {
-	h, err = s.whole.Sum(ctx, s.src.Size)
+	if s.whole.done != nil {
+		holdReads(ctx, s.c.rwc, s.whole.done) // the wait is on this side
+	}
+	h, err = s.whole.sum(ctx)
 	if err != nil {
 		return false, h, 0, err
 	}
@@ -441,9 +423,12 @@ func (s *stream) finish(ctx context.Context) (done bool, h Hash, resend int64, e
 			return false, h, 0, fmt.Errorf("%w: modified while it was being sent; the next attempt starts over", ErrSourceChanged)
 		}
 	}
-	// The daemon may re-read the durable prefix to hash it before it
-	// answers (RehashRate); allow for that on top of the timeout.
-	setSlack(s.c.rwc, time.Duration(float64(s.progress.ResumedFrom)/RehashRate*float64(time.Second)))
+	// The daemon re-reads an already committed file to hash it before it
+	// answers (RehashRate); allow for that on top of the timeout. A
+	// partial's hash comes from its merge stack, with no re-read.
+	if s.rehash {
+		setSlack(s.c.rwc, time.Duration(float64(s.src.Size)/RehashRate*float64(time.Second)))
+	}
 	if err := WriteMessage(s.c.rwc, &Trailer{Hash: h}); err != nil {
 		return false, h, 0, s.writeFailed(err)
 	}

@@ -30,8 +30,9 @@
 //
 // # Versions
 //
-// A Hello opens the session in both directions: "FRRY", major (u16),
-// minor (u16), chunk size (u32, MinChunkSize..MaxChunkSize), agent. The
+// A Hello opens the session in both directions: "FRRY", major (u16, 2),
+// minor (u16), chunk size (u32, a power of two from MinChunkSize, 16 KiB,
+// to MaxChunkSize, 16 MiB; anything else is refused), agent. The
 // sender proposes a chunk size and the daemon answers with the size both
 // use, never larger. Bytes 0-7 of a Hello are fixed across versions, and
 // the major version is judged before the rest, so a peer of another major
@@ -43,11 +44,20 @@
 // # Transfers
 //
 // A session carries transfers one after another: Offer (name, size, mode,
-// mtime and the source's identity), Accept (durable offset and the tail
-// chunk's hash, which the sender checks against its file before sending
-// more) or Refuse (a stable Code; see errors.go), pipelined Chunks
+// mtime and the source's identity), Accept (the transfer's chunk size,
+// durable offset and the tail chunk's hash, which the sender checks
+// against its file before sending more) or Refuse (a stable Code; see errors.go), pipelined Chunks
 // answered by Acks of the durable offset and Nacks of rejected chunks
 // (go-back-N), a Trailer with the whole-file BLAKE3, and Committed.
+//
+// # Chunk hashes
+//
+// A chunk's hash is the BLAKE3 chaining value of its subtree at its offset
+// (ChunkHash, ChunkCV; docs/CHUNK-HASH.md): chunk i covers [i·C, (i+1)·C),
+// so a chunk replayed at another offset does not verify, and the
+// whole-file hash, the one b3sum prints, is merged from the chunk values
+// (MergeStack). lukechampine.com/blake3/guts computes chaining values;
+// zeebo/blake3 computes plain digests (HashBytes, HashReader).
 //
 // Refusals arrive as *RemoteError, which matches its sentinel with
 // errors.Is (errors.Is(err, ErrExists)); Retryable says whether a new

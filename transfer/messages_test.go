@@ -29,10 +29,11 @@ func sampleMessages() []struct {
 		{"offer restart", &Offer{Flags: OfferRestart, Size: 0, Mode: 0o7777, MtimeNs: -1, Inode: 1<<64 - 1, Name: "a"}},
 		{"offer max size and name", &Offer{Size: MaxFileSize, Name: strings.Repeat("n", MaxNameLen)}},
 		{"offer invalid UTF-8 name passes the decoder", &Offer{Size: 1, Name: "bad\xffname"}},
-		{"accept fresh", &Accept{}},
-		{"accept resume", &Accept{DurableOffset: 3 << 20, TailOffset: 2 << 20, TailLength: 1 << 20, TailHash: h}},
-		{"accept restarted", &Accept{Flags: AcceptRestarted}},
-		{"accept max tail", &Accept{DurableOffset: MaxFileSize, TailOffset: MaxFileSize - MaxChunkSize, TailLength: MaxChunkSize, TailHash: h}},
+		{"accept fresh", &Accept{ChunkSize: DefaultChunkSize}},
+		{"accept resume", &Accept{ChunkSize: 1 << 20, DurableOffset: 3 << 20, TailOffset: 2 << 20, TailLength: 1 << 20, TailHash: h}},
+		{"accept restarted", &Accept{Flags: AcceptRestarted, ChunkSize: MinChunkSize}},
+		{"accept max tail", &Accept{ChunkSize: MaxChunkSize, DurableOffset: MaxFileSize, TailOffset: MaxFileSize - MaxChunkSize, TailLength: MaxChunkSize, TailHash: h}},
+		{"accept short tail", &Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 1, TailOffset: MinChunkSize, TailLength: 1, TailHash: h}},
 		{"refuse", &RemoteError{Code: CodeExists, Message: `file exists: "a" is already on the daemon`}},
 		{"refuse unknown code, empty message", &RemoteError{Code: 999}},
 		{"refuse longest message", &RemoteError{Code: CodeBadName, Message: strings.Repeat("é", maxMessage/2)}},
@@ -93,13 +94,13 @@ func TestMessageLayout(t *testing.T) {
 		msg  Message
 		want []byte
 	}{
-		{"hello", &Hello{Major: 1, Minor: 2, ChunkSize: 0x00100000, Agent: "ab"},
-			[]byte{'F', 'R', 'R', 'Y', 0, 1, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b'}},
+		{"hello", &Hello{Major: 2, Minor: 2, ChunkSize: 0x00100000, Agent: "ab"},
+			[]byte{'F', 'R', 'R', 'Y', 0, 2, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b'}},
 		{"offer", &Offer{Flags: 1, Size: 0x0102, Mode: 0o644, MtimeNs: 0x0304, Inode: 0x0506, PrefixID: h, Name: "x"},
 			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 1, 0xa4},
 				[]byte{0, 0, 0, 0, 0, 0, 3, 4}, []byte{0, 0, 0, 0, 0, 0, 5, 6}, h[:], []byte{0, 1, 'x'})},
-		{"accept", &Accept{Flags: 1, DurableOffset: 0x30, TailOffset: 0x10, TailLength: 0x20, TailHash: h},
-			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 0x30}, []byte{0, 0, 0, 0, 0, 0, 0, 0x10}, []byte{0, 0, 0, 0x20}, h[:])},
+		{"accept", &Accept{Flags: 1, ChunkSize: 0x4000, DurableOffset: 0x4020, TailOffset: 0x4000, TailLength: 0x20, TailHash: h},
+			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0x40, 0}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0x20}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0}, []byte{0, 0, 0, 0x20}, h[:])},
 		{"refuse", &RemoteError{Code: CodeBusy, Message: "m"}, []byte{0, 7, 0, 1, 'm'}},
 		{"ack", &Ack{DurableOffset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
 		{"nack", &Nack{Offset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
@@ -137,7 +138,7 @@ func put(p []byte, off int, v any) []byte {
 func TestDecodeMessageRejects(t *testing.T) {
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
 	offer := EncodeMessage(&Offer{Size: 10, Mode: 0o644, Name: "f"})
-	accept := EncodeMessage(&Accept{DurableOffset: 100, TailOffset: 60, TailLength: 40})
+	accept := EncodeMessage(&Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40})
 	refuse := EncodeMessage(&RemoteError{Code: CodeExists, Message: "m"})
 	type tc struct {
 		name    string
@@ -150,13 +151,16 @@ func TestDecodeMessageRejects(t *testing.T) {
 		// Hello.
 		{"hello bad magic", FrameHello, cat([]byte("HTTP"), hello[4:]), ErrProtocol, "bad magic"},
 		{"hello TLS record", FrameHello, []byte{0x16, 0x03, 0x01, 0x02, 0, 1, 0, 0, 0, 0x10, 0, 0, 0, 0}, ErrProtocol, "not a ferry peer"},
-		{"hello major 2", FrameHello, put(hello, 4, uint16(2)), ErrVersion, "v2.0"},
+		{"hello major 1", FrameHello, put(hello, 4, uint16(1)), ErrVersion, "v1.0"},
+		{"hello major 1 with a 4 KiB chunk", FrameHello, put(put(hello, 4, uint16(1)), 8, uint32(4096)), ErrVersion, "v1.0"},
+		{"hello major 3", FrameHello, put(hello, 4, uint16(3)), ErrVersion, "v3.0"},
 		{"hello major 0", FrameHello, put(hello, 4, uint16(0)), ErrVersion, "v0.0"},
-		{"hello major 2 with another layout", FrameHello, cat(hello[:4], []byte{0, 2, 0, 5}), ErrVersion, "v2.5"},
-		{"hello major 2 with a longer layout", FrameHello, cat(put(hello, 4, uint16(2)), []byte("new fields")), ErrVersion, "v2.0"},
-		{"hello chunk size below min", FrameHello, put(hello, 8, uint32(MinChunkSize-1)), ErrProtocol, "chunk size"},
+		{"hello major 3 with another layout", FrameHello, cat(hello[:4], []byte{0, 3, 0, 5}), ErrVersion, "v3.5"},
+		{"hello major 3 with a longer layout", FrameHello, cat(put(hello, 4, uint16(3)), []byte("new fields")), ErrVersion, "v3.0"},
+		{"hello chunk size below min", FrameHello, put(hello, 8, uint32(MinChunkSize/2)), ErrProtocol, "chunk size"},
+		{"hello chunk size not a power of two", FrameHello, put(hello, 8, uint32(MinChunkSize+4096)), ErrProtocol, "not a power of two"},
 		{"hello chunk size zero", FrameHello, put(hello, 8, uint32(0)), ErrProtocol, "chunk size"},
-		{"hello chunk size above max", FrameHello, put(hello, 8, uint32(MaxChunkSize+1)), ErrProtocol, "chunk size"},
+		{"hello chunk size above max", FrameHello, put(hello, 8, uint32(2*MaxChunkSize)), ErrProtocol, "chunk size"},
 		{"hello agent too long", FrameHello, cat(hello[:12], []byte{1, 1}, bytes.Repeat([]byte("a"), maxAgent+1)), ErrProtocol, "above 256"},
 		{"hello agent invalid UTF-8", FrameHello, cat(hello[:12], []byte{0, 2, 0xc3, 0x28}), ErrProtocol, "UTF-8"},
 		{"hello agent length beyond payload", FrameHello, cat(hello[:12], []byte{0, 9, 'a'}), ErrProtocol, "too short"},
@@ -174,13 +178,19 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"offer short", FrameOffer, offer[:63], ErrProtocol, "too short"},
 		{"offer trailing byte", FrameOffer, cat(offer, []byte{0}), ErrProtocol, "trailing"},
 		// Accept.
-		{"accept tail does not end at durable offset", FrameAccept, put(accept, 12, uint64(50)), ErrProtocol, "does not end"},
-		{"accept tail past durable offset", FrameAccept, put(accept, 20, uint32(41)), ErrProtocol, "does not end"},
-		{"accept tail longer than max chunk", FrameAccept,
-			put(put(put(accept, 4, uint64(2*MaxChunkSize)), 12, uint64(MaxChunkSize-1)), 20, uint32(MaxChunkSize+1)), ErrProtocol, "tail length"},
-		{"accept durable offset above max", FrameAccept, put(accept, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"accept tail offset above max", FrameAccept, put(accept, 12, uint64(1<<63)), ErrProtocol, "above"},
-		{"accept short", FrameAccept, accept[:55], ErrProtocol, "too short"},
+		{"accept tail does not end at durable offset", FrameAccept, put(accept, 16, uint64(50)), ErrProtocol, "does not end"},
+		{"accept tail past durable offset", FrameAccept, put(accept, 24, uint32(41)), ErrProtocol, "does not end"},
+		{"accept tail longer than the chunk size", FrameAccept,
+			put(put(put(accept, 8, uint64(4*MinChunkSize)), 16, uint64(2*MinChunkSize)), 24, uint32(2*MinChunkSize)), ErrProtocol, "not one chunk"},
+		{"accept tail not at a chunk boundary", FrameAccept,
+			put(put(accept, 16, uint64(MinChunkSize+20)), 24, uint32(20)), ErrProtocol, "not one chunk"},
+		{"accept empty tail at a durable offset", FrameAccept,
+			put(put(accept, 8, uint64(MinChunkSize)), 24, uint32(0)), ErrProtocol, "empty tail"},
+		{"accept chunk size not a power of two", FrameAccept, put(accept, 4, uint32(3*MinChunkSize)), ErrProtocol, "not a power of two"},
+		{"accept chunk size zero", FrameAccept, put(accept, 4, uint32(0)), ErrProtocol, "chunk size"},
+		{"accept durable offset above max", FrameAccept, put(accept, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"accept tail offset above max", FrameAccept, put(accept, 16, uint64(1<<63)), ErrProtocol, "above"},
+		{"accept short", FrameAccept, accept[:59], ErrProtocol, "too short"},
 		{"accept trailing byte", FrameAccept, cat(accept, []byte{0}), ErrProtocol, "trailing"},
 		// Refuse.
 		{"refuse message too long", FrameRefuse, cat([]byte{0, 1, 0x04, 0x01}, bytes.Repeat([]byte("m"), maxMessage+1)), ErrProtocol, "above 1024"},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -35,7 +36,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
-			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, 4KiB..16MiB (the daemon may lower it)"),
+			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, a power of two from 16KiB to 16MiB (the daemon may lower it)"),
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
@@ -74,8 +75,8 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		return nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
 	}
 	cs := sizeflag.Get(c, "chunk-size")
-	if cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return nil, fmt.Errorf("%w: --chunk-size %s is outside %s..%s", errUsage, sizeflag.Format(cs),
+	if cs > math.MaxInt32 || transfer.CheckChunkSize(int(cs)) != nil {
+		return nil, fmt.Errorf("%w: --chunk-size %s is not a power of two from %s to %s", errUsage, sizeflag.Format(cs),
 			sizeflag.Format(transfer.MinChunkSize), sizeflag.Format(transfer.MaxChunkSize))
 	}
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {

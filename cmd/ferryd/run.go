@@ -119,7 +119,7 @@ func flags() []cli.Flag {
 			Usage: "drop a connection that sends no hello for this long"},
 		sizeflag.RateFlag("max-rate", 0, "FERRY_MAX_RATE",
 			"receive at most `RATE` (bytes/s, e.g. 50MiB) on each session (0: no limit)"),
-		sizeflag.Flag("max-chunk-size", 4<<20, "FERRY_MAX_CHUNK_SIZE", "largest chunk `SIZE` agreed with senders (bounds memory per session)"),
+		sizeflag.Flag("max-chunk-size", 4<<20, "FERRY_MAX_CHUNK_SIZE", "largest chunk `SIZE` agreed with senders, rounded down to a power of two (bounds memory per session)"),
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
