@@ -57,6 +57,11 @@ type bench struct {
 	seq           int        // numbers runs, for unique directory and log names
 	background    float64    // CPU busy fraction during the last settle pause
 	rec           recorder
+
+	trees              []*treeSeries  // tree runs, in the order first measured
+	million            *millionResult // nil when not run
+	loadStart, loadEnd string         // /proc/loadavg around the tree runs
+	rssFloor           int64          // peak RSS reported for `true`
 }
 
 func benchmark(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
@@ -66,6 +71,9 @@ func benchmark(ctx context.Context, cfg *config, stdout, stderr io.Writer) error
 	}
 	defer b.cleanup()
 	if err := b.checkSpace(); err != nil {
+		return err
+	}
+	if b.rssFloor, err = rssFloor(ctx, b.work); err != nil {
 		return err
 	}
 	started := time.Now()
@@ -199,8 +207,8 @@ func settle(pause, quietWait time.Duration, stderr io.Writer) float64 {
 	}
 }
 
-// runAll runs the three phases: sizes in interleaved rounds, the sparse
-// file once, and the concurrent senders.
+// runAll runs the phases: sizes in interleaved rounds, the sparse file
+// once, the concurrent senders, and the tree workloads (-trees).
 func (b *bench) runAll(ctx context.Context) error {
 	tools := b.tools()
 	for _, sz := range b.cfg.sizes {
@@ -225,9 +233,11 @@ func (b *bench) runAll(ctx context.Context) error {
 		_ = os.Remove(src.path) // best effort: the run cleans b.work up
 	}
 	if b.cfg.concurrent > 0 && slices.Contains(tools, "ferry") {
-		return b.runConcurrent(ctx)
+		if err := b.runConcurrent(ctx); err != nil {
+			return err
+		}
 	}
-	return nil
+	return b.runTrees(ctx)
 }
 
 // tools returns the tools to run, in round order.
@@ -326,3 +336,14 @@ func (b *bench) runTool(ctx context.Context, tool string, j job) (sample, error)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// rssFloor returns the peak RSS reported for `true`: the least any child
+// can report (see proc).
+func rssFloor(ctx context.Context, work string) (int64, error) {
+	p, err := startProc(ctx, filepath.Join(work, "logs", "true.log"), "true")
+	if err != nil {
+		return 0, err
+	}
+	u, err := p.wait()
+	return u.maxRSS, err
+}

@@ -4,8 +4,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/ferry-dev/ferry/transfer"
 )
@@ -99,5 +107,128 @@ func TestRelayWatchNoChunk(t *testing.T) {
 	}
 	if !r.FirstChunk().IsZero() {
 		t.Error("first chunk timestamped without a chunk")
+	}
+}
+
+func TestMain(m *testing.M) {
+	// Children started by startProc run under this binary's rusage-exec,
+	// as they do under ferrybench's.
+	if len(os.Args) > 1 && os.Args[1] == rusageExecCmd {
+		os.Exit(rusageExec(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestChildRSSExcludesParent guards against reporting the benchmark's own
+// peak RSS as a child's: Linux carries the peak of the memory a child was
+// cloned with over its exec, and Go clones children sharing the parent's
+// memory, so wait4 on a direct child reports at least the parent's peak.
+func TestChildRSSExcludesParent(t *testing.T) {
+	ballast := make([]byte, 128<<20)
+	for i := 0; i < len(ballast); i += 4096 {
+		ballast[i] = 1
+	}
+	p, err := startProc(context.Background(), filepath.Join(t.TempDir(), "true.log"), "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := p.wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.KeepAlive(ballast)
+	if u.maxRSS <= 0 || u.maxRSS > 64<<20 {
+		t.Errorf("peak RSS of true = %d MiB, want above 0 and well below the parent's 128 MiB", u.maxRSS>>20)
+	}
+}
+
+// TestRusageExecSignal checks that a daemon stopped with SIGTERM through
+// the wrapper ends by that signal (stop counts that as a clean stop) and
+// still reports its usage.
+func TestRusageExecSignal(t *testing.T) {
+	p, err := startProc(context.Background(), filepath.Join(t.TempDir(), "sleep.log"), "sleep", "60")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the wrapper start sleep; a stop before that is also handled
+	u, err := p.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.maxRSS <= 0 {
+		t.Errorf("no usage reported for the stopped child")
+	}
+}
+
+// TestDelayPipe checks that the delaying relay keeps the order of the
+// bytes and holds them for the delay.
+func TestDelayPipe(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(c, c)
+		_ = c.Close()
+	}()
+	const delay = 50 * time.Millisecond
+	r, err := startDelayRelay(echo.Addr().String(), delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", r.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	start := time.Now()
+	for i := range 2000 {
+		fmt.Fprintf(&want, "%d,", i)
+	}
+	go func() {
+		for _, b := range bytes.SplitAfter(want.Bytes(), []byte(",")) {
+			_, _ = c.Write(b)
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 2*delay {
+		t.Errorf("round trip took %v, want at least %v", el, 2*delay)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("relayed %d bytes, not the %d sent in order", len(got), want.Len())
+	}
+	_ = c.Close()
+	if err := r.Close(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestChildPID checks that the million run samples the program a wrapper
+// runs, not the wrapper.
+func TestChildPID(t *testing.T) {
+	p, err := startProc(context.Background(), filepath.Join(t.TempDir(), "sleep.log"), "sleep", "30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop() //nolint:errcheck // only ends the sleep
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", childPID(p.cmd.Process.Pid)))
+		if string(bytes.TrimSpace(comm)) == "sleep" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("childPID of the wrapper names %q, want sleep", comm)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

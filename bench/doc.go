@@ -59,11 +59,18 @@
 // one does, which says nothing about the daemon.
 //
 // CPU is user+sys seconds and peak RSS is ru_maxrss, both from the
-// rusage wait4(2) returns for each child. Daemons are stopped with SIGTERM
-// after each run to collect theirs; wait4 includes the children a process
-// has reaped, which matters for rsync (its daemon forks per connection and
-// the receiver forks again). With several senders their CPU is summed and
-// their peak RSS is the largest.
+// rusage wait4(2) returns for each child. Every child runs under
+// `ferrybench rusage-exec`, a small wrapper that waits for it and reports
+// its rusage: wait4 on a direct child of the benchmark would report at
+// least the benchmark's own peak RSS, because Linux carries the peak of the
+// memory a process was cloned with over its exec, and Go clones sharing the
+// parent's memory. The wrapper's own peak (about 6 MiB) is still counted;
+// the results give it as settings.rss_floor_bytes, and a figure at the
+// floor means "at most this". Daemons are stopped with SIGTERM (the
+// wrapper passes it on) after each run to collect theirs; wait4 includes
+// the children a process has reaped, which matters for rsync (its daemon
+// forks per connection and the receiver forks again). With several senders
+// their CPU is summed and their peak RSS is the largest.
 //
 // # First chunk on the wire
 //
@@ -78,6 +85,66 @@
 // in the timed rounds. The 16 GiB sparse file, whose run exists for first
 // chunk and memory, always goes through it. For raw, the receiver reports
 // when its first read returned; rsync's first byte is not measured.
+//
+// # Trees (issue 9)
+//
+// `-trees LIST` (or `make bench-trees`, which runs only these, into
+// bench/results-trees.json) adds directory trees, run after the sizes:
+//
+//   - small: -tree-files (20,000) files of 4 KiB in -tree-dirs (100)
+//     directories;
+//   - gosrc: a copy of `$(go env GOROOT)/src` (about 11,500 files, 120 MiB),
+//     regular files only, as ferry skips symlinks;
+//   - resend: the small tree sent again onto the complete copy the small
+//     run just made (a new daemon on the same root): ferry's second send,
+//     rsync's no-op re-run;
+//   - rtt: -rtt-files (500) files of 4 KiB through a relay in the benchmark
+//     that holds every byte -rtt-delay (25 ms) in each direction, in order
+//     (50 ms more per round trip), for ferry and rsync alike;
+//   - million: ferry only, -million-files (1,000,000) empty files in
+//     1,000-file directories on -million-dir (/dev/shm), daemon root there
+//     too; the sender is stopped with SIGTERM after -million-time (3m) if
+//     not done, and the run reports how many files were committed, sender
+//     and daemon peak RSS, and the sender's VmHWM every 10 s.
+//
+// Each round runs every workload with every tool in turn, each to a fresh
+// destination after sync(2) and the pause: ferry (`ferry send --json` of
+// the directory to a fresh ferryd), rsync (`rsync -a --stats DIR
+// rsync://.../bench/` to a fresh rsync daemon) and rsync-fsync (the same
+// with --fsync, the durable reference; an rsync without --fsync gets
+// `sync -f` on the destination inside the clock). Each result is checked:
+// ferry's records must all be committed and add up to the tree's files and
+// bytes, rsync's destination must hold them. The table gives medians, the
+// rounds' raw times, and the ratios of ferry's wall time to each rsync
+// form's in the same round (median over rounds), so that a round slowed by
+// other processes on the machine slows both sides of its ratio. Bytes sent
+// are ferry's sent_bytes summed over the records (chunk data only, no
+// framing) and rsync's "Total bytes sent" (everything it wrote). The load
+// average before and after the tree runs is recorded too.
+//
+// # Fsync strategies for group commit
+//
+// `ferrybench fsync` (or `make bench-fsync`, flags in FSYNCFLAGS) times
+// ways to make N files of 4 KiB durable, as issue 9's group commit must:
+// for each N in -n (100,1000,5000), on each file system of -dirs (the
+// working directory's and $TMPDIR's, once per file system), it writes N
+// files round-robin into -d (10) new directories after a sync(2), keeps
+// them open, and times one strategy:
+//
+//   - seq-fsync, seq-fdatasync: one call per file in turn;
+//   - parK-fsync, parK-fdatasync: the same from K = 2, 4, 8, 16 goroutines;
+//   - sfr+seq-fsync, sfr+par8-fsync: sync_file_range(SYNC_FILE_RANGE_WRITE)
+//     on every file first, then fsync each;
+//   - syncfs: one syncfs(2) on the file system, which also covers the
+//     directories;
+//   - syncfs+bg-dd, par8-fsync+bg-dd: the same while `dd` writes a 1 GiB
+//     file to the same file system (started 1 s before), to show that
+//     syncfs waits for everything dirty on the file system, not just ours.
+//
+// All but syncfs then fsync each directory once; that time is its own
+// column. Strategies interleave within each of -reps (3) repetitions;
+// figures are medians, per file and as a ratio to seq-fsync. Results go to
+// bench/fsync.json (-out).
 //
 // # Profiling
 //

@@ -27,10 +27,14 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 1 {
 		switch args[1] {
+		case rusageExecCmd:
+			return rusageExec(args[2:])
 		case "raw-send":
 			return exitCode(stderr, rawSend(ctx, args[2:]))
 		case "raw-recv":
 			return exitCode(stderr, rawRecv(ctx, args[2:], stdout, stderr))
+		case "fsync":
+			return exitCode(stderr, fsyncBench(ctx, args[2:], stdout, stderr))
 		}
 	}
 	cfg, err := parseFlags(args, stderr)
@@ -42,6 +46,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.profile {
 		return exitCode(stderr, profile(ctx, cfg, stdout, stderr))
+	}
+	if cfg.restart {
+		return exitCode(stderr, restartRead(ctx, cfg, stdout, stderr))
 	}
 	return exitCode(stderr, benchmark(ctx, cfg, stdout, stderr))
 }
@@ -71,9 +78,21 @@ type config struct {
 	syncBytes      int64  // ferryd --sync-bytes; 0 keeps its default
 	syncInterval   time.Duration
 
+	trees        []string      // tree workloads (allTrees), in rounds after the sizes
+	treeFiles    int           // files of 4 KiB in the small tree
+	treeDirs     int           // directories they are spread over
+	rttFiles     int           // files of 4 KiB in the rtt tree
+	rttDelay     time.Duration // one-way delay of the rtt relay
+	millionFiles int           // empty files in the million run
+	millionDir   string        // where the million run's files go (tmpfs)
+	millionTime  time.Duration // the million run's sender is stopped after this
+
 	profile     bool
 	profileSize size
 	cpuProfile  string
+
+	restart     bool
+	restartSize size
 }
 
 // allTools lists the tools in the order they run within a round.
@@ -83,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet(filepath.Base(args[0]), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &config{}
-	var sizes, sparse, concSize, tools, syncBytes, profSize string
+	var sizes, sparse, concSize, tools, syncBytes, profSize, trees string
 	fs.StringVar(&sizes, "sizes", "100M,1G", "comma-separated `LIST` of random file sizes (K, M, G, T: binary units)")
 	fs.StringVar(&sparse, "sparse", "16G", "size of the sparse file sent once for first chunk and memory; 0 skips")
 	fs.IntVar(&cfg.concurrent, "concurrent", 8, "number of concurrent ferry senders to one daemon; 0 skips")
@@ -98,15 +117,34 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
 	fs.StringVar(&syncBytes, "sync-bytes", "0", "ferryd --sync-bytes; 0 keeps ferryd's default")
 	fs.DurationVar(&cfg.syncInterval, "sync-interval", 0, "ferryd --sync-interval; 0 keeps ferryd's default")
+	fs.StringVar(&trees, "trees", "", "comma-separated `LIST` of tree workloads to run after the sizes ("+strings.Join(allTrees, ", ")+", or all)")
+	fs.IntVar(&cfg.treeFiles, "tree-files", 20000, "files of 4 KiB in the small tree")
+	fs.IntVar(&cfg.treeDirs, "tree-dirs", 100, "directories the small tree's files are spread over")
+	fs.IntVar(&cfg.rttFiles, "rtt-files", 500, "files of 4 KiB in the rtt tree")
+	fs.DurationVar(&cfg.rttDelay, "rtt-delay", 25*time.Millisecond, "delay the rtt relay adds to each direction")
+	fs.IntVar(&cfg.millionFiles, "million-files", 1000000, "empty files in the million run")
+	fs.StringVar(&cfg.millionDir, "million-dir", "/dev/shm", "directory (tmpfs) for the million run's source and daemon root")
+	fs.DurationVar(&cfg.millionTime, "million-time", 3*time.Minute, "stop the million run's sender after this long; its peak RSS so far counts")
 	fs.BoolVar(&cfg.profile, "profile", false, "instead of the benchmark, profile one in-process transfer")
 	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
+	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
+	var restartSize string
+	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")
 	if err := fs.Parse(args[1:]); err != nil {
 		return nil, err
 	}
 	err := cfg.parseValues(sizes, sparse, concSize, tools, syncBytes, profSize)
+	if err == nil {
+		if cfg.restartSize, err = parseSize(restartSize); err != nil {
+			err = fmt.Errorf("-restart-size: %w", err)
+		}
+	}
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err == nil {
+		err = cfg.parseTrees(trees)
 	}
 	if err == nil && cfg.rounds < 1 {
 		err = errors.New("-rounds must be at least 1")
@@ -143,6 +181,27 @@ func (cfg *config) parseValues(sizes, sparse, concSize, tools, syncBytes, profSi
 			return fmt.Errorf("-tools: unknown tool %q (want %s)", t, strings.Join(allTools, ", "))
 		}
 		cfg.tools = append(cfg.tools, t)
+	}
+	return nil
+}
+
+func (cfg *config) parseTrees(list string) error {
+	for _, t := range strings.Split(list, ",") {
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+		case t == "all":
+			cfg.trees = slices.Clone(allTrees)
+		case slices.Contains(allTrees, t):
+			if !slices.Contains(cfg.trees, t) {
+				cfg.trees = append(cfg.trees, t)
+			}
+		default:
+			return fmt.Errorf("-trees: unknown workload %q (want %s, or all)", t, strings.Join(allTrees, ", "))
+		}
+	}
+	if len(cfg.trees) > 0 && (cfg.treeFiles < 1 || cfg.treeDirs < 1 || cfg.rttFiles < 1 || cfg.millionFiles < 1) {
+		return errors.New("-tree-files, -tree-dirs, -rtt-files and -million-files must be at least 1")
 	}
 	return nil
 }

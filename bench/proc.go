@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -29,11 +31,18 @@ func (u usage) add(v usage) usage {
 // pipe, so that a chatty child (or a grandchild that inherits the
 // descriptor, as rsync's do) never blocks on a full pipe nor holds up Wait;
 // its stdout is collected in memory.
+//
+// The child runs under `ferrybench rusage-exec` (see rusageExec), which
+// reports the child's own usage: the rusage wait4 returns for a direct
+// child of this process would count this process's peak RSS as the
+// child's, since Linux carries the peak of the memory a child was cloned
+// with over its exec (and Go clones with CLONE_VM, sharing ours).
 type proc struct {
-	cmd    *exec.Cmd
-	log    string
-	stdout bytes.Buffer
-	ended  time.Time // when Wait returned
+	cmd       *exec.Cmd
+	log       string
+	usageFile string // where the wrapper writes the child's usage
+	stdout    bytes.Buffer
+	ended     time.Time // when Wait returned
 }
 
 // startProc starts name with args, its stderr appended to logPath.
@@ -43,8 +52,14 @@ func startProc(ctx context.Context, logPath, name string, args ...string) (*proc
 		return nil, err
 	}
 	defer logf.Close() //nolint:errcheck // the child has its own copy and writes through it
-	p := &proc{log: logPath}
-	p.cmd = exec.CommandContext(ctx, name, args...)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	p := &proc{log: logPath, usageFile: logPath + ".usage"}
+	_ = os.Remove(p.usageFile) // a stale one from an earlier run; usually absent
+	p.cmd = exec.CommandContext(ctx, self, append([]string{rusageExecCmd, p.usageFile, name}, args...)...)
+	p.cmd.Cancel = func() error { return p.cmd.Process.Signal(syscall.SIGTERM) } // forwarded to the child
 	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = logf
 	p.cmd.WaitDelay = 5 * time.Second
@@ -59,19 +74,25 @@ func startProc(ctx context.Context, logPath, name string, args ...string) (*proc
 func (p *proc) wait() (usage, error) {
 	err := p.cmd.Wait()
 	p.ended = time.Now()
-	u := rusage(p.cmd.ProcessState)
+	u, uerr := readUsage(p.usageFile)
+	if uerr != nil {
+		u = rusage(p.cmd.ProcessState) // the wrapper died first; an upper bound
+	}
 	if err != nil {
-		return u, fmt.Errorf("%s: %w%s", p.cmd.Args[0], err, p.logTail())
+		return u, fmt.Errorf("%s: %w%s", p.name(), err, p.logTail())
 	}
 	return u, nil
 }
+
+// name is the program the wrapper runs.
+func (p *proc) name() string { return p.cmd.Args[2] }
 
 // stop ends a daemon with SIGTERM, as systemd would, and returns its usage;
 // wait4 reports rusage only for a process that has ended. A daemon that has
 // not exited after 30s is killed.
 func (p *proc) stop() (usage, error) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return usage{}, fmt.Errorf("stopping %s: %w", p.cmd.Args[0], err)
+		return usage{}, fmt.Errorf("stopping %s: %w", p.name(), err)
 	}
 	t := time.AfterFunc(30*time.Second, func() { _ = p.cmd.Process.Kill() })
 	defer t.Stop()
@@ -125,4 +146,61 @@ func startListener(ctx context.Context, logPath, name string, args ...string) (*
 	_ = p.cmd.Process.Kill() // then reaped; the timeout is the error
 	_, _ = p.wait()
 	return nil, "", fmt.Errorf("%s logged no msg=listening addr= within 10s%s", name, p.logTail())
+}
+
+// rusageExecCmd is the hidden subcommand that runs every child.
+const rusageExecCmd = "rusage-exec"
+
+// rusageExec is `ferrybench rusage-exec USAGEFILE NAME ARGS...`: it runs
+// NAME with this process's stdin, stdout and stderr, forwards SIGTERM and
+// SIGINT to it, writes its CPU nanoseconds and peak RSS bytes to USAGEFILE
+// when it ends, and then ends the same way (exit code, or the same
+// signal). The child's peak RSS includes at most this small process's
+// own. The child is killed if this process dies first.
+func rusageExec(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: ferrybench rusage-exec USAGEFILE NAME [ARG...]")
+		return 2
+	}
+	runtime.LockOSThread() // Pdeathsig follows the thread that started the child
+	cmd := exec.Command(args[1], args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "ferrybench: %v\n", err)
+		return 127
+	}
+	go func() {
+		for s := range sigs {
+			_ = cmd.Process.Signal(s) // it may have exited already
+		}
+	}()
+	_ = cmd.Wait() // the status is in ProcessState
+	u := rusage(cmd.ProcessState)
+	text := fmt.Sprintf("%d %d\n", u.cpu.Nanoseconds(), u.maxRSS)
+	if err := os.WriteFile(args[0], []byte(text), 0o644); err != nil {
+		fmt.Fprintf(os.Stderr, "ferrybench: %v\n", err)
+	}
+	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		signal.Reset(ws.Signal())
+		_ = syscall.Kill(os.Getpid(), ws.Signal()) // end as the child did
+		time.Sleep(time.Second)                    // the signal is delivered meanwhile
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// readUsage reads what rusageExec wrote.
+func readUsage(path string) (usage, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usage{}, err
+	}
+	var cpu, rss int64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &cpu, &rss); err != nil {
+		return usage{}, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return usage{cpu: time.Duration(cpu), maxRSS: rss}, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,10 +14,13 @@ import (
 
 // relay forwards sessions from senders to a daemon and records when the
 // first chunk frame leaves a sender: the hello and the offer before it are
-// parsed frame by frame, everything after it is copied blind.
+// parsed frame by frame, everything after it is copied blind. A relay with
+// a delay (startDelayRelay) instead parses nothing and holds every byte
+// for that long in each direction, in order, as a long link would.
 type relay struct {
 	ln     net.Listener
 	target string
+	delay  time.Duration // one way; 0 copies at once and watches for the first chunk
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
@@ -31,6 +35,21 @@ func startRelay(target string) (*relay, error) {
 		return nil, err
 	}
 	r := &relay{ln: ln, target: target}
+	r.wg.Add(1)
+	go r.serve()
+	return r, nil
+}
+
+// startDelayRelay listens on a loopback port and forwards to target with
+// delay added to each direction, so that a round trip takes 2*delay more.
+// It works for any protocol (ferry's and rsync's): it records no first
+// chunk.
+func startDelayRelay(target string, delay time.Duration) (*relay, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r := &relay{ln: ln, target: target, delay: delay}
 	r.wg.Add(1)
 	go r.serve()
 	return r, nil
@@ -88,6 +107,12 @@ func (r *relay) forward(sender net.Conn) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	defer daemon.Close() //nolint:errcheck // the pipes report the copy errors
+	if r.delay > 0 {
+		back := make(chan error, 1)
+		go func() { back <- delayPipe(sender, daemon, r.delay) }()
+		err := delayPipe(daemon, sender, r.delay)
+		return errors.Join(err, <-back)
+	}
 	back := make(chan error, 1)
 	go func() { back <- pipe(sender, daemon) }()
 	err = r.watch(daemon, sender)
@@ -140,6 +165,53 @@ func pipe(dst, src net.Conn) error {
 		_ = cw.CloseWrite() // the copy error, if any, is the one to report
 	}
 	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
+
+// delayPipe copies src to dst like pipe, but writes each piece read from
+// src delay after it was read, in the order read. Up to 1024 pieces of at
+// most 64 KiB are in flight; beyond that src is read no faster than dst
+// takes it, like a link whose buffer is full.
+func delayPipe(dst, src net.Conn, delay time.Duration) error {
+	type piece struct {
+		b   []byte
+		due time.Time
+	}
+	pieces := make(chan piece, 1024)
+	var readErr error // written before pieces is closed, read after
+	go func() {
+		defer close(pieces)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				pieces <- piece{buf[:n], time.Now().Add(delay)}
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					readErr = err
+				}
+				return
+			}
+		}
+	}()
+	var writeErr error
+	for p := range pieces {
+		if writeErr != nil {
+			continue // drain, so that the reader ends at the sender's EOF
+		}
+		time.Sleep(time.Until(p.due))
+		if _, err := dst.Write(p.b); err != nil {
+			writeErr = err
+			_ = src.Close() // nothing more can be delivered; end the reader too
+		}
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite() // the copy error, if any, is the one to report
+	}
+	if err := errors.Join(readErr, writeErr); err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("relay: %w", err)
 	}
 	return nil

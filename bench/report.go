@@ -69,6 +69,11 @@ type results struct {
 	Settings settings `json:"settings"`
 	Rows     []row    `json:"rows"`
 	Targets  []target `json:"targets"`
+	// Trees are the -trees workloads; Million the million-file run (null
+	// when not run); Load is /proc/loadavg before and after the tree runs.
+	Trees   []treeRow      `json:"trees"`
+	Million *millionResult `json:"million"`
+	Load    []string       `json:"load"`
 }
 
 type machine struct {
@@ -86,6 +91,11 @@ type settings struct {
 	Rsync            string  `json:"rsync"`
 	RsyncDurability  string  `json:"rsync_durability"`
 	FirstChunkMethod string  `json:"first_chunk_method"`
+	// RSSFloorBytes is the peak RSS reported for `true`: every child runs
+	// under the rusage-exec wrapper, and a child's peak includes the
+	// wrapper's at the time it started the child. A figure at the floor
+	// means "at most this".
+	RSSFloorBytes int64 `json:"rss_floor_bytes"`
 }
 
 // row is one tool on one job. Wall time, CPU and first chunk are medians
@@ -128,15 +138,16 @@ type target struct {
 
 func (b *bench) results(started time.Time) *results {
 	res := &results{
-		Schema:  1,
+		Schema:  2,
 		Commit:  binaryCommit(b.ferry),
 		Date:    started.UTC().Format(time.RFC3339),
 		Machine: thisMachine(),
 		Settings: settings{
-			Rounds:       b.cfg.rounds,
-			PauseSeconds: b.cfg.pause.Seconds(),
-			QuietLimit:   quietLimit,
-			FerrydArgs:   strings.Join(b.ferrydArgs("ROOT"), " "),
+			Rounds:        b.cfg.rounds,
+			PauseSeconds:  b.cfg.pause.Seconds(),
+			QuietLimit:    quietLimit,
+			FerrydArgs:    strings.Join(b.ferrydArgs("ROOT"), " "),
+			RSSFloorBytes: b.rssFloor,
 			FirstChunkMethod: "ferry: a relay in the benchmark timestamps the header of the first chunk frame " +
 				"from the sender, in one extra untimed run per size (the sparse run itself); " +
 				"raw: the receiver's first read",
@@ -153,6 +164,11 @@ func (b *bench) results(started time.Time) *results {
 		res.Rows[i].RatioToRaw = ratioToRaw(res.Rows, &res.Rows[i])
 	}
 	res.Targets = targets(res.Rows)
+	res.Trees = treeRows(b.trees)
+	res.Million = b.million
+	if b.loadStart != "" {
+		res.Load = []string{b.loadStart, b.loadEnd}
+	}
 	return res
 }
 
@@ -287,6 +303,17 @@ func check(name, measured string, met bool) target {
 }
 
 func printTable(w io.Writer, res *results) {
+	if len(res.Rows) > 0 {
+		printSizes(w, res)
+	}
+	printTrees(w, res)
+	if res.Settings.Rsync != "" {
+		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
+	}
+	fmt.Fprintf(w, "peak RSS floor (the measuring wrapper's own, reported for `true`): %.1f MiB\n", float64(res.Settings.RSSFloorBytes)/mib)
+}
+
+func printSizes(w io.Writer, res *results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "tool\tsize\tsenders\truns\twall s\tMiB/s\tx raw\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\tbg cpu %\t")
 	for _, r := range res.Rows {
@@ -307,9 +334,6 @@ func printTable(w io.Writer, res *results) {
 			verdict = "met"
 		}
 		fmt.Fprintf(w, "%-6s %s: %s\n", verdict, t.Name, t.Measured)
-	}
-	if res.Settings.Rsync != "" {
-		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
 	}
 }
 
@@ -379,4 +403,118 @@ func thisMachine() machine {
 		m.Kernel = string(b)
 	}
 	return m
+}
+
+// treeRow is one tool on one tree workload. Wall time, CPU and bytes sent
+// are medians over the rounds, RSS the peak. The ratios are medians of the
+// per-round ratios of wall times (this tool over the rsync form), so that a
+// round slowed by other processes slows both sides of its ratio.
+type treeRow struct {
+	Workload string `json:"workload"`
+	Tool     string `json:"tool"`
+	Files    int    `json:"files"`
+	Bytes    int64  `json:"bytes"`
+	Runs     int    `json:"runs"`
+
+	WallSeconds       float64  `json:"wall_seconds"`
+	MsPerFile         float64  `json:"ms_per_file"`
+	RatioToRsync      *float64 `json:"ratio_to_rsync"`       // over rsync -a, same round
+	RatioToRsyncFsync *float64 `json:"ratio_to_rsync_fsync"` // over rsync -a --fsync, same round
+	// SentBytes: ferry, the sum of the records' sent_bytes (chunk data
+	// only, no framing); rsync, "Total bytes sent" of --stats (all it
+	// wrote to the socket).
+	SentBytes            int64     `json:"sent_bytes"`
+	SenderCPUSeconds     float64   `json:"sender_cpu_seconds"`
+	ReceiverCPUSeconds   float64   `json:"receiver_cpu_seconds"`
+	SenderPeakRSSBytes   int64     `json:"sender_peak_rss_bytes"`
+	ReceiverPeakRSSBytes int64     `json:"receiver_peak_rss_bytes"`
+	BackgroundCPU        float64   `json:"background_cpu"`
+	RoundSeconds         []float64 `json:"round_seconds"`
+}
+
+func treeRows(all []*treeSeries) []treeRow {
+	var rows []treeRow
+	for _, s := range all {
+		r := treeRow{Workload: s.workload, Tool: s.tool, Files: s.files, Bytes: s.bytes, Runs: len(s.samples)}
+		var walls, scpu, rcpu, sent []float64
+		for _, x := range s.samples {
+			walls = append(walls, x.wall.Seconds())
+			scpu = append(scpu, x.sender.cpu.Seconds())
+			rcpu = append(rcpu, x.receiver.cpu.Seconds())
+			sent = append(sent, float64(x.sentBytes))
+			r.SenderPeakRSSBytes = max(r.SenderPeakRSSBytes, x.sender.maxRSS)
+			r.ReceiverPeakRSSBytes = max(r.ReceiverPeakRSSBytes, x.receiver.maxRSS)
+			r.RoundSeconds = append(r.RoundSeconds, round3(x.wall.Seconds()))
+			r.BackgroundCPU = max(r.BackgroundCPU, round3(x.background))
+		}
+		r.WallSeconds = round3(median(walls))
+		r.MsPerFile = round3(1000 * median(walls) / float64(max(s.files, 1)))
+		r.SenderCPUSeconds = round3(median(scpu))
+		r.ReceiverCPUSeconds = round3(median(rcpu))
+		r.SentBytes = int64(median(sent))
+		r.RatioToRsync = roundRatio(s, all, toolRsync)
+		r.RatioToRsyncFsync = roundRatio(s, all, toolRsyncFsync)
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// roundRatio is the median over rounds of s's wall time over the wall time
+// of tool on the same workload in the same round; nil without such pairs.
+func roundRatio(s *treeSeries, all []*treeSeries, tool string) *float64 {
+	var ref *treeSeries
+	for _, o := range all {
+		if o.workload == s.workload && o.tool == tool {
+			ref = o
+		}
+	}
+	if ref == nil {
+		return nil
+	}
+	var ratios []float64
+	for _, x := range s.samples {
+		for _, y := range ref.samples {
+			if x.round == y.round && y.wall > 0 {
+				ratios = append(ratios, x.wall.Seconds()/y.wall.Seconds())
+			}
+		}
+	}
+	if len(ratios) == 0 {
+		return nil
+	}
+	v := round3(median(ratios))
+	return &v
+}
+
+func printTrees(w io.Writer, res *results) {
+	if len(res.Trees) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "tree\ttool\tfiles\tMiB\truns\twall s\tms/file\tx rsync\tx rsync --fsync\tsent bytes\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tbg cpu %\trounds s\t")
+		for _, r := range res.Trees {
+			var rounds []string
+			for _, x := range r.RoundSeconds {
+				rounds = append(rounds, fmt.Sprintf("%.2f", x))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%d\t%.3f\t%.3f\t%s\t%s\t%d\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%s\t\n",
+				r.Workload, r.Tool, r.Files, float64(r.Bytes)/mib, r.Runs, r.WallSeconds, r.MsPerFile,
+				optional(r.RatioToRsync, "%.3f"), optional(r.RatioToRsyncFsync, "%.3f"), r.SentBytes,
+				r.SenderCPUSeconds, r.ReceiverCPUSeconds,
+				float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, 100*r.BackgroundCPU,
+				strings.Join(rounds, " "))
+		}
+		_ = tw.Flush() // to the terminal, like the prints around it
+	}
+	if m := res.Million; m != nil {
+		state := "finished"
+		if !m.Finished {
+			state = fmt.Sprintf("stopped after %.0f s", m.TimeLimitSeconds)
+		}
+		fmt.Fprintf(w, "\nmillion: ferry, %d of %d empty files committed in %.1f s (%s) in %s; sender peak RSS %.1f MiB, daemon %.1f MiB; sender VmHWM every 10 s (MiB): %v\n",
+			m.Committed, m.Files, m.WallSeconds, state, m.Dir,
+			float64(m.SenderPeakRSSBytes)/mib, float64(m.DaemonPeakRSSBytes)/mib, m.SenderRSSSamplesMiB)
+	}
+	if len(res.Load) == 2 {
+		fmt.Fprintf(w, "load average (1, 5, 15 min) before the tree runs: %s; after: %s\n", res.Load[0], res.Load[1])
+	}
 }

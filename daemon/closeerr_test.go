@@ -81,7 +81,7 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			s.DirectIO = true
 			data := randomData(2*daemon.DirectAlign, 3)
 			offer := &transfer.Offer{ID: 1, Size: int64(len(data)), Mode: 0o600, Name: "f"}
-			p, _, err := s.Open(testKey, offer, false)
+			p, _, err := s.Open(testKey, offer, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +93,7 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			if err := p.WriteAt(data[daemon.DirectAlign:], daemon.DirectAlign); err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Sync(int64(len(data)), 0, transfer.HashBytes(data)); err != nil {
+			if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if tt.direct {

@@ -35,7 +35,7 @@ func crashWrite(t *testing.T, p daemon.Partial, data []byte) {
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(int64(len(data)), 0, transfer.HashBytes(data)); err != nil {
+	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -47,14 +47,14 @@ func TestCrashStateRecordSurvives(t *testing.T) {
 	fs := crashfs.New()
 	data := randomData(5000, 1)
 	o := crashOffer("f", data, 1)
-	p, _, err := crashStore(t, fs).Open(crashKey, o, false)
+	p, _, err := crashStore(t, fs).Open(crashKey, o, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	crashWrite(t, p, data)
 	fs.Crash()
 	fs.ResetToSyncedState()
-	p, restarted, err := crashStore(t, fs).Open(crashKey, o, false)
+	p, restarted, err := crashStore(t, fs).Open(crashKey, o, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestCrashStateRecordSurvives(t *testing.T) {
 func commitCrashedBeforeCleanup(t *testing.T, data []byte, o *transfer.Offer) *crashfs.FS {
 	t.Helper()
 	fs := crashfs.New()
-	p, _, err := crashStore(t, fs).Open(crashKey, o, false)
+	p, _, err := crashStore(t, fs).Open(crashKey, o, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestCrashNewSourceNeverTouchesCommitted(t *testing.T) {
 		s := crashStore(t, fs)
 		other := randomData(4000, 4)
 		o2 := crashOffer(o.Name, other, 2) // a new mtime: another source
-		p, _, err := s.Open(crashKey, o2, restart)
+		p, _, err := s.Open(crashKey, o2, testChunk, restart)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +156,7 @@ func TestCrashStoreIOErrorKeepsPartial(t *testing.T) {
 			fs := crashfs.New()
 			data := randomData(6000, 5)
 			o := crashOffer("f", data, 1)
-			p, _, err := crashStore(t, fs).Open(crashKey, o, false)
+			p, _, err := crashStore(t, fs).Open(crashKey, o, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -165,10 +165,10 @@ func TestCrashStoreIOErrorKeepsPartial(t *testing.T) {
 			fault, _ := failNth(1, errEIO, isOp(crashfs.OpRead, suffix))
 			fs.SetFault(fault)
 			s := crashStore(t, fs)
-			if _, _, err := s.Open(crashKey, o, false); !errors.Is(err, errEIO) {
+			if _, _, err := s.Open(crashKey, o, testChunk, false); !errors.Is(err, errEIO) {
 				t.Fatalf("Open with an unreadable %s: %v", suffix, err)
 			}
-			p, restarted, err := s.Open(crashKey, o, false)
+			p, restarted, err := s.Open(crashKey, o, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}

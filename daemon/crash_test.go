@@ -58,14 +58,14 @@ type crashCase struct {
 }
 
 var crashCases = []crashCase{
-	{"4KiB chunks, fsync every chunk", 4 << 10, 8*(4<<10) + 1000, 4 << 10, "crash/a.bin"},
+	{"16KiB chunks, fsync every chunk", 16 << 10, 8*(16<<10) + 1000, 16 << 10, "crash/a.bin"},
 	{"16KiB chunks, fsync every 2", 16 << 10, 12*(16<<10) + 77, 32 << 10, "b.bin"},
 	{"64KiB chunks, fsync every 3", 64 << 10, 16 * (64 << 10), 3 * (64 << 10), "deep/er/c.bin"},
 }
 
 var crashLongCases = []crashCase{
-	{"8KiB chunks, fsync every 5, 40 chunks", 8 << 10, 40*(8<<10) + 5, 5 * (8 << 10), "x/y/z/d.bin"},
-	{"4KiB chunks, fsync every chunk, 16 chunks", 4 << 10, 16 * (4 << 10), 1, "e.bin"},
+	{"16KiB chunks, fsync every 5, 40 chunks", 16 << 10, 40*(16<<10) + 5, 5 * (16 << 10), "x/y/z/d.bin"},
+	{"16KiB chunks, fsync every chunk, 16 chunks", 16 << 10, 16 * (16 << 10), 1, "e.bin"},
 }
 
 var crashPartials = path.Join(transfer.ReservedDir, "partials")

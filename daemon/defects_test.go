@@ -175,15 +175,14 @@ func leftoverCommit(t *testing.T, root, name string, data []byte) {
 		t.Fatal(err)
 	}
 	o := offerFor(name, data)
-	p, _, err := s.Open(partialKeyOf(name), o, false)
+	p, _, err := s.Open(partialKeyOf(name), o, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tail := int64(len(data)-1) / testChunk * testChunk
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(int64(len(data)), tail, transfer.HashBytes(data[tail:])); err != nil {
+	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	p.Close()
@@ -233,14 +232,31 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	checkUnchanged(t, root, "f", data, "after a wrong trailer")
 
 	other := randomData(len(data), 132)
-	p = srv.raw(t)
-	p.hello()
-	p.write(msgFrame(offerFor("f", data)))
-	acc := expect[*transfer.Accept](p)
+	// The first session may still hold the name for a moment after its
+	// refusal (CodeBusy), as sendRetryBusy allows for.
+	var acc *transfer.Accept
+	for {
+		p = srv.raw(t)
+		p.hello()
+		p.write(msgFrame(offerFor("f", data)))
+		m, err := p.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if re, ok := m.(*transfer.RemoteError); ok && re.Code == transfer.CodeBusy {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		var ok bool
+		if acc, ok = m.(*transfer.Accept); !ok {
+			t.Fatalf("got %#v, want an Accept", m)
+		}
+		break
+	}
 	checkUnchanged(t, root, "f", data, "after the offer that follows")
 	if acc.DurableOffset == 0 {
 		for off := 0; off < len(other); off += testChunk {
-			p.write(chunkFrame(int64(off), other[off:min(off+testChunk, len(other))]))
+			p.write(chunkFrame(int64(off), other[off:min(off+testChunk, len(other))], int64(len(other))))
 		}
 	}
 	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(other)}))
@@ -418,7 +434,7 @@ func TestMinRateDropsTrickler(t *testing.T) {
 	if acc := expect[*transfer.Accept](a); acc.DurableOffset != 0 {
 		t.Fatalf("accepted at %d", acc.DurableOffset)
 	}
-	a.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, slow[:testChunk]))
+	a.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, slow[:testChunk], int64(len(slow))))
 	refused := make(chan error, 1)
 	go func() { // reads what the daemon says to the trickler, to the end
 		for {

@@ -89,7 +89,7 @@ func TestDirectIOWritesFullChunksDirect(t *testing.T) {
 		data[i] = byte(r.Uint32())
 	}
 	o := &transfer.Offer{Name: "out/file.bin", Size: int64(len(data)), Mode: 0o640, PrefixID: transfer.HashBytes(data[:transfer.IdentityPrefix])}
-	p, _, err := s.Open("0123456789abcdef0123456789abcdef", o, false)
+	p, _, err := s.Open("0123456789abcdef0123456789abcdef", o, chunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestDirectIOWritesFullChunksDirect(t *testing.T) {
 	if counter.writes != 3 {
 		t.Errorf("%d writes went direct, want the 3 full chunks", counter.writes)
 	}
-	if err := p.Sync(off, 3*chunk, transfer.HashBytes(data[3*chunk:])); err != nil {
+	if err := p.Sync(StackOf(data, int64(len(data)), chunk)); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Commit(); err != nil {

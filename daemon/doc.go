@@ -20,8 +20,10 @@
 // KEY is 32 hex digits derived from the credential and the destination
 // name, so a name has one partial and two sessions never share it. A
 // partial's state record is written only after its data is fsync'ed
-// (temp file, fsync, rename), and carries a BLAKE3 checksum; a record that
-// is missing or damaged means there is no partial. A committed file is
+// (temp file, fsync, rename), carries the merge stack of the durable
+// chunks' chaining values, so that a resume reads only the tail chunk and
+// never the prefix, and a BLAKE3 checksum; a record that is missing or
+// damaged means there is no partial. A committed file is
 // linked into place without overwriting anything, after which the partial
 // is removed. A partial whose data file is still linked at its committed
 // name (a commit cut short) is never written: FinishCommit finishes it on

@@ -11,11 +11,12 @@ import (
 
 // FuzzDecodeState feeds DecodeState arbitrary records: as they are, and
 // with a valid checksum appended so that the fuzzer gets past the checksum
-// to the field checks. Property: no panic; whatever decodes is consistent
-// and re-encodes to the same bytes.
+// to the field checks, merge stack included. Property: no panic; whatever
+// decodes is consistent (its merge stack at its durable offset, its tail
+// chunk inside the file) and re-encodes to the same bytes.
 func FuzzDecodeState(f *testing.F) {
 	for _, tt := range sampleStates() {
-		b := daemon.EncodeState(&tt.st)
+		b := mustEncode(f, &tt.st)
 		f.Add(b)
 		f.Add(b[:len(b)-transfer.HashSize])
 	}
@@ -36,15 +37,19 @@ func checkState(t *testing.T, b []byte) {
 		}
 		return
 	}
+	tail, _ := st.Tail()
+	cs := int64(st.Stack.ChunkSize())
 	if st.Size < 0 || st.Size > transfer.MaxFileSize || st.DurableOffset < 0 || st.DurableOffset > st.Size ||
-		st.TailOffset < 0 || st.TailOffset > st.DurableOffset || st.DurableOffset-st.TailOffset > transfer.MaxChunkSize ||
-		(st.DurableOffset > 0) != (st.TailOffset < st.DurableOffset) {
+		st.Stack.Offset() != st.DurableOffset || transfer.CheckChunkSize(int(cs)) != nil ||
+		(st.DurableOffset < st.Size && st.DurableOffset%cs != 0) ||
+		tail < 0 || tail%cs != 0 || (st.DurableOffset > 0) != (tail < st.DurableOffset) || st.DurableOffset-tail > cs ||
+		st.Stack.Len() != transfer.MergeStackLen(st.DurableOffset, int(cs)) {
 		t.Fatalf("accepted inconsistent state %+v", st)
 	}
 	if err := transfer.ValidateName(st.Name); err != nil {
 		t.Fatalf("accepted state with name %v", err)
 	}
-	if enc := daemon.EncodeState(st); !bytes.Equal(enc, b) {
+	if enc := mustEncode(t, st); !bytes.Equal(enc, b) {
 		t.Fatalf("state %+v re-encodes to\n% x\nnot\n% x", st, enc, b)
 	}
 }

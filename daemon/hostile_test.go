@@ -62,7 +62,7 @@ func (p *rawPeer) sendWhole(name string, data []byte) {
 	}
 	p.write(msgFrame(&transfer.Data{ID: 1})) // protocol 2: a data run
 	for off := 0; off < len(data); off += testChunk {
-		p.write(chunkFrame(int64(off), data[off:min(off+testChunk, len(data))]))
+		p.write(chunkFrame(int64(off), data[off:min(off+testChunk, len(data))], int64(len(data))))
 	}
 	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
 	if cm := expect[*transfer.Committed](p); cm.Size != int64(len(data)) || cm.Hash != transfer.HashBytes(data) {
@@ -186,7 +186,7 @@ func TestHostileNames(t *testing.T) {
 
 // hostileChunk is a chunk frame whose offset field is off, unchecked.
 func hostileChunk(off uint64, data []byte) []byte {
-	f := chunkFrame(0, data)
+	f := chunkFrame(0, data, int64(len(data)))
 	binary.BigEndian.PutUint64(f[transfer.FrameHeaderSize:], off)
 	return f
 }
@@ -226,10 +226,17 @@ func TestHostileLies(t *testing.T) {
 	}{
 		{"hello with a chunk size above the maximum", func(p *rawPeer) {
 			p.write(helloChunk(transfer.MaxChunkSize + 1))
-		}, transfer.CodeProtocol, "chunk size 16777217 outside"},
+		}, transfer.CodeProtocol, "chunk size 16777217 is not a power of two from 16384 to 16777216"},
 		{"hello with a chunk size of 2^32-1", func(p *rawPeer) {
 			p.write(helloChunk(math.MaxUint32))
-		}, transfer.CodeProtocol, "chunk size 4294967295 outside"},
+		}, transfer.CodeProtocol, "chunk size 4294967295 is not a power of two"},
+		// Issue 10: chunks are BLAKE3 subtrees only at power-of-two sizes.
+		{"hello with a chunk size that is not a power of two", func(p *rawPeer) {
+			p.write(helloChunk(3 * transfer.MinChunkSize))
+		}, transfer.CodeProtocol, "chunk size 49152 is not a power of two"},
+		{"hello with a chunk size below 16 KiB", func(p *rawPeer) {
+			p.write(helloChunk(8 << 10))
+		}, transfer.CodeProtocol, "chunk size 8192 is not a power of two from 16384"},
 		{"empty offer frame", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, nil))
@@ -268,7 +275,7 @@ func TestHostileLies(t *testing.T) {
 		{"chunk overlapping the one before", func(p *rawPeer) {
 			p.hello()
 			p.offer("overlap", size)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk/2, data[testChunk/2:testChunk/2+testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk/2, data[testChunk/2:testChunk/2+testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "chunk at offset 8192, expected 16384"},
 		{"chunk frame shorter than a chunk header", func(p *rawPeer) {
 			p.hello()
@@ -283,21 +290,21 @@ func TestHostileLies(t *testing.T) {
 		{"chunk whose length field says 2^32-1", func(p *rawPeer) {
 			p.hello()
 			p.offer("length-lies", size)
-			f := chunkFrame(0, data[:testChunk])
+			f := chunkFrame(0, data[:testChunk], int64(len(data)))
 			binary.BigEndian.PutUint32(f[transfer.FrameHeaderSize+8:], math.MaxUint32)
 			p.write(f)
 		}, transfer.CodeProtocol, "declares 4294967295 bytes"},
 		{"trailer of 31 bytes", func(p *rawPeer) {
 			p.hello()
 			p.offer("short-trailer", size)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 31)...)))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 31)...)))
 		}, transfer.CodeProtocol, "too short"},
 		{"trailer of 33 bytes", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-trailer", size)
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 33)...)))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 33)...)))
 		}, transfer.CodeProtocol, "trailing"},
 		{"nack from the sender", func(p *rawPeer) {
 			p.hello()
@@ -310,12 +317,12 @@ func TestHostileLies(t *testing.T) {
 			if re := expect[*transfer.RemoteError](p); re.Code != transfer.CodeBadName {
 				p.t.Fatalf("refusal %+v", re)
 			}
-			p.write(chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"chunk after the commit", func(p *rawPeer) {
 			p.hello()
 			p.sendWhole("done-chunk", data)
-			p.write(chunkFrame(size, data[:1]))
+			p.write(chunkFrame(size, data[:1], int64(len(data))))
 		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"trailer after the commit", func(p *rawPeer) {
 			p.hello()
@@ -372,7 +379,7 @@ func TestHostileResume(t *testing.T) {
 	p.hello()
 	p.write(msgFrame(offerFor("r", data)))
 	expect[*transfer.Accept](p)
-	p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:durable]))
+	p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:durable], int64(len(data))))
 	for {
 		m, err := p.read()
 		if err != nil {
@@ -418,13 +425,13 @@ func TestHostileResume(t *testing.T) {
 			p.write(msgFrame(&transfer.Data{ID: 1, Offset: 0}))
 		}, "data run of transfer 1 at offset 0, expected 32768"},
 		{"first chunk rewinds into the durable data", func(p *rawPeer) {
-			p.write(chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, "chunk at offset 0, expected 32768"},
 		{"first chunk starts one byte early", func(p *rawPeer) {
-			p.write(chunkFrame(durable-1, data[durable-1:durable-1+testChunk]))
+			p.write(chunkFrame(durable-1, data[durable-1:durable-1+testChunk], int64(len(data))))
 		}, "chunk at offset 32767, expected 32768"},
 		{"first chunk skips ahead", func(p *rawPeer) {
-			p.write(chunkFrame(durable+testChunk, data[durable+testChunk:durable+2*testChunk]))
+			p.write(chunkFrame(durable+testChunk, data[durable+testChunk:durable+2*testChunk], int64(len(data))))
 		}, "chunk at offset 49152, expected 32768"},
 		{"trailer right after the resume", func(p *rawPeer) {
 			p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))

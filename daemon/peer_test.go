@@ -73,8 +73,15 @@ func msgFrame(m transfer.Message) []byte {
 	return b.Bytes()
 }
 
-func chunkFrame(off int64, data []byte) []byte {
-	return frame(transfer.FrameChunk, transfer.EncodeChunk(&transfer.Chunk{Offset: off, Hash: transfer.HashBytes(data), Data: data}))
+// chunkFrame frames data at off in a file of size bytes with its chunk
+// hash (transfer.ChunkHash); a chunk that is no aligned subtree gets a
+// hash that cannot match.
+func chunkFrame(off int64, data []byte, size int64) []byte {
+	h, err := transfer.ChunkHash(data, off, size)
+	if err != nil {
+		h = transfer.Hash{2}
+	}
+	return frame(transfer.FrameChunk, transfer.EncodeChunk(&transfer.Chunk{Offset: off, Hash: h, Data: data}))
 }
 
 func badChunkFrame(off int64, data []byte) []byte {
@@ -230,6 +237,11 @@ func TestBadPeers(t *testing.T) {
 		{"hello of major version 3 in another layout", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 3, 0, 1}))
 		}, transfer.CodeVersion, "peer speaks v3.1, this side v2", false},
+		// Issue 10: a v1 sender (plain BLAKE3 chunk hashes, 4 KiB chunks
+		// allowed) is turned away with a reason it can print.
+		{"hello of a version 1 sender with 4 KiB chunks", func(p *rawPeer) {
+			p.write(msgFrame(&transfer.Hello{Major: 1, ChunkSize: 4096, Agent: "ferry/0.9"}))
+		}, transfer.CodeVersion, "peer speaks v1.0, this side v2", false},
 		{"hello of major version 0", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(0)))
 		}, transfer.CodeVersion, "v0.0", false},
@@ -251,7 +263,7 @@ func TestBadPeers(t *testing.T) {
 		}, transfer.CodeProtocol, "unexpected hello frame", false},
 		{"chunk without offer", func(p *rawPeer) {
 			p.hello()
-			p.write(chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "chunk outside a data run", false},
 		{"trailer without offer", func(p *rawPeer) {
 			p.hello()
@@ -278,61 +290,61 @@ func TestBadPeers(t *testing.T) {
 		{"chunk at the wrong offset", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-offset", int64(len(data)))
-			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk]))
+			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 0", false},
 		{"chunk skipping ahead", func(p *rawPeer) {
 			p.hello()
 			p.offer("skip", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(2*testChunk, data[2*testChunk:]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk repeated", func(p *rawPeer) {
 			p.hello()
 			p.offer("repeat", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(0, data[:testChunk]))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk longer than the frame limit", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-chunk", 1<<20)
 			big := make([]byte, testChunk+1)
-			p.write(chunkFrame(0, big))
+			p.write(chunkFrame(0, big, int64(len(data))))
 		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"chunk whose length field disagrees with its frame", func(p *rawPeer) {
 			p.hello()
 			p.offer("disagree", int64(len(data)))
-			f := chunkFrame(0, data[:100])
+			f := chunkFrame(0, data[:100], int64(len(data)))
 			binary.BigEndian.PutUint32(f[transfer.FrameHeaderSize+8:], 99)
 			p.write(f)
 		}, transfer.CodeProtocol, "declares 99 bytes", false},
 		{"chunk past the declared size", func(p *rawPeer) {
 			p.hello()
 			p.offer("past-size", 100)
-			p.write(chunkFrame(0, data[:200]))
-		}, transfer.CodeProtocol, "outside file of 100 bytes", false},
+			p.write(chunkFrame(0, data[:200], int64(len(data))))
+		}, transfer.CodeProtocol, "of a file of 100 bytes in 16384-byte chunks", false},
 		{"empty chunk", func(p *rawPeer) {
 			p.hello()
 			p.offer("empty-chunk", 100)
-			p.write(chunkFrame(0, nil))
-		}, transfer.CodeProtocol, "outside file", false},
+			p.write(chunkFrame(0, nil, int64(len(data))))
+		}, transfer.CodeProtocol, "chunk [0,+0) of a file of 100 bytes", false},
 		{"trailer before all data", func(p *rawPeer) {
 			p.hello()
 			p.offer("early-trailer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
 		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152", false},
 		{"trailer with another hash", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-hash", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]),
-				chunkFrame(2*testChunk, data[2*testChunk:]), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{7}}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{7}}))
 		}, transfer.CodeIntegrity, "whole-file BLAKE3", true},
 		{"ack from the sender", func(p *rawPeer) {
 			p.hello()
 			p.offer("ack", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Ack{ID: 1, DurableOffset: 1}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Ack{ID: 1, DurableOffset: 1}))
 		}, transfer.CodeProtocol, "unexpected ack frame", false},
 		{"offer in the middle of a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("mid-offer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk]), msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "other"}))
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "other"}))
 		}, transfer.CodeProtocol, "which is open", false},
 		{"unknown frame type during a transfer", func(p *rawPeer) {
 			p.hello()
@@ -378,15 +390,15 @@ func TestGoBackN(t *testing.T) {
 	p.hello()
 	p.offer("f", int64(len(data)))
 	p.write(
-		chunkFrame(0, data[:testChunk]),
+		chunkFrame(0, data[:testChunk], int64(len(data))),
 		badChunkFrame(testChunk, data[testChunk:2*testChunk]),
-		chunkFrame(2*testChunk, data[2*testChunk:]),                        // in flight: ignored
-		badChunkFrame(2*testChunk, data[2*testChunk:]),                     // in flight, bad: ignored, no Nack
-		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}), // in flight: ignored
-		msgFrame(&transfer.Data{ID: 1, Offset: testChunk}),                 // a new data run from the nacked chunk
-		chunkFrame(testChunk, data[testChunk:2*testChunk]),                 // the resend
-		chunkFrame(2*testChunk, data[2*testChunk:]),                        // and on
-		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}), // again
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // in flight: ignored
+		badChunkFrame(2*testChunk, data[2*testChunk:]),                       // in flight, bad: ignored, no Nack
+		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}),   // in flight: ignored
+		msgFrame(&transfer.Data{ID: 1, Offset: testChunk}),                   // a new data run from the nacked chunk
+		chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))), // the resend
+		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // and on
+		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}),   // again
 	)
 	if n := expect[*transfer.Nack](p); n.Offset != testChunk {
 		t.Fatalf("nack at %d, want %d", n.Offset, testChunk)
@@ -434,13 +446,13 @@ func TestIdleTimeout(t *testing.T) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk]))
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
 		}, 2 * testChunk},
 		{"chunk cut mid-frame", func(p *rawPeer) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk]), chunkFrame(testChunk, data[testChunk:2*testChunk])[:1000])
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data)))[:1000])
 		}, testChunk},
 		{"hello trickled byte by byte (slow loris)", func(p *rawPeer) {
 			for _, b := range msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: testChunk}) {

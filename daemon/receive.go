@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -252,7 +251,7 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		}
 		return ss.acceptCommitted(t)
 	}
-	p, restarted, err := ss.srv.cfg.Store.Open(t.key, o, o.Flags&transfer.OfferRestart != 0 || speculative)
+	p, restarted, err := ss.srv.cfg.Store.Open(t.key, o, ss.chunkSize, o.Flags&transfer.OfferRestart != 0 || speculative)
 	if err != nil {
 		t.log.Error("opening partial", "err", err)
 		return fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err)
@@ -273,11 +272,13 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	if restarted && !speculative {
 		t.log.Info("partial discarded", "reason", "source changed")
 	}
+	t.log.Info("transfer started", "resumed_from", st.DurableOffset)
 	if speculative {
 		return nil
 	}
-	acc := &transfer.Accept{ID: t.id, DurableOffset: st.DurableOffset, TailOffset: st.TailOffset,
-		TailLength: uint32(st.DurableOffset - st.TailOffset), TailHash: st.TailHash}
+	tailOffset, tailHash := st.Tail()
+	acc := &transfer.Accept{ID: t.id, ChunkSize: uint32(st.Stack.ChunkSize()), DurableOffset: st.DurableOffset,
+		TailOffset: tailOffset, TailLength: uint32(st.DurableOffset - tailOffset), TailHash: tailHash}
 	if restarted {
 		acc.Flags |= transfer.AcceptRestarted
 	}
@@ -299,13 +300,20 @@ func (ss *session) acceptCommitted(t *rxTransfer) error {
 		return fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	tailLen := min(int64(ss.chunkSize), o.Size)
-	tail := make([]byte, tailLen)
-	if _, err := f.ReadAt(tail, o.Size-tailLen); err != nil {
+	var tailOffset int64
+	if o.Size > 0 {
+		tailOffset = (o.Size - 1) / int64(ss.chunkSize) * int64(ss.chunkSize)
+	}
+	tail := make([]byte, o.Size-tailOffset)
+	if _, err := f.ReadAt(tail, tailOffset); err != nil {
 		return fmt.Errorf("%w: reading %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
 	}
-	acc := &transfer.Accept{ID: t.id, Flags: transfer.AcceptCommitted, DurableOffset: o.Size,
-		TailOffset: o.Size - tailLen, TailLength: uint32(tailLen), TailHash: transfer.HashBytes(tail)}
+	tailHash, err := transfer.ChunkHash(tail, tailOffset, o.Size)
+	if err != nil && o.Size > 0 {
+		return fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	acc := &transfer.Accept{ID: t.id, Flags: transfer.AcceptCommitted, ChunkSize: uint32(ss.chunkSize), DurableOffset: o.Size,
+		TailOffset: tailOffset, TailLength: uint32(len(tail)), TailHash: tailHash}
 	if err := ss.send(acc); err != nil {
 		ss.transfers[t.id] = t
 		return errSessionBroken
@@ -381,7 +389,8 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 		return
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	h, err := transfer.HashReader(io.NewSectionReader(f, 0, o.Size))
+	// The one case where the daemon re-reads a whole file, in parallel.
+	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
 	if err != nil {
 		ss.refuseTransfer(t, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return
@@ -473,48 +482,40 @@ type receiver struct {
 	t           *rxTransfer
 	p           Partial
 	o           *transfer.Offer
-	whole       *transfer.StreamHasher
+	stack       transfer.MergeStack // of the chunks in [0, next): the whole-file hash
 	sync        *syncer
 	next        int64 // offset of the next chunk expected
 	awaiting    bool  // a chunk was nacked; skip chunks until a data run from next
 	bad         int   // chunks that failed verification
 	received    int64 // chunk data bytes read from the wire
 	resumedFrom int64
-	tail        syncPoint
 	lastSync    time.Time
 
-	stopCatchUp context.CancelFunc // nil unless a catch-up runs
-	failed      atomic.Bool        // the transfer failed: no more acks
+	failed atomic.Bool // the transfer failed: no more acks
 }
 
 func newReceiver(ss *session, t *rxTransfer) *receiver {
 	p := t.p
 	st := p.State()
-	rx := &receiver{ss: ss, t: t, p: p, o: t.o, whole: transfer.NewStreamHasher(), next: st.DurableOffset,
-		resumedFrom: st.DurableOffset,
-		tail:        syncPoint{offset: st.DurableOffset, tailOffset: st.TailOffset, tailHash: st.TailHash}, lastSync: time.Now()}
-	rx.sync = newSyncer(p, rx.tail, rx.ack)
-	if st.DurableOffset > 0 {
-		// Rebuild the whole-file hash from the durable prefix in the
-		// background while new chunks arrive (croc#1029).
-		ctx, cancel := context.WithCancel(ss.srv.ctx)
-		rx.stopCatchUp = cancel
-		rx.whole.CatchUp(ctx, p, st.DurableOffset)
-	}
+	// The merge stack from the state record stands for the durable
+	// prefix: no byte of it is read again (croc#1029 waited hours for a
+	// re-read).
+	rx := &receiver{ss: ss, t: t, p: p, o: t.o, stack: st.Stack, next: st.DurableOffset,
+		resumedFrom: st.DurableOffset, lastSync: time.Now()}
+	rx.sync = newSyncer(p, rx.point(), rx.ack)
 	return rx
 }
 
-// stop ends the transfer's background work: its catch-up hashing, and
-// its syncer after a last flush of the verified data.
+// point returns the sync point of the chunks received so far.
+func (rx *receiver) point() syncPoint { return syncPoint{offset: rx.next, stack: rx.stack} }
+
+// stop ends the transfer's background work: its syncer, after a last
+// flush of the verified data.
 func (rx *receiver) stop() {
-	if rx.stopCatchUp != nil {
-		rx.stopCatchUp()
-		_, _ = rx.whole.Sum(context.Background(), 0) // only waits; the transfer has ended
-	}
 	// The sender may have stopped reading, so an ack could block this
 	// flush until the write deadline: no more acks.
 	rx.failed.Store(true)
-	if ferr := rx.sync.flush(rx.tail); ferr != nil {
+	if ferr := rx.sync.flush(rx.point()); ferr != nil {
 		rx.ss.log.Error("fsync after interruption", "err", ferr)
 	}
 	_ = rx.sync.stop() // reported by the flush
@@ -540,10 +541,10 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	if c.Offset != rx.next {
 		return fmt.Errorf("%w: chunk at offset %d, expected %d", transfer.ErrProtocol, c.Offset, rx.next)
 	}
-	if n == 0 || c.Offset+n > rx.o.Size {
-		return fmt.Errorf("%w: chunk [%d,+%d) outside file of %d bytes", transfer.ErrProtocol, c.Offset, n, rx.o.Size)
+	if cs := int64(rx.stack.ChunkSize()); n != min(cs, rx.o.Size-c.Offset) {
+		return fmt.Errorf("%w: chunk [%d,+%d) of a file of %d bytes in %d-byte chunks", transfer.ErrProtocol, c.Offset, n, rx.o.Size, cs)
 	}
-	if !c.Verify() {
+	if !c.Verify(rx.o.Size) {
 		rx.bad++
 		rx.t.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
 		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
@@ -561,18 +562,19 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	if err := rx.sync.failed(); err != nil {
 		return storageError("fsync", err)
 	}
-	rx.whole.Write(c.Offset, c.Data)
+	if err := rx.stack.Push(transfer.CV(c.Hash), n); err != nil {
+		return fmt.Errorf("%w: %v", transfer.ErrInternal, err)
+	}
 	rx.next += n
 	// The bytes now occupy disk, so free space reflects them: stop
 	// promising them too.
 	rx.t.res.consume(n)
-	rx.tail = syncPoint{offset: rx.next, tailOffset: c.Offset, tailHash: c.Hash}
 	cfg := &rx.ss.srv.cfg
 	// A file that arrives whole in one run needs no state record: the
 	// group commit makes it durable. Only a longer transfer syncs on
 	// its way, so that a cut resumes.
 	if rx.next < rx.o.Size && (rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval) {
-		rx.sync.request(rx.tail)
+		rx.sync.request(rx.point())
 		rx.lastSync = time.Now()
 	}
 	return nil
@@ -584,14 +586,18 @@ func (rx *receiver) finish(t *transfer.Trailer) error {
 	if err := rx.sync.stop(); err != nil {
 		return storageError("fsync", err)
 	}
-	h, err := rx.whole.Sum(rx.ss.srv.ctx, rx.o.Size)
+	h, err := rx.stack.Sum(rx.o.Size)
 	if err != nil {
-		return storageError("whole-file hash", err)
+		return fmt.Errorf("%w: whole-file hash: %v", transfer.ErrInternal, err)
 	}
 	if h != t.Hash {
 		// Every chunk verified, yet the whole does not: the stored prefix
 		// is not what was sent. Start the next attempt from zero.
-		if err := rx.p.Sync(0, 0, transfer.Hash{}); err != nil {
+		empty, err := transfer.NewMergeStack(rx.stack.ChunkSize())
+		if err == nil {
+			err = rx.p.Sync(empty)
+		}
+		if err != nil {
 			rx.t.log.Error("resetting partial", "err", err)
 		}
 		return fmt.Errorf("%w: whole-file BLAKE3 %x, sender's %x", transfer.ErrIntegrity, h, t.Hash)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"sync"
 	"time"
@@ -18,7 +19,8 @@ type Config struct {
 	// Store keeps partials and committed files.
 	Store Store
 	// MaxChunkSize is the largest chunk size in bytes the daemon agrees to;
-	// it bounds the memory of a session. Defaults to 4 MiB.
+	// it bounds the memory of a session. Defaults to 4 MiB; clamped to
+	// MinChunkSize..MaxChunkSize and rounded down to a power of two.
 	MaxChunkSize int
 	// SyncBytes is how many bytes may be written between fsyncs of a
 	// partial. Defaults to 16 MiB.
@@ -65,6 +67,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Agent names the daemon in its Hello.
 	Agent string
+	// WrapConn, if set, wraps every connection ServeConn is given before
+	// its session starts: ferryd throttles each session's reads with it
+	// (--max-rate). The wrapper must keep deadlines and Close working.
+	WrapConn func(net.Conn) net.Conn
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +78,7 @@ func (c *Config) setDefaults() {
 		c.MaxChunkSize = 4 << 20
 	}
 	c.MaxChunkSize = min(max(c.MaxChunkSize, transfer.MinChunkSize), transfer.MaxChunkSize)
+	c.MaxChunkSize = 1 << (bits.Len(uint(c.MaxChunkSize)) - 1) // chunk sizes are powers of two
 	if c.SyncBytes <= 0 {
 		c.SyncBytes = 16 << 20
 	}
@@ -188,6 +195,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // it ends. When MaxPending connections are already waiting for their
 // Hello, conn is closed at once.
 func (s *Server) ServeConn(conn net.Conn) {
+	if s.cfg.WrapConn != nil {
+		conn = s.cfg.WrapConn(conn)
+	}
 	ss := newSession(s, conn)
 	s.mu.Lock()
 	full := s.pending >= s.cfg.MaxPending

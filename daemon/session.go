@@ -171,9 +171,11 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
-	// A multiple of DirectAlign, so that every chunk but a file's last
-	// can be written with direct I/O. MinChunkSize is one DirectAlign.
-	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize) / DirectAlign * DirectAlign
+	// Both are powers of two (the Hello decoder and setDefaults see to
+	// it), so the smaller is one too: every chunk is a complete BLAKE3
+	// subtree, and a multiple of DirectAlign, so that every chunk but a
+	// file's last can be written with direct I/O.
+	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
 	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,

@@ -25,7 +25,7 @@ import (
 // In-process protocol tests: transfer.Client on one end of a net.Pipe,
 // daemon.Server.ServeConn on the other, a DirStore on a temporary root.
 
-const testChunk = transfer.MinChunkSize * 4 // 16 KiB: many chunks from small files
+const testChunk = transfer.MinChunkSize // 16 KiB: many chunks from small files
 
 type testServer struct {
 	*daemon.Server
@@ -346,9 +346,11 @@ func TestResumeAfterCut(t *testing.T) {
 }
 
 // TestResumeCutDuringCatchUp resumes a partial with a durable prefix of
-// many MiB and cuts the link at once, while the daemon is still re-reading
-// the prefix for the whole-file hash in the background. The partial must
-// not be closed under the re-reading goroutine.
+// many MiB and cuts the link at once. It once guarded the daemon's
+// background re-read of the prefix; with merge stacks (issue 10) it also
+// resumes a partial made in 1 MiB chunks in sessions of 16 KiB chunks
+// (sendRetryBusy), which re-cuts the stack from the tail chunk
+// (MergeStack.Rechunk) and keeps the prefix.
 func TestResumeCutDuringCatchUp(t *testing.T) {
 	srv := newServer(t, daemon.Config{MaxChunkSize: transfer.MaxChunkSize})
 	data := randomData(40<<20, 3)
@@ -583,10 +585,11 @@ func TestChunkSizeNegotiation(t *testing.T) {
 		{"proposal below the cap is kept", 0, 64 << 10, 64 << 10},
 		{"daemon cap lowers it", 32 << 10, 1 << 20, 32 << 10},
 		{"daemon cap below the minimum is raised to it", 1, 1 << 20, transfer.MinChunkSize},
-		// Rounded down to a multiple of daemon.DirectAlign so that every
-		// full chunk can be written with direct I/O.
-		{"proposal rounded down to the direct I/O alignment", 0, 100000, 98304},
-		{"daemon cap rounded down too", 70000, 1 << 20, 17 * 4096},
+		// Chunk sizes are powers of two (issue 10): a daemon cap that is
+		// not one is rounded down, which also keeps every full chunk a
+		// multiple of daemon.DirectAlign for direct I/O.
+		{"daemon cap rounded down to a power of two", 70000, 1 << 20, 64 << 10},
+		{"daemon cap just below a power of two", 1<<20 - 1, 1 << 20, 512 << 10},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -681,11 +684,17 @@ func TestNewServerWithoutStore(t *testing.T) {
 	}
 }
 
-// TestDamagedPrefixCaughtByWholeFileHash damages the durable prefix of a
-// partial before the tail chunk, where resume does not look. The
-// whole-file hash at the trailer catches it; the daemon refuses the
-// commit, resets the partial, and the next attempt starts from zero.
-func TestDamagedPrefixCaughtByWholeFileHash(t *testing.T) {
+// TestChangedPrefixCaughtByWholeFileHash changes the sender's file inside
+// the durable prefix, past the identity prefix and before the tail chunk,
+// keeping its size, mtime and inode: what neither the offer nor the tail
+// check sees. The daemon restarts in between, so its whole-file hash comes
+// from the merge stack in the state record; the sender re-hashes its own
+// prefix and never trusts the daemon's, so the roots differ at the
+// trailer: the daemon refuses the commit, resets the partial, and the
+// next attempt starts from zero. (Damage to the daemon's own durable bytes
+// before the tail chunk is not looked for: resume reads no prefix; see
+// docs/PROTOCOL.md.)
+func TestChangedPrefixCaughtByWholeFileHash(t *testing.T) {
 	root := t.TempDir()
 	srv := newServerAt(t, root, daemon.Config{})
 	data := randomData(20*testChunk, 101)
@@ -699,34 +708,24 @@ func TestDamagedPrefixCaughtByWholeFileHash(t *testing.T) {
 	if err := srv.Shutdown(ctx); err != nil { // waits for the session to end
 		t.Fatal(err)
 	}
-	parts, _ := filepath.Glob(filepath.Join(root, ".ferry", "partials", "*.data"))
-	if len(parts) != 1 {
-		t.Fatalf("partials: %v", parts)
-	}
-	f, err := os.OpenFile(parts[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{data[100] ^ 0xff}, 100); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	changed := bytes.Clone(data)
+	changed[transfer.IdentityPrefix+100] ^= 0xff
 
 	srv2 := newServerAt(t, root, daemon.Config{})
 	c = srv2.connect(t)
-	res, err := c.Send(context.Background(), source(data), "f", transfer.SendOptions{})
+	res, err := c.Send(context.Background(), source(changed), "f", transfer.SendOptions{})
 	var re *transfer.RemoteError
 	if !errors.As(err, &re) || re.Code != transfer.CodeIntegrity || !transfer.Retryable(err) {
-		t.Fatalf("resume over a damaged prefix: %v, want a retryable CodeIntegrity refusal", err)
+		t.Fatalf("resume of a changed prefix: %v, want a retryable CodeIntegrity refusal", err)
 	}
-	if res.ResumedFrom == 0 {
-		t.Fatal("the damaged partial was not resumed, so the test tests nothing")
+	if res.ResumedFrom <= transfer.IdentityPrefix+testChunk {
+		t.Fatalf("resumed from %d, not past the changed chunk's successor, so the test tests nothing", res.ResumedFrom)
 	}
 	if _, err := os.Stat(filepath.Join(root, "f")); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("damaged file committed: %v", err)
+		t.Fatalf("mixed file committed: %v", err)
 	}
-	res = srv2.sendRetryBusy(t, source(data), "f")
-	srv2.checkCommitted(t, "f", data, res)
+	res = srv2.sendRetryBusy(t, source(changed), "f")
+	srv2.checkCommitted(t, "f", changed, res)
 	if res.ResumedFrom != 0 {
 		t.Errorf("resumed from %d after the reset, want 0", res.ResumedFrom)
 	}

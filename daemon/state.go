@@ -10,8 +10,10 @@ import (
 )
 
 // State is a partial's state record: what the transfer is (its offer) and
-// how far its data is durable. The record on disk is only ever replaced
-// atomically, after the data it describes has been fsync'ed.
+// how far its data is durable, with the merge stack of the durable chunks,
+// so that a restarted daemon resumes without re-reading the prefix. The
+// record on disk is only ever replaced atomically, after the data it
+// describes has been fsync'ed.
 type State struct {
 	Name     string // destination name, relative to the root
 	Size     int64  // declared size in bytes
@@ -21,17 +23,29 @@ type State struct {
 	PrefixID transfer.Hash
 
 	// DurableOffset is the number of leading bytes verified, written and
-	// fsync'ed. The tail chunk [TailOffset, DurableOffset) has BLAKE3
-	// TailHash; TailLength is DurableOffset-TailOffset (0 when 0).
+	// fsync'ed.
 	DurableOffset int64
-	TailOffset    int64
-	TailHash      transfer.Hash
+	// Stack is the merge stack of the chunks in [0, DurableOffset):
+	// Stack.Offset() is DurableOffset and Stack.ChunkSize() the
+	// partial's chunk size, which every later chunk of the transfer
+	// keeps. Its last chaining value is the tail chunk's hash (Tail).
+	Stack transfer.MergeStack
 }
 
-// stateMagic and stateVersion open every state record.
+// Tail returns the tail chunk [offset, DurableOffset) and its chunk hash
+// (transfer.ChunkHash), read off the merge stack; 0 and the zero hash at
+// durable offset 0.
+func (st *State) Tail() (offset int64, hash transfer.Hash) {
+	cv, _ := st.Stack.Last()
+	return st.Stack.LastOffset(), transfer.Hash(cv)
+}
+
+// stateMagic and stateVersion open every state record. Version 1 records
+// (plain BLAKE3 tail hashes, no merge stack) no longer decode: their
+// partials start over.
 var stateMagic = [4]byte{'F', 'R', 'Y', 'S'}
 
-const stateVersion = 1
+const stateVersion = 2
 
 // ErrBadState is returned by DecodeState for a record that is truncated,
 // of another version, inconsistent, or whose checksum does not match.
@@ -44,9 +58,11 @@ func (st *State) sameSource(o *transfer.Offer) bool {
 }
 
 // EncodeState returns the record for st: magic, version, fields in
-// big-endian order, name, then a BLAKE3 checksum of everything before it.
-func EncodeState(st *State) []byte {
-	b := make([]byte, 0, 160+len(st.Name))
+// big-endian order, name, merge stack, then a BLAKE3 checksum of
+// everything before it (docs/PROTOCOL.md, "State record"). It returns an
+// error for a State without a merge stack (a zero Stack).
+func EncodeState(st *State) ([]byte, error) {
+	b := make([]byte, 0, stateFixed+len(st.Name)+2+transfer.MaxMergeStackSize+transfer.HashSize)
 	b = append(b, stateMagic[:]...)
 	b = binary.BigEndian.AppendUint16(b, stateVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.Size))
@@ -55,22 +71,35 @@ func EncodeState(st *State) []byte {
 	b = binary.BigEndian.AppendUint64(b, st.Inode)
 	b = append(b, st.PrefixID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.DurableOffset))
-	b = binary.BigEndian.AppendUint64(b, uint64(st.TailOffset))
-	b = append(b, st.TailHash[:]...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(st.Name)))
 	b = append(b, st.Name...)
+	at := len(b)
+	b = binary.BigEndian.AppendUint16(b, 0) // stack length, set below
+	b, err := st.Stack.AppendBinary(b)
+	if err != nil {
+		return nil, fmt.Errorf("encoding state record: %w", err)
+	}
+	binary.BigEndian.PutUint16(b[at:], uint16(len(b)-at-2))
 	sum := transfer.HashBytes(b)
-	return append(b, sum[:]...)
+	return append(b, sum[:]...), nil
 }
 
-// stateFixed is the size of a record without its name and checksum.
-const stateFixed = 4 + 2 + 8 + 4 + 8 + 8 + 32 + 8 + 8 + 32 + 2
+// stateFixed is the size of a record without its name, merge stack and
+// checksum: magic, version, size, mode, mtime, inode, prefix ID, durable
+// offset, name length.
+const stateFixed = 4 + 2 + 8 + 4 + 8 + 8 + 32 + 8 + 2
+
+// MaxStateSize is the largest state record in bytes: the fixed fields, a
+// name of MaxNameLen, the merge stack's length and its largest encoding,
+// and the checksum (5914).
+const MaxStateSize = stateFixed + transfer.MaxNameLen + 2 + transfer.MaxMergeStackSize + transfer.HashSize
 
 // DecodeState parses a record written by EncodeState. It returns an error
 // wrapping ErrBadState unless the checksum matches and the fields are
-// consistent (offsets within the size, the name valid).
+// consistent (offsets within the size, the merge stack at the durable
+// offset, the name valid).
 func DecodeState(b []byte) (*State, error) {
-	if len(b) < stateFixed+transfer.HashSize {
+	if len(b) < stateFixed+2+transfer.HashSize {
 		return nil, fmt.Errorf("%w: %d bytes", ErrBadState, len(b))
 	}
 	body, sum := b[:len(b)-transfer.HashSize], b[len(b)-transfer.HashSize:]
@@ -90,14 +119,21 @@ func DecodeState(b []byte) (*State, error) {
 	st.Inode = u64()
 	p = p[copy(st.PrefixID[:], p):]
 	st.DurableOffset = int64(u64())
-	st.TailOffset = int64(u64())
-	p = p[copy(st.TailHash[:], p):]
 	n := int(binary.BigEndian.Uint16(p))
 	p = p[2:]
-	if len(p) != n {
+	if len(p) < n+2 {
 		return nil, fmt.Errorf("%w: name length %d, %d bytes left", ErrBadState, n, len(p))
 	}
-	st.Name = string(p)
+	st.Name = string(p[:n])
+	p = p[n:]
+	m := int(binary.BigEndian.Uint16(p))
+	p = p[2:]
+	if len(p) != m {
+		return nil, fmt.Errorf("%w: merge stack length %d, %d bytes left", ErrBadState, m, len(p))
+	}
+	if err := st.Stack.UnmarshalBinary(p); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadState, err)
+	}
 	if err := st.check(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadState, err)
 	}
@@ -111,10 +147,10 @@ func (st *State) check() error {
 		return fmt.Errorf("size %d", st.Size)
 	case st.DurableOffset < 0 || st.DurableOffset > st.Size:
 		return fmt.Errorf("durable offset %d of size %d", st.DurableOffset, st.Size)
-	case st.TailOffset < 0 || st.TailOffset > st.DurableOffset || st.DurableOffset-st.TailOffset > transfer.MaxChunkSize:
-		return fmt.Errorf("tail offset %d, durable offset %d", st.TailOffset, st.DurableOffset)
-	case st.DurableOffset > 0 && st.TailOffset == st.DurableOffset:
-		return fmt.Errorf("empty tail at durable offset %d", st.DurableOffset)
+	case st.Stack.Offset() != st.DurableOffset:
+		return fmt.Errorf("merge stack at offset %d, durable offset %d", st.Stack.Offset(), st.DurableOffset)
+	case st.DurableOffset < st.Size && st.DurableOffset%int64(st.Stack.ChunkSize()) != 0:
+		return fmt.Errorf("durable offset %d inside a chunk of %d bytes", st.DurableOffset, st.Stack.ChunkSize())
 	}
 	return transfer.ValidateName(st.Name)
 }

@@ -19,12 +19,17 @@ import (
 // only through it. Implementations are safe for concurrent use on distinct
 // keys; the server never lets two sessions use one key at once.
 type Store interface {
-	// Open returns the partial under key for the transfer o offers. An
-	// existing partial that records the same source is resumed at its
-	// durable offset, after its tail chunk is re-verified, unless restart is
-	// set; any other is discarded (restarted is then true) and a new one
-	// starts at offset 0.
-	Open(key string, o *transfer.Offer, restart bool) (p Partial, restarted bool, err error)
+	// Open returns the partial under key for the transfer o offers, in
+	// chunks of at most chunkSize bytes (a power of two). An existing
+	// partial that records the same source is resumed at its durable
+	// offset with its merge stack, after its tail chunk alone is
+	// re-verified (the prefix is never read), unless restart is set; a
+	// partial in larger chunks is re-cut to chunkSize from that tail
+	// chunk (MergeStack.Rechunk), one in smaller chunks keeps its own
+	// (State().Stack.ChunkSize()). Any other partial is discarded
+	// (restarted is then true) and a new one starts at offset 0 in chunks
+	// of chunkSize.
+	Open(key string, o *transfer.Offer, chunkSize int, restart bool) (p Partial, restarted bool, err error)
 	// Exists reports whether something already has name, which a commit
 	// must not overwrite. Errors wrap transfer.ErrBadName when name cannot
 	// be resolved inside the root (a symlink out, a file as a directory).
@@ -113,12 +118,11 @@ type Partial interface {
 	State() State
 	// WriteAt writes verified chunk data at off; it is not durable yet.
 	WriteAt(p []byte, off int64) error
-	// ReadAt reads back stored data (for the whole-file hash on resume).
-	ReadAt(p []byte, off int64) (int, error)
 	// Sync fsyncs all data written so far, then atomically records
-	// durable offset d whose tail chunk starts at tailOffset with hash
-	// tailHash. On error the recorded durable offset stays where it was.
-	Sync(d, tailOffset int64, tailHash transfer.Hash) error
+	// durable offset stack.Offset() with stack, the merge stack of the
+	// chunks before it. On error the recorded durable offset stays where
+	// it was.
+	Sync(stack *transfer.MergeStack) error
 	// Commit applies mode and mtime, fsyncs, links the data into place at
 	// its name without overwriting, fsyncs the directory, then removes the
 	// partial. It returns an error wrapping transfer.ErrExists if another
@@ -357,16 +361,19 @@ func sameFile(a, b os.FileInfo) bool {
 }
 
 // Open implements Store.
-func (s *DirStore) Open(key string, o *transfer.Offer, restart bool) (Partial, bool, error) {
+func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bool) (Partial, bool, error) {
 	if !validKey(key) {
 		return nil, false, fmt.Errorf("bug: partial key %q", key)
+	}
+	if err := transfer.CheckChunkSize(chunkSize); err != nil {
+		return nil, false, fmt.Errorf("bug: %w", err)
 	}
 	st, found, err := s.loadState(key)
 	if err != nil {
 		return nil, false, err
 	}
 	if found && st.sameSource(o) && !restart {
-		p, err := s.resume(key, st)
+		p, err := s.resume(key, st, chunkSize)
 		if err == nil {
 			return p, false, nil
 		}
@@ -376,7 +383,7 @@ func (s *DirStore) Open(key string, o *transfer.Offer, restart bool) (Partial, b
 			return nil, false, err
 		}
 	}
-	p, err := s.create(key, o)
+	p, err := s.create(key, o, chunkSize)
 	return p, found, err
 }
 
@@ -404,7 +411,7 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	b := make([]byte, stateFixed+transfer.MaxNameLen+transfer.HashSize+1)
+	b := make([]byte, MaxStateSize+1)
 	n, err := f.ReadAt(b, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
@@ -416,7 +423,7 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 // resume opens key's data, drops bytes past the durable offset and
 // re-verifies the tail chunk against the state record, so that nothing
 // unverified or damaged is ever offered to a sender.
-func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
+func (s *DirStore) resume(key string, st *State, chunkSize int) (*dirPartial, error) {
 	dataPath, _, _ := s.paths(key)
 	f, err := s.fs.OpenFile(dataPath, os.O_RDWR, 0)
 	if isNotExist(err) {
@@ -438,7 +445,7 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
 	p := &dirPartial{s: s, key: key, f: f, st: *st}
-	if err := p.verifyTail(); err != nil {
+	if err := p.verifyTail(chunkSize); err != nil {
 		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
@@ -452,7 +459,11 @@ func (s *DirStore) resume(key string, st *State) (*dirPartial, error) {
 	return p, nil
 }
 
-func (p *dirPartial) verifyTail() error {
+// verifyTail drops bytes past the durable offset and checks the tail
+// chunk, the only bytes a resume reads, against the merge stack's last
+// chaining value. A stack in chunks larger than chunkSize is re-cut from
+// that tail.
+func (p *dirPartial) verifyTail(chunkSize int) error {
 	fi, err := p.f.Stat()
 	if err != nil {
 		return err
@@ -467,20 +478,42 @@ func (p *dirPartial) verifyTail() error {
 		}
 	}
 	if d == 0 {
+		if p.st.Stack.ChunkSize() > chunkSize {
+			stack, err := transfer.NewMergeStack(chunkSize)
+			if err != nil {
+				return err
+			}
+			p.st.Stack = *stack
+		}
 		return nil
 	}
-	buf := make([]byte, d-p.st.TailOffset)
-	if _, err := p.f.ReadAt(buf, p.st.TailOffset); err != nil {
+	// The tail chunk alone: the merge stack stands for the prefix.
+	off, want := p.st.Tail()
+	buf := make([]byte, d-off)
+	if _, err := p.f.ReadAt(buf, off); err != nil {
 		return err
 	}
-	if transfer.HashBytes(buf) != p.st.TailHash {
-		return fmt.Errorf("%w: tail chunk at offset %d does not match its recorded hash", errDamaged, p.st.TailOffset)
+	if h, err := transfer.ChunkHash(buf, off, p.st.Size); err != nil || h != want {
+		return fmt.Errorf("%w: tail chunk at offset %d does not match its recorded hash", errDamaged, off)
+	}
+	if p.st.Stack.ChunkSize() > chunkSize {
+		// The record on disk keeps the larger chunks until the next
+		// Sync: both describe the same durable prefix.
+		stack, err := p.st.Stack.Rechunk(chunkSize, buf, p.st.Size)
+		if err != nil {
+			return err
+		}
+		p.st.Stack = *stack
 	}
 	return nil
 }
 
 // create starts an empty partial for o, replacing whatever key held.
-func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
+func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPartial, error) {
+	stack, err := transfer.NewMergeStack(chunkSize)
+	if err != nil {
+		return nil, err
+	}
 	dataPath, statePath, _ := s.paths(key)
 	if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
 		return nil, err
@@ -498,7 +531,7 @@ func (s *DirStore) create(key string, o *transfer.Offer) (*dirPartial, error) {
 	// record that points at it: writeState syncs the directory first.
 	// A file committed in one go never has a state record, and needs no
 	// fsync of the partials' directory at all (group commit, issue 9).
-	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID}
+	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
 	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true}, nil
 }
 
@@ -520,14 +553,12 @@ func (p *dirPartial) State() State { return p.st }
 
 func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
 
-func (p *dirPartial) ReadAt(b []byte, off int64) (int, error) { return p.f.ReadAt(b, off) }
-
-func (p *dirPartial) Sync(d, tailOffset int64, tailHash transfer.Hash) error {
+func (p *dirPartial) Sync(stack *transfer.MergeStack) error {
 	if err := p.f.Sync(); err != nil {
 		return fmt.Errorf("fsync partial data: %w", err)
 	}
 	st := p.st
-	st.DurableOffset, st.TailOffset, st.TailHash = d, tailOffset, tailHash
+	st.DurableOffset, st.Stack = stack.Offset(), *stack
 	if err := p.writeState(&st); err != nil {
 		return err
 	}
@@ -554,7 +585,10 @@ func (p *dirPartial) writeState(st *State) error {
 	if err != nil {
 		return fmt.Errorf("writing state record: %w", err)
 	}
-	_, err = f.WriteAt(EncodeState(st), 0)
+	rec, err := EncodeState(st)
+	if err == nil {
+		_, err = f.WriteAt(rec, 0)
+	}
 	if err == nil {
 		err = f.Sync()
 	}

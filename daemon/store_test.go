@@ -79,7 +79,7 @@ func TestDirStoreResume(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, root := newStore(t)
-			p, restarted, err := s.Open(testKey, offer, false)
+			p, restarted, err := s.Open(testKey, offer, testChunk, false)
 			if err != nil || restarted {
 				t.Fatalf("Open: %v, restarted %v", err, restarted)
 			}
@@ -89,7 +89,7 @@ func TestDirStoreResume(t *testing.T) {
 				}
 			}
 			// Durable up to 2 chunks; the third is written, never synced.
-			if err := p.Sync(2*testChunk, testChunk, transfer.HashBytes(data[testChunk:2*testChunk])); err != nil {
+			if err := p.Sync(daemon.StackOf(data[:2*testChunk], int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Close(); err != nil {
@@ -102,7 +102,7 @@ func TestDirStoreResume(t *testing.T) {
 			if tt.offer != nil {
 				o = tt.offer(*offer)
 			}
-			p, restarted, err = s.Open(testKey, o, tt.restart)
+			p, restarted, err = s.Open(testKey, o, testChunk, tt.restart)
 			if err != nil {
 				t.Fatalf("reopening: %v", err)
 			}
@@ -149,14 +149,14 @@ func TestDirStoreCommit(t *testing.T) {
 	if ok, err := s.Exists(offer.Name); ok || err != nil {
 		t.Fatalf("Exists before commit: %v, %v", ok, err)
 	}
-	p, _, err := s.Open(testKey, offer, false)
+	p, _, err := s.Open(testKey, offer, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(int64(len(data)), 0, transfer.HashBytes(data)); err != nil {
+	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Commit(); err != nil {
@@ -180,7 +180,7 @@ func TestDirStoreCommit(t *testing.T) {
 	}
 
 	// A second partial for the same name cannot overwrite it.
-	p, _, err = s.Open(testKey, offer, false)
+	p, _, err = s.Open(testKey, offer, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,14 +203,14 @@ func TestDirStoreCommit(t *testing.T) {
 func TestDirStoreCommitting(t *testing.T) {
 	s, root := newStore(t)
 	offer := &transfer.Offer{Size: 3, Name: "f"}
-	p, _, err := s.Open(testKey, offer, false)
+	p, _, err := s.Open(testKey, offer, testChunk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.WriteAt([]byte("abc"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(3, 0, transfer.HashBytes([]byte("abc"))); err != nil {
+	if err := p.Sync(daemon.StackOf([]byte("abc"), 3, testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	p.Close()
@@ -244,7 +244,7 @@ func TestDirStoreCommitting(t *testing.T) {
 func TestDirStoreRejectsBadKeys(t *testing.T) {
 	s, _ := newStore(t)
 	for _, key := range []string{"", "short", "../../../etc/passwd", "0123456789ABCDEF", "0123456789abcdef/x", "0123456789abcdeg"} {
-		if p, _, err := s.Open(key, &transfer.Offer{Name: "f"}, false); err == nil {
+		if p, _, err := s.Open(key, &transfer.Offer{Name: "f"}, testChunk, false); err == nil {
 			p.Close()
 			t.Errorf("Open(%q) succeeded", key)
 		}
@@ -269,14 +269,14 @@ func TestDirStoreNeverWritesThroughCommittedFile(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, root := newStore(t)
-			p, _, err := s.Open(testKey, offer, false)
+			p, _, err := s.Open(testKey, offer, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := p.WriteAt(data, 0); err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Sync(int64(len(data)), 0, transfer.HashBytes(data)); err != nil {
+			if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Commit(); err != nil {
@@ -288,7 +288,7 @@ func TestDirStoreNeverWritesThroughCommittedFile(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			p, _, err = s.Open(testKey, tt.offer, false)
+			p, _, err = s.Open(testKey, tt.offer, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,11 +6,10 @@ import (
 	"github.com/ferry-dev/ferry/transfer"
 )
 
-// syncPoint is a durable offset to record with its tail chunk.
+// syncPoint is a durable offset to record with its merge stack.
 type syncPoint struct {
-	offset     int64
-	tailOffset int64
-	tailHash   transfer.Hash
+	offset int64               // the durable offset to record
+	stack  transfer.MergeStack // the merge stack at offset
 }
 
 // syncer fsyncs a partial in the background so that reading and verifying
@@ -70,7 +69,7 @@ func (s *syncer) loop() {
 	for s.err == nil && s.want.offset > s.done.offset {
 		pt := s.want
 		s.mu.Unlock()
-		err := s.p.Sync(pt.offset, pt.tailOffset, pt.tailHash)
+		err := s.p.Sync(&pt.stack)
 		if err == nil {
 			s.ack(pt.offset)
 		}

@@ -187,7 +187,7 @@ func TestWindowCutAndResume(t *testing.T) {
 		want = append(want, d)
 	}
 	dials := 0
-	s := &transfer.Sender{Addr: "pipe", ChunkSize: testChunk, Retries: 3, Backoff: time.Millisecond,
+	s := &transfer.Sender{Addr: "pipe", ChunkSize: testChunk, Retries: 3, Backoff: 10 * time.Millisecond,
 		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			dials++
 			c := srv.dial(t)

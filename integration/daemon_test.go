@@ -108,7 +108,17 @@ type daemon struct {
 	err    error         // from Wait
 }
 
-var listeningAddr = regexp.MustCompile(`\baddr=(\S+)`)
+// listeningAddr finds the address in a listening line, text or JSON.
+var listeningAddr = regexp.MustCompile(`\baddr=(\S+)|"addr":"([^"]+)"`)
+
+// loggedAddr returns the address a listening line names, or "".
+func loggedAddr(line string) string {
+	m := listeningAddr.FindStringSubmatch(line)
+	if m == nil {
+		return ""
+	}
+	return m[1] + m[2]
+}
 
 // startDaemon starts ferryd on 127.0.0.1 with a kernel-chosen port and
 // waits until it logs that it listens.
@@ -130,6 +140,14 @@ func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin.ferryd, args...)
 	cmd.Env = append(childEnv(), env...)
+	return startDaemonCmd(t, cmd)
+}
+
+// startDaemonCmd starts cmd, a ferryd, and waits until it logs that it
+// listens.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	args := cmd.Args[1:]
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -151,15 +169,13 @@ func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 			t.Logf("ferryd %q log:\n%s", args, strings.Join(d.log.snapshot(), "\n"))
 		}
 	})
-	i := d.log.wait(0, "msg=listening", "addr=")
+	i := d.log.wait(0, "listening", "addr")
 	if i < 0 {
 		t.Fatalf("ferryd did not log msg=listening:\n%s", strings.Join(d.log.snapshot(), "\n"))
 	}
-	m := listeningAddr.FindStringSubmatch(d.log.snapshot()[i])
-	if m == nil {
+	if d.addr = loggedAddr(d.log.snapshot()[i]); d.addr == "" {
 		t.Fatalf("no addr= in %q", d.log.snapshot()[i])
 	}
-	d.addr = m[1]
 	return d
 }
 

@@ -168,6 +168,7 @@ func TestBadPeersDaemonStaysUp(t *testing.T) {
 		{name: "frame length over any limit", send: []byte{frameHello, 0xff, 0xff, 0xff, 0xf0}},
 		{name: "unknown frame type", send: []byte{0x7f, 0, 0, 0, 0}},
 		{name: "future major version", send: helloFrame(99), wantRefusal: true},
+		{name: "version 1 sender", send: helloFrame(1), wantRefusal: true},
 		{name: "idle after a good hello", send: hello},
 		{name: "garbage after a good hello", send: append(append([]byte(nil), hello...), garbage...)},
 		{name: "huge chunk before any offer", send: append(append([]byte(nil), hello...), frameChunk, 0x7f, 0xff, 0xff, 0xff)},

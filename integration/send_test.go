@@ -216,6 +216,10 @@ func TestDaemonBadFlagsExit2(t *testing.T) {
 		{"unknown flag", []string{"--no-such-flag"}},
 		{"duration not a duration", []string{"--idle-timeout", "soon"}},
 		{"size not a number", []string{"--max-size", "big"}},
+		{"size with an unknown unit", []string{"--max-size", "10 parsecs"}},
+		{"negative size", []string{"--sync-bytes", "-1MiB"}},
+		{"rate not a rate", []string{"--min-rate", "fast"}},
+		{"unknown log format", []string{"--log-format", "xml"}},
 		{"unexpected argument", []string{"extra"}},
 	}
 	for _, tt := range tests {

@@ -10,17 +10,36 @@ import (
 )
 
 // Chunk is one framed slice of file data: Data is the bytes at Offset, and
-// Hash is BLAKE3(Data) as the sender computed it.
+// Hash is its chunk hash (ChunkHash) as the sender computed it.
 type Chunk struct {
 	Offset int64
 	Hash   Hash
 	Data   []byte
 }
 
-// Verify reports whether c.Hash is the BLAKE3 of c.Data.
-func (c *Chunk) Verify() bool { return HashBytes(c.Data) == c.Hash }
+// Verify reports whether c.Hash is ChunkHash(c.Data, c.Offset, size) for a
+// file of size bytes. A chunk that is not an aligned subtree (ChunkCV's
+// rules) does not verify.
+func (c *Chunk) Verify(size int64) bool {
+	h, err := ChunkHash(c.Data, c.Offset, size)
+	return err == nil && h == c.Hash
+}
 
-// HashBytes returns the BLAKE3 hash of b.
+// ChunkHash returns the hash a chunk frame carries for data at offset in a
+// file of size bytes: the BLAKE3 chaining value of the chunk's subtree
+// (ChunkCV), or, when the chunk is the whole file (offset 0, len(data) ==
+// size), the file's root hash, the value b3sum prints. It depends on
+// offset, so a chunk replayed at another offset does not match. Errors are
+// ChunkCV's (wrapping ErrProtocol) for a chunk that is not an aligned
+// subtree.
+func ChunkHash(data []byte, offset, size int64) (Hash, error) {
+	cv, err := ChunkCV(data, offset, offset == 0 && int64(len(data)) == size)
+	return Hash(cv), err
+}
+
+// HashBytes returns the BLAKE3 hash of b, as b3sum prints it, computed
+// with zeebo/blake3 (plain digests: offer identity, state record
+// checksums, `ferry hash`).
 func HashBytes(b []byte) Hash { return blake3.Sum256(b) }
 
 // WriteChunk writes c as one chunk frame: a 49-byte header (frame header

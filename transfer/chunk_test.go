@@ -21,10 +21,7 @@ func TestChunkRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.c.Hash = HashBytes(tt.c.Data)
-			if !tt.c.Verify() {
-				t.Fatal("Verify false for a fresh chunk")
-			}
+			tt.c.Hash = HashBytes(tt.c.Data) // any 32 bytes: framing does not judge them
 			p := EncodeChunk(&tt.c)
 			if len(p) != ChunkHeaderSize+len(tt.c.Data) ||
 				binary.BigEndian.Uint64(p) != uint64(tt.c.Offset) ||
@@ -52,7 +49,7 @@ func TestChunkRoundTrip(t *testing.T) {
 			if err := ReadChunk(&wire, h, buf, &got); err != nil {
 				t.Fatal(err)
 			}
-			if got.Offset != tt.c.Offset || !got.Verify() || !bytes.Equal(got.Data, tt.c.Data) {
+			if got.Offset != tt.c.Offset || got.Hash != tt.c.Hash || !bytes.Equal(got.Data, tt.c.Data) {
 				t.Fatalf("read %+v, want %+v", got, tt.c)
 			}
 		})
@@ -60,11 +57,51 @@ func TestChunkRoundTrip(t *testing.T) {
 }
 
 func TestChunkVerifyDetectsFlip(t *testing.T) {
-	c := Chunk{Data: []byte("some data")}
-	c.Hash = HashBytes(c.Data)
-	c.Data[3] ^= 1
-	if c.Verify() {
-		t.Fatal("Verify true after a bit flip")
+	data := randomData(3*MinChunkSize, 7)
+	for _, off := range []int64{0, MinChunkSize, 2 * MinChunkSize} {
+		c := Chunk{Offset: off, Data: bytes.Clone(data[off : off+MinChunkSize])}
+		if off == 2*MinChunkSize {
+			c.Data = c.Data[:100] // the file's short last chunk
+		}
+		size := 2*MinChunkSize + 100
+		var err error
+		if c.Hash, err = ChunkHash(c.Data, c.Offset, int64(size)); err != nil {
+			t.Fatal(err)
+		}
+		if !c.Verify(int64(size)) {
+			t.Fatalf("Verify false for a fresh chunk at offset %d", off)
+		}
+		c.Data[3] ^= 1
+		if c.Verify(int64(size)) {
+			t.Fatalf("Verify true after a bit flip at offset %d", off)
+		}
+	}
+}
+
+// TestChunkVerifyBindsOffset: the same bytes and hash, framed at another
+// offset or as part of a file of another size, do not verify.
+func TestChunkVerifyBindsOffset(t *testing.T) {
+	data := randomData(MinChunkSize, 8)
+	h, err := ChunkHash(data, MinChunkSize, 4*MinChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{0, 2 * MinChunkSize, 3 * MinChunkSize} {
+		c := Chunk{Offset: off, Hash: h, Data: data}
+		if c.Verify(4 * MinChunkSize) {
+			t.Fatalf("chunk hashed at offset %d verifies at offset %d", MinChunkSize, off)
+		}
+	}
+	// A one-chunk file's chunk carries the root hash, not the CV.
+	root, err := ChunkHash(data, 0, MinChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root != HashBytes(data) {
+		t.Fatalf("one-chunk hash %x, b3sum %x", root, HashBytes(data))
+	}
+	if c := (Chunk{Offset: 0, Hash: root, Data: data}); c.Verify(2 * MinChunkSize) {
+		t.Fatal("root hash verifies as the first chunk of a longer file")
 	}
 }
 

@@ -13,8 +13,9 @@ import (
 
 // ClientOptions configure a sender session. The zero value is usable.
 type ClientOptions struct {
-	// ChunkSize is the chunk size in bytes proposed in the Hello; the
-	// daemon may lower it. Defaults to DefaultChunkSize.
+	// ChunkSize is the chunk size in bytes proposed in the Hello, a power
+	// of two from MinChunkSize to MaxChunkSize; the daemon may lower it.
+	// Defaults to DefaultChunkSize.
 	ChunkSize int
 	// Agent names the sending software in the Hello, for the daemon's logs.
 	Agent string
@@ -29,9 +30,10 @@ type ClientOptions struct {
 
 // RehashRate is the slowest rate, in bytes per second, at which the sender
 // assumes a daemon re-reads data to hash it: after the Trailer of a
-// transfer accepted at durable offset D (an already committed file, or a
-// resume whose prefix the daemon hashes again), the wait for Committed
-// may last Timeout + D/RehashRate.
+// transfer accepted as already committed (AcceptCommitted), which the
+// daemon hashes again, the wait for Committed may last Timeout +
+// size/RehashRate. A resumed partial needs no such wait: the daemon keeps
+// its merge stack.
 const RehashRate = 64 << 20
 
 // Client is the sending end of one session. Transfers on a Client run one
@@ -75,15 +77,16 @@ func (c *Client) resumeRead() {
 // It returns an error wrapping ErrVersion if the daemon speaks another
 // major version, or the daemon's *RemoteError if it refuses the session.
 // It returns an error wrapping ErrNotFerry if the peer answers with bytes
-// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is out of
-// range. If ctx ends during the handshake, rwc is closed.
+// that are no ferry frame, and ErrInvalidConfig if opts.ChunkSize is not a
+// power of two from MinChunkSize to MaxChunkSize. If ctx ends during the
+// handshake, rwc is closed.
 func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) (*Client, error) {
 	cs := opts.ChunkSize
 	if cs == 0 {
 		cs = DefaultChunkSize
 	}
-	if cs < MinChunkSize || cs > MaxChunkSize {
-		return nil, fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, cs, MinChunkSize, MaxChunkSize)
+	if err := CheckChunkSize(cs); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	rwc = withDeadlines(rwc, opts.Timeout)
 	stop := closeOnCancel(ctx, rwc)

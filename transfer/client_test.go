@@ -56,9 +56,13 @@ func TestHandshake(t *testing.T) {
 		{"daemon lowers the size", ClientOptions{},
 			answerHello(&Hello{Major: ProtocolMajor, Minor: 3, ChunkSize: MinChunkSize}), MinChunkSize, nil, ""},
 		{"daemon raises the size", ClientOptions{ChunkSize: MinChunkSize},
-			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize + 1}), 0, ErrProtocol, "above proposed"},
+			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: 2 * MinChunkSize}), 0, ErrProtocol, "above proposed"},
+		{"daemon chooses a size that is not a power of two", ClientOptions{},
+			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: 3 * MinChunkSize}), 0, ErrProtocol, "not a power of two"},
 		{"daemon of another major version", ClientOptions{},
 			answerHello(&Hello{Major: 3, ChunkSize: MinChunkSize}), 0, ErrVersion, "v3.0"},
+		{"daemon of version 1", ClientOptions{},
+			answerHello(&Hello{Major: 1, ChunkSize: 4096}), 0, ErrVersion, "v1.0"},
 		{"daemon refuses", ClientOptions{},
 			answerHello(&RemoteError{Code: CodeBusy, Message: "too many sessions"}), 0, ErrBusy, "too many sessions"},
 		{"daemon refuses the version", ClientOptions{},
@@ -74,8 +78,9 @@ func TestHandshake(t *testing.T) {
 			_, err := ReadMessage(r)
 			return err
 		}, 0, io.EOF, "reading daemon hello"},
-		{"chunk size below the minimum", ClientOptions{ChunkSize: MinChunkSize - 1}, nil, 0, nil, "outside"},
-		{"chunk size above the maximum", ClientOptions{ChunkSize: MaxChunkSize + 1}, nil, 0, nil, "outside"},
+		{"chunk size below the minimum", ClientOptions{ChunkSize: MinChunkSize / 2}, nil, 0, ErrInvalidConfig, "not a power of two from"},
+		{"chunk size above the maximum", ClientOptions{ChunkSize: 2 * MaxChunkSize}, nil, 0, ErrInvalidConfig, "not a power of two from"},
+		{"chunk size not a power of two", ClientOptions{ChunkSize: 3 * MinChunkSize}, nil, 0, ErrInvalidConfig, "not a power of two"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -176,7 +181,7 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 				return err
 			}
 			o := m.(*Offer)
-			if err := WriteMessage(w, &Accept{ID: o.ID}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: o.ID, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			buf := make([]byte, ChunkHeaderSize+MinChunkSize)
@@ -250,7 +255,7 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 		{"accepts beyond the size", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
 			ReadMessage(r)
-			return WriteMessage(w, &Accept{ID: 1, DurableOffset: int64(len(data)) + 1, TailOffset: int64(len(data)), TailLength: 1})
+			return WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: 3*MinChunkSize + 101, TailOffset: 3 * MinChunkSize, TailLength: 101})
 		}, ErrProtocol, "beyond size", false},
 		{"answers the offer with a nack", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
@@ -260,9 +265,9 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 		{"accepts a restart at a non-zero offset", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
 			ReadMessage(r)
-			WriteMessage(w, &Accept{ID: 1, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
+			WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
 			ReadMessage(r)
-			return WriteMessage(w, &Accept{ID: 1, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
+			return WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
 		}, ErrProtocol, "restart accepted at offset", false},
 	}
 	for _, tt := range tests {
@@ -345,5 +350,64 @@ func TestSendOffer(t *testing.T) {
 				t.Fatalf("offer %+v, want %+v", o, want)
 			}
 		})
+	}
+}
+
+// slowReaderAt delays every read that starts before offset before, like
+// a source whose first part sits on a slow disk.
+type slowReaderAt struct {
+	r      io.ReaderAt
+	before int64
+	delay  time.Duration
+}
+
+func (s slowReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < s.before {
+		time.Sleep(s.delay)
+	}
+	return s.r.ReadAt(p, off)
+}
+
+// TestSendWaitsForItsOwnPrefixHash resumes at a durable offset whose
+// prefix the sender re-hashes from a slow source for longer than its
+// timeout. Waiting for its own hash before the trailer is not the daemon
+// being silent: the send must not fail with a deadline error (it did, at
+// random under -race, once the prefix hash ran on HashChunks).
+func TestSendWaitsForItsOwnPrefixHash(t *testing.T) {
+	data := randomData(8*MinChunkSize, 12)
+	size := int64(len(data))
+	resumeAt := int64(6 * MinChunkSize)
+	conn := fakeDaemon(t, func(r *bufio.Reader, w io.Writer) error {
+		if err := answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w); err != nil {
+			return err
+		}
+		if _, err := ReadMessage(r); err != nil {
+			return err
+		}
+		acc := &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
+			TailHash: mustChunkHash(data[resumeAt-MinChunkSize:resumeAt], resumeAt-MinChunkSize, size)}
+		if err := WriteMessage(w, acc); err != nil {
+			return err
+		}
+		if _, err := receiveChunks(r); err != nil {
+			return err
+		}
+		return WriteMessage(w, &Committed{ID: 1, Size: size, Hash: HashBytes(data)})
+	})
+	c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := memSource(data)
+	// The prefix before the tail chunk hashes for at least 500ms, on any
+	// number of cores; the tail check and the chunks sent are quick.
+	src.R = slowReaderAt{r: src.R, before: resumeAt - MinChunkSize, delay: 500 * time.Millisecond}
+	res, err := c.Send(context.Background(), src, "f", SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Hash != HashBytes(data) || res.ResumedFrom != resumeAt || res.SentBytes != size-resumeAt {
+		t.Fatalf("result %+v", res)
 	}
 }

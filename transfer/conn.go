@@ -64,6 +64,29 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// holdReads re-arms rwc's read deadline, every quarter of its timeout,
+// until done is closed or ctx ends: for a wait on this side (the sender
+// hashing its own prefix before the trailer) during which the daemon has
+// nothing to say and must not be taken for gone.
+func holdReads(ctx context.Context, rwc io.ReadWriteCloser, done <-chan struct{}) {
+	c, ok := rwc.(*deadlineConn)
+	if !ok {
+		return
+	}
+	t := time.NewTicker(max(c.timeout/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		_ = c.d.SetReadDeadline(time.Now().Add(c.timeout + time.Duration(c.slack.Load()))) // see Read
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // setSlack sets how much longer than the timeout a read may wait, for
 // answers the peer legitimately needs time to compute.
 func setSlack(rwc io.ReadWriteCloser, d time.Duration) {

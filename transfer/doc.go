@@ -32,8 +32,9 @@
 //
 // # Versions
 //
-// A Hello opens the session in both directions: "FRRY", major (u16),
-// minor (u16), chunk size (u32, MinChunkSize..MaxChunkSize), agent. The
+// A Hello opens the session in both directions: "FRRY", major (u16, 2),
+// minor (u16), chunk size (u32, a power of two from MinChunkSize, 16 KiB,
+// to MaxChunkSize, 16 MiB; anything else is refused), agent. The
 // sender proposes a chunk size and the daemon answers with the size both
 // use, never larger. Bytes 0-7 of a Hello are fixed across versions, and
 // the major version is judged before the rest, so a peer of another major
@@ -48,16 +49,26 @@
 // DefaultWindowBytes of unsettled data), so a tree costs a few round
 // trips, not two per file. Every message about a transfer starts with its
 // ID (u32, chosen by the sender, increasing). Offer (name, size, mode,
-// mtime and the source's identity) is answered by Accept (durable offset
-// and the tail chunk's hash, which the sender checks against its file
-// before sending more) or RefuseTransfer (a stable Code; see errors.go;
-// the session goes on). A file of at most one chunk goes out with its
-// Offer (OfferData) without waiting. Chunks travel in data runs, one
-// transfer at a time: an OfferData offer or a Data frame, the chunks, then
-// a Trailer with the whole-file BLAKE3; Acks report durable offsets and
-// Nacks rejected chunks (the sender sends a new run from there). The
-// daemon commits files in groups and answers Committed for each. Refuse
-// (without ID) refuses the whole session.
+// mtime and the source's identity) is answered by Accept (the transfer's
+// chunk size, durable offset and the tail chunk's hash, which the sender
+// checks against its file before sending more) or RefuseTransfer (a
+// stable Code; see errors.go; the session goes on). A file of at most one
+// chunk goes out with its Offer (OfferData) without waiting, in chunks of
+// the session's size. Chunks travel in data runs, one transfer at a time:
+// an OfferData offer or a Data frame, the chunks, then a Trailer with the
+// whole-file BLAKE3; Acks report durable offsets and Nacks rejected chunks
+// (the sender sends a new run from there). The daemon commits files in
+// groups and answers Committed for each. Refuse (without ID) refuses the
+// whole session.
+//
+// # Chunk hashes
+//
+// A chunk's hash is the BLAKE3 chaining value of its subtree at its offset
+// (ChunkHash, ChunkCV; docs/CHUNK-HASH.md): chunk i covers [i·C, (i+1)·C),
+// so a chunk replayed at another offset does not verify, and the
+// whole-file hash, the one b3sum prints, is merged from the chunk values
+// (MergeStack). lukechampine.com/blake3/guts computes chaining values;
+// zeebo/blake3 computes plain digests (HashBytes, HashReader).
 //
 // Refusals arrive as *RemoteError, which matches its sentinel with
 // errors.Is (errors.Is(err, ErrExists)); Retryable says whether a new

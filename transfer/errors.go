@@ -64,8 +64,8 @@ var (
 	ErrNotFerry = errors.New("peer does not speak the ferry protocol")
 
 	// ErrInvalidConfig is returned when a Sender or ClientOptions field is
-	// out of range (a chunk size outside MinChunkSize..MaxChunkSize, a
-	// negative retry count, …). It is permanent: it is a usage error.
+	// out of range (a chunk size that is not a power of two from
+	// MinChunkSize to MaxChunkSize, a negative retry count, …). It is permanent: it is a usage error.
 	ErrInvalidConfig = errors.New("invalid sender configuration")
 )
 

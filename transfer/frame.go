@@ -69,10 +69,12 @@ const (
 	// before the data: offset (8), length (4), BLAKE3 hash (32).
 	ChunkHeaderSize = 8 + 4 + HashSize
 
-	// MinChunkSize is the smallest negotiable chunk size in bytes.
-	MinChunkSize = 4 << 10
-	// MaxChunkSize is the largest negotiable chunk size in bytes.
-	MaxChunkSize = 16 << 20
+	// MinChunkSize is the smallest negotiable chunk size in bytes, 16 KiB.
+	// A chunk size must also be a power of two (CheckChunkSize), so that
+	// every chunk is a complete BLAKE3 subtree.
+	MinChunkSize = MinTreeChunkSize
+	// MaxChunkSize is the largest negotiable chunk size in bytes, 16 MiB.
+	MaxChunkSize = MaxTreeChunkSize
 
 	// DefaultChunkSize is the chunk size in bytes a sender proposes unless
 	// told otherwise: 1 MiB, chosen by measurement (see docs/PROTOCOL.md).

@@ -76,7 +76,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
 	f.Add(byte(FrameHello), append(append([]byte(nil), hello[:4]...), 0, 2, 0, 0))
 	f.Add(byte(FrameHello), hello[:11])
-	f.Add(byte(FrameAccept), EncodeMessage(&Accept{ID: 1, DurableOffset: 100, TailOffset: 50, TailLength: 40}))
+	f.Add(byte(FrameAccept), EncodeMessage(&Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40}))
 	f.Add(byte(FrameRefuse), []byte{0, 1, 0, 3, 'a', 0xff, 'b'})
 	f.Add(byte(FrameChunk), make([]byte, ChunkHeaderSize))
 	f.Add(byte(0), []byte{})

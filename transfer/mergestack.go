@@ -70,6 +70,26 @@ func (s *MergeStack) Offset() int64 { return s.offset }
 // MergeStackLen(s.Offset(), s.ChunkSize()).
 func (s *MergeStack) Len() int { return s.n }
 
+// Last returns the chaining value of the last chunk pushed (the root hash
+// for a file of one chunk), which the stack keeps unmerged, and false for
+// a stack at offset 0.
+func (s *MergeStack) Last() (CV, bool) {
+	if s.n == 0 {
+		return CV{}, false
+	}
+	return wordsCV(s.cvs[s.n-1]), true
+}
+
+// LastOffset returns the offset of the last chunk pushed: Offset() rounded
+// down to a multiple of ChunkSize() just below it, 0 at offset 0.
+func (s *MergeStack) LastOffset() int64 {
+	c := int64(s.ChunkSize())
+	if s.offset == 0 || c == 0 {
+		return 0
+	}
+	return (s.offset - 1) / c * c
+}
+
 // MergeStackLen returns the number of chaining values a MergeStack holds
 // once chunks of chunkSize bytes covering offset bytes have been pushed:
 // 0 for offset 0, else one more than the number of one bits in the index
@@ -209,4 +229,54 @@ func (s *MergeStack) UnmarshalBinary(data []byte) error {
 		s.cvs[i] = cvWords((*CV)(data[mergeStackHeader+i*HashSize:]))
 	}
 	return nil
+}
+
+// Rechunk returns s re-cut into chunks of chunkSize bytes, a power of two
+// smaller than s.ChunkSize(), at the same offset, so that a receiver can
+// go on with smaller chunks without re-reading its prefix. tail is the
+// data of the last chunk pushed, [s.LastOffset(), s.Offset()), and size
+// the file's size in bytes. Every complete subtree left of the last chunk
+// stays as it is; only the last chunk is hashed again, in pieces of
+// chunkSize. Rechunk does not check tail against the last chaining value:
+// the caller verifies it first (ChunkHash). It returns an error for a
+// chunk size that is not smaller and allowed, or a tail of the wrong
+// length.
+func (s *MergeStack) Rechunk(chunkSize int, tail []byte, size int64) (*MergeStack, error) {
+	if err := CheckChunkSize(chunkSize); err != nil {
+		return nil, err
+	}
+	if chunkSize >= s.ChunkSize() {
+		return nil, fmt.Errorf("bug: re-cutting a merge stack of %d-byte chunks into %d-byte chunks", s.ChunkSize(), chunkSize)
+	}
+	last := s.LastOffset()
+	if int64(len(tail)) != s.offset-last || s.offset > size {
+		return nil, fmt.Errorf("bug: re-cutting a merge stack at offset %d with a tail of %d bytes at %d", s.offset, len(tail), last)
+	}
+	out := &MergeStack{chunkShift: uint8(bits.TrailingZeros(uint(chunkSize))), offset: s.offset}
+	if s.n == 0 {
+		return out, nil
+	}
+	// The tail's small chunks form the last big chunk's subtree, aligned
+	// to it, and parent compressions do not depend on position: merged on
+	// a stack of their own, they leave exactly the entries that the
+	// subtree contributes to the re-cut stack.
+	sub := &MergeStack{chunkShift: out.chunkShift}
+	c := int64(chunkSize)
+	for off := int64(0); off < int64(len(tail)); off += c {
+		piece := tail[off:min(off+c, int64(len(tail)))]
+		h, err := ChunkHash(piece, last+off, size)
+		if err != nil {
+			return nil, err
+		}
+		if err := sub.Push(CV(h), int64(len(piece))); err != nil {
+			return nil, err
+		}
+	}
+	out.n = s.n - 1 + sub.n
+	if want := MergeStackLen(s.offset, chunkSize); out.n != want || out.n > MaxMergeStackLen {
+		return nil, fmt.Errorf("bug: re-cut merge stack holds %d chaining values, want %d", out.n, want)
+	}
+	copy(out.cvs[:], s.cvs[:s.n-1])
+	copy(out.cvs[s.n-1:], sub.cvs[:sub.n])
+	return out, nil
 }

@@ -262,3 +262,66 @@ func FuzzDecodeMergeStack(f *testing.F) {
 		}
 	})
 }
+
+// stackOf pushes the chaining values of data's chunks up to offset d.
+func stackOf(t *testing.T, data []byte, chunkSize int, d int64) *MergeStack {
+	t.Helper()
+	s, err := NewMergeStack(chunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(0); off < d; off += int64(chunkSize) {
+		c := data[off:min(off+int64(chunkSize), int64(len(data)))]
+		h, err := ChunkHash(c, off, int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Push(CV(h), int64(len(c))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// TestMergeStackRechunk re-cuts a stack into smaller chunks at every
+// boundary of the larger ones: the result equals the stack built in the
+// smaller chunks from the start, and finishes to b3sum's hash.
+func TestMergeStackRechunk(t *testing.T) {
+	for _, size := range []int{MinTreeChunkSize / 2, 4*MinTreeChunkSize + 1000, 8 * MinTreeChunkSize, 13*MinTreeChunkSize + 1} {
+		data := randomData(size, uint64(size))
+		want := HashBytes(data)
+		for _, cs := range [][2]int{{2 * MinTreeChunkSize, MinTreeChunkSize}, {8 * MinTreeChunkSize, MinTreeChunkSize}, {4 * MinTreeChunkSize, 2 * MinTreeChunkSize}} {
+			big, small := cs[0], cs[1]
+			for d := int64(0); ; d = min(d+int64(big), int64(size)) {
+				s := stackOf(t, data, big, d)
+				got, err := s.Rechunk(small, data[s.LastOffset():d], int64(size))
+				if err != nil {
+					t.Fatalf("size %d, %d→%d at %d: %v", size, big, small, d, err)
+				}
+				if direct := stackOf(t, data, small, d); *got != *direct {
+					t.Fatalf("size %d, %d→%d at %d: re-cut stack differs from one built in %d-byte chunks", size, big, small, d, small)
+				}
+				for off := d; off < int64(size); off += int64(small) {
+					c := data[off:min(off+int64(small), int64(size))]
+					h, _ := ChunkHash(c, off, int64(size))
+					if err := got.Push(CV(h), int64(len(c))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if h, err := got.Sum(int64(size)); err != nil || h != want {
+					t.Fatalf("size %d, %d→%d at %d: root %x, %v; want %x", size, big, small, d, h, err, want)
+				}
+				if d == int64(size) {
+					break
+				}
+			}
+		}
+	}
+	s := stackOf(t, randomData(MinTreeChunkSize, 1), MinTreeChunkSize, MinTreeChunkSize)
+	if _, err := s.Rechunk(2*MinTreeChunkSize, make([]byte, MinTreeChunkSize), 2*MinTreeChunkSize); err == nil {
+		t.Error("Rechunk to a larger chunk size succeeded")
+	}
+	if _, err := s.Rechunk(MinTreeChunkSize, make([]byte, MinTreeChunkSize), 2*MinTreeChunkSize); err == nil {
+		t.Error("Rechunk to the same chunk size succeeded")
+	}
+}

@@ -41,7 +41,7 @@ type Message interface {
 // than proposed).
 type Hello struct {
 	Major, Minor uint16
-	ChunkSize    uint32 // bytes; MinChunkSize..MaxChunkSize
+	ChunkSize    uint32 // bytes; a power of two, MinChunkSize..MaxChunkSize
 	Agent        string // software name and version, for logs; ≤ 256 bytes
 }
 
@@ -84,11 +84,18 @@ const MaxFileSize = 1 << 62
 
 // Accept answers an Offer. DurableOffset is where the sender continues; the
 // tail chunk [TailOffset, TailOffset+TailLength) ends at DurableOffset and
-// TailHash is its BLAKE3, which the sender checks against its own file
-// before sending more. TailLength is 0 when DurableOffset is 0.
+// TailHash is its chunk hash (ChunkHash: the chaining value of its subtree,
+// the root hash for a file of one chunk), which the sender checks against
+// its own file before sending more. TailLength is 0 when DurableOffset is
+// 0. The tail is one chunk of ChunkSize: TailOffset is a multiple of it.
 type Accept struct {
-	ID            uint32 // the offer's transfer ID
-	Flags         AcceptFlags
+	ID    uint32 // the offer's transfer ID
+	Flags AcceptFlags
+	// ChunkSize is the chunk size in bytes of this transfer: the
+	// session's for a new partial, the partial's own (never above the
+	// session's) for a resumed one, since its merge stack is built from
+	// chunks of that size. A power of two (CheckChunkSize).
+	ChunkSize     uint32
 	DurableOffset int64
 	TailOffset    int64
 	TailLength    uint32
@@ -200,21 +207,22 @@ func (m *Offer) appendPayload(b []byte) []byte {
 func (m *Accept) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, m.ID)
 	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
+	b = binary.BigEndian.AppendUint32(b, m.ChunkSize)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.TailOffset))
 	b = binary.BigEndian.AppendUint32(b, m.TailLength)
 	return append(b, m.TailHash[:]...)
 }
 
-func (m *RemoteError) appendPayload(b []byte) []byte {
-	if m.ID != 0 {
-		b = binary.BigEndian.AppendUint32(b, m.ID)
+func (e *RemoteError) appendPayload(b []byte) []byte {
+	if e.ID != 0 {
+		b = binary.BigEndian.AppendUint32(b, e.ID)
 	}
-	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	b = binary.BigEndian.AppendUint16(b, uint16(e.Code))
 	// The decoder insists on valid UTF-8 of at most maxMessage bytes, so
 	// cut at a rune boundary: a refusal must never turn into a protocol
 	// error on the peer.
-	msg := strings.ToValidUTF8(m.Message, "\uFFFD")
+	msg := strings.ToValidUTF8(e.Message, "\uFFFD")
 	if len(msg) > maxMessage {
 		n := maxMessage
 		for n > 0 && !utf8.RuneStart(msg[n]) {
@@ -316,8 +324,10 @@ func (d *decoder) hello() *Hello {
 	}
 	m.ChunkSize = d.u32()
 	m.Agent = d.str(maxAgent)
-	if d.err == nil && (m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize) {
-		d.fail("chunk size %d outside %d..%d", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	if d.err == nil {
+		if err := CheckChunkSize(int(m.ChunkSize)); err != nil {
+			d.fail("%v", err)
+		}
 	}
 	return m
 }
@@ -343,6 +353,7 @@ func (d *decoder) accept() *Accept {
 	m := &Accept{
 		ID:            d.id(),
 		Flags:         AcceptFlags(d.u32()),
+		ChunkSize:     d.u32(),
 		DurableOffset: d.offset(),
 		TailOffset:    d.offset(),
 		TailLength:    d.u32(),
@@ -351,8 +362,16 @@ func (d *decoder) accept() *Accept {
 	if d.err == nil && m.TailOffset+int64(m.TailLength) != m.DurableOffset {
 		d.fail("tail [%d,+%d) does not end at durable offset %d", m.TailOffset, m.TailLength, m.DurableOffset)
 	}
-	if d.err == nil && m.TailLength > MaxChunkSize {
-		d.fail("tail length %d above %d", m.TailLength, MaxChunkSize)
+	if d.err == nil {
+		if err := CheckChunkSize(int(m.ChunkSize)); err != nil {
+			d.fail("%v", err)
+		}
+	}
+	if d.err == nil && (m.TailLength > m.ChunkSize || m.TailOffset%int64(m.ChunkSize) != 0) {
+		d.fail("tail [%d,+%d) is not one chunk of %d bytes", m.TailOffset, m.TailLength, m.ChunkSize)
+	}
+	if d.err == nil && m.DurableOffset > 0 && m.TailLength == 0 {
+		d.fail("empty tail at durable offset %d", m.DurableOffset)
 	}
 	return m
 }

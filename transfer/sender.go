@@ -34,8 +34,9 @@ type Sender struct {
 	// with Timeout as its timeout and 15s keep-alives.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// ChunkSize is the chunk size in bytes proposed to the daemon, which
-	// may lower it. Defaults to DefaultChunkSize; outside
-	// MinChunkSize..MaxChunkSize, Send fails with ErrInvalidConfig.
+	// may lower it. Defaults to DefaultChunkSize; unless it is a power of
+	// two from MinChunkSize to MaxChunkSize, Send fails with
+	// ErrInvalidConfig.
 	ChunkSize int
 	// Agent names the sending software in the Hello, for the daemon's logs.
 	Agent string
@@ -423,8 +424,8 @@ func (s *Sender) check() error {
 	switch {
 	case s.Addr == "":
 		return fmt.Errorf("%w: no daemon address", ErrInvalidConfig)
-	case s.ChunkSize != 0 && (s.ChunkSize < MinChunkSize || s.ChunkSize > MaxChunkSize):
-		return fmt.Errorf("%w: chunk size %d outside %d..%d", ErrInvalidConfig, s.ChunkSize, MinChunkSize, MaxChunkSize)
+	case s.ChunkSize != 0 && CheckChunkSize(s.ChunkSize) != nil:
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, CheckChunkSize(s.ChunkSize))
 	case s.Window < 0 || s.Window > MaxWindowFiles:
 		return fmt.Errorf("%w: window %d outside 1..%d", ErrInvalidConfig, s.Window, MaxWindowFiles)
 	case s.Retries < 0:

@@ -57,7 +57,7 @@ func goodDaemon(r *bufio.Reader, w io.Writer) error {
 		case *Offer:
 			cur, data = m, nil
 			if m.Flags&OfferData == 0 { // protocol 2: a small file's data comes unasked
-				if err := WriteMessage(w, &Accept{ID: m.ID}); err != nil {
+				if err := WriteMessage(w, &Accept{ID: m.ID, ChunkSize: MinChunkSize}); err != nil {
 					return err
 				}
 			}
@@ -201,7 +201,7 @@ func TestSenderDeadlines(t *testing.T) {
 			if _, err := ReadMessage(r); err != nil {
 				return err
 			}
-			if err := WriteMessage(w, &Accept{ID: 1}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			_, err := receiveChunks(r)
@@ -214,7 +214,7 @@ func TestSenderDeadlines(t *testing.T) {
 			if _, err := ReadMessage(r); err != nil {
 				return err
 			}
-			if err := WriteMessage(w, &Accept{ID: 1}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			time.Sleep(3 * time.Second) // reads nothing, like a stopped process
@@ -258,8 +258,8 @@ func TestSenderWaitsLongerForARehash(t *testing.T) {
 		if _, err := ReadMessage(r); err != nil {
 			return err
 		}
-		acc := &Accept{ID: 1, Flags: AcceptCommitted, DurableOffset: int64(len(data)), TailOffset: int64(len(data) - MinChunkSize),
-			TailLength: MinChunkSize, TailHash: HashBytes(tail)}
+		acc := &Accept{ID: 1, Flags: AcceptCommitted, ChunkSize: MinChunkSize, DurableOffset: int64(len(data)), TailOffset: int64(len(data) - MinChunkSize),
+			TailLength: MinChunkSize, TailHash: mustChunkHash(tail, int64(len(data)-MinChunkSize), int64(len(data)))}
 		if err := WriteMessage(w, acc); err != nil {
 			return err
 		}
@@ -424,7 +424,7 @@ func TestSenderKeepsTheSession(t *testing.T) {
 }
 
 // checkNoTransferGoroutines fails the test if a goroutine of a transfer
-// (reader, producer, whole-file catch-up) still runs. A joined goroutine
+// (reader, chunk hashers, prefix hasher) still runs. A joined goroutine
 // may take a moment to leave the stack dump after its last action, so the
 // check allows 500ms; one blocked on the session stays there for good.
 func checkNoTransferGoroutines(t *testing.T) {
@@ -434,7 +434,7 @@ func checkNoTransferGoroutines(t *testing.T) {
 	for deadline := time.Now().Add(500 * time.Millisecond); ; {
 		stacks := string(buf[:runtime.Stack(buf, true)])
 		left = left[:0]
-		for _, fn := range []string{"transfer.(*stream).readLoop", "transfer.(*stream).produce", "transfer.(*StreamHasher).catchUp"} {
+		for _, fn := range []string{"transfer.(*stream).readLoop", "transfer.hashRange", "transfer.newWholeHash"} {
 			if strings.Contains(stacks, fn) {
 				left = append(left, fn)
 			}
@@ -458,10 +458,10 @@ func TestSendJoinsItsGoroutines(t *testing.T) {
 	resumeAt := int64(2 * MinChunkSize)
 	accept := func(resume bool) *Accept {
 		if !resume {
-			return &Accept{ID: 1}
+			return &Accept{ID: 1, ChunkSize: MinChunkSize}
 		}
-		return &Accept{ID: 1, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
-			TailHash: HashBytes(data[resumeAt-MinChunkSize : resumeAt])}
+		return &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
+			TailHash: mustChunkHash(data[resumeAt-MinChunkSize:resumeAt], resumeAt-MinChunkSize, int64(len(data)))}
 	}
 	tests := []struct {
 		name   string
@@ -515,4 +515,13 @@ type slowReader struct{ r io.ReaderAt }
 func (s slowReader) ReadAt(p []byte, off int64) (int, error) {
 	time.Sleep(time.Millisecond)
 	return s.r.ReadAt(p, off)
+}
+
+// mustChunkHash is ChunkHash for data known to be an aligned chunk.
+func mustChunkHash(data []byte, offset, size int64) Hash {
+	h, err := ChunkHash(data, offset, size)
+	if err != nil {
+		panic("bug: " + err.Error())
+	}
+	return h
 }

@@ -65,9 +65,10 @@ type flight struct {
 	speculative bool // its data went out with its offer (OfferData)
 
 	acc       *Accept
+	chunkSize int // this transfer's: the Accept's, or the session's for a speculative one
 	restarted bool
 	resumed   int64
-	whole     *StreamHasher
+	whole     *wholeHash
 	hash      Hash
 	hashed    bool
 	sent      int64 // chunk data bytes written, this session
@@ -86,7 +87,6 @@ type window struct {
 	c    *Client
 	ctx  context.Context
 	opts WindowOptions
-	pool *BufferPool
 
 	mu       sync.Mutex
 	kick     chan struct{} // cap 1: something changed
@@ -99,7 +99,7 @@ type window struct {
 	lastID   uint32
 	slack    time.Duration
 	progress bool // some transfer committed or moved a durable offset
-	hashers  []*StreamHasher
+	hashers  []*wholeHash
 }
 
 // SendAll sends files over the session, keeping a window of transfers in
@@ -133,7 +133,7 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 	stop := closeOnCancel(ctx, c.rwc)
 	defer stop()
 	actx, cancel := context.WithCancel(ctx)
-	w := &window{c: c, ctx: actx, opts: opts, pool: NewBufferPool(c.chunkSize),
+	w := &window{c: c, ctx: actx, opts: opts,
 		kick: make(chan struct{}, 1), flights: make(map[uint32]*flight), lastID: c.lastID}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -155,7 +155,8 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 		}
 		t.Stop()
 		w.mu.Lock()
-		if re, ok := w.sessErr.(*RemoteError); ok {
+		var re *RemoteError
+		if errors.As(w.sessErr, &re) {
 			err = re
 		}
 		done := w.settled
@@ -196,9 +197,7 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, h := range w.hashers {
-		if h.done != nil {
-			<-h.done
-		}
+		h.wait()
 	}
 	for _, f := range w.flights {
 		f.job.Last = f.result()
@@ -276,7 +275,9 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 		case f != nil:
 			err = w.accepted(f)
 		case room:
-			job, ok := next()
+			var job *Job
+			var ok bool
+			w.local(func() { job, ok = next() })
 			if !ok {
 				exhausted = true
 				continue
@@ -295,6 +296,24 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 			w.fail(err)
 		}
 	}
+}
+
+// local runs fn, a wait on this side (the next job, a source's first
+// bytes), keeping the reader's deadline from running out meanwhile: the
+// daemon may have nothing to say until the sender sends more.
+func (w *window) local(fn func()) {
+	if _, ok := w.c.rwc.(*deadlineConn); !ok {
+		fn()
+		return
+	}
+	done, held := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(held)
+		holdReads(w.ctx, w.c.rwc, done)
+	}()
+	fn()
+	close(done)
+	<-held
 }
 
 // refusalWait is how long a failed session waits for the refusal that
@@ -328,13 +347,15 @@ func (w *window) settleLocked(f *flight, err error) {
 // start offers job: with its data at once when it fits in one chunk,
 // otherwise alone, to be streamed once accepted.
 func (w *window) start(job *Job) error {
-	offer, err := job.Src.offer(job.Name)
+	var offer *Offer
+	var err error
+	w.local(func() { offer, err = job.Src.offer(job.Name) }) // reads the source's first bytes
 	if err == nil && len(job.Name) > MaxNameLen {
 		err = fmt.Errorf("%w: remote name is %d bytes, the limit is %d", ErrBadName, len(job.Name), MaxNameLen)
 	}
 	w.mu.Lock()
 	w.lastID++
-	f := &flight{id: w.lastID, job: job, offer: offer, nacks: make(map[int64]int), rerun: -1,
+	f := &flight{id: w.lastID, job: job, offer: offer, chunkSize: w.c.chunkSize, nacks: make(map[int64]int), rerun: -1,
 		progress: Progress{Size: job.Src.Size}}
 	w.flights[f.id] = f
 	if err != nil {
@@ -377,7 +398,8 @@ func (w *window) accepted(f *flight) error {
 			w.mu.Unlock()
 			return nil
 		}
-		ok = HashBytes(buf) == acc.TailHash
+		h, err := ChunkHash(buf, acc.TailOffset, src.Size)
+		ok = err == nil && h == acc.TailHash
 	}
 	if !ok {
 		o := *f.offer
@@ -402,10 +424,13 @@ func (w *window) accepted(f *flight) error {
 	return w.dataRun(f, acc.DurableOffset, true)
 }
 
-// track remembers a hasher whose catch-up goroutine SendAll must join,
+// track remembers a hasher whose prefix goroutine SendAll must join,
 // forgetting those that ended, so that the list stays as short as the
 // window. Called with mu held.
-func (w *window) track(h *StreamHasher) {
+func (w *window) track(h *wholeHash) {
+	if h.done == nil {
+		return
+	}
 	live := w.hashers[:0]
 	for _, o := range w.hashers {
 		select {
@@ -417,6 +442,30 @@ func (w *window) track(h *StreamHasher) {
 	w.hashers = append(live, h)
 }
 
+// newWhole starts f's whole-file hash with chunks from off on to be
+// pushed; for off > 0 the sender re-hashes its own prefix [0, off) in the
+// background, never trusting the daemon's. Called with mu held.
+func (w *window) newWhole(f *flight, off int64) error {
+	h, err := newWholeHash(w.ctx, sourceReader{f.job.Src}, off, f.job.Src.Size, f.chunkSize)
+	if err != nil {
+		return err
+	}
+	f.whole = h
+	w.track(h)
+	return nil
+}
+
+// sourceReader reads a Source for HashChunks: a short read means the
+// source shrank (ErrSourceChanged).
+type sourceReader struct{ src Source }
+
+func (r sourceReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.src.readFull(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
 // dataRun sends f's chunks from off to the end of the file, opened by a
 // Data frame unless the offer opened it, then its trailer. A nack for f
 // that arrives meanwhile cuts the run short; the nacked offset is queued
@@ -425,10 +474,9 @@ func (w *window) dataRun(f *flight, off int64, open bool) error {
 	src := f.job.Src
 	w.mu.Lock()
 	if f.whole == nil {
-		f.whole = NewStreamHasher()
-		if off > 0 {
-			f.whole.CatchUp(w.ctx, src.R, off)
-			w.track(f.whole)
+		if err := w.newWhole(f, off); err != nil {
+			w.mu.Unlock()
+			return err
 		}
 	}
 	f.trailer = false
@@ -438,20 +486,25 @@ func (w *window) dataRun(f *flight, off int64, open bool) error {
 			return err
 		}
 	}
-	if src.Size-off <= int64(w.c.chunkSize) {
-		// One chunk at most: no producer goroutine.
+	if src.Size-off <= int64(f.chunkSize) {
+		// One chunk at most: no hashing goroutines. For a file of one
+		// chunk its hash is the root (ChunkHash), as HashChunks yields.
 		if off < src.Size {
-			buf := w.pool.Get()
+			pool := chunkPool(f.chunkSize)
+			buf := pool.Get()
 			data := (*buf)[:src.Size-off]
 			err := src.readFull(data, off)
+			var cv CV
 			if err == nil {
-				f.whole.Write(off, data)
-				err = w.writeChunk(f, &Chunk{Offset: off, Hash: HashBytes(data), Data: data})
-			} else {
-				w.pool.Put(buf)
+				cv, err = ChunkCV(data, off, off == 0)
+			}
+			if err != nil {
+				pool.Put(buf)
 				return w.fileFailed(f, err)
 			}
-			w.pool.Put(buf)
+			f.whole.push(off, int64(len(data)), cv)
+			err = w.writeChunk(f, &Chunk{Offset: off, Hash: Hash(cv), Data: data})
+			pool.Put(buf)
 			if err != nil {
 				return err
 			}
@@ -493,77 +546,43 @@ func (w *window) writeChunk(f *flight, c *Chunk) error {
 	return nil
 }
 
-// stream sends f's chunks from off with a producer goroutine that reads
-// and hashes ahead. It reports cut when a nack for f ended it early.
+// errCut stops HashChunks when a nack for f, its settlement or the
+// session's failure ends a data run early.
+var errCut = errors.New("data run cut short")
+
+// stream sends f's chunks from off, hashed on HashWorkers goroutines ahead
+// of the socket (HashChunks), with at most HashWorkers+1 chunk buffers. It
+// reports cut when a nack for f, f's settlement or the session's failure
+// ended it early.
 func (w *window) stream(f *flight, off int64) (cut bool, err error) {
-	pctx, stop := context.WithCancel(w.ctx)
-	items := make(chan chunkItem, 4)
-	go produce(pctx, f.job.Src, w.c.chunkSize, w.pool, f.whole, off, items)
-	defer func() {
-		stop()
-		for it := range items { // the producer closes items on every exit
-			if it.buf != nil {
-				w.pool.Put(it.buf)
-			}
-		}
-	}()
-	for it := range items {
-		if it.err != nil {
-			return true, w.fileFailed(f, it.err)
-		}
-		err := w.writeChunk(f, &it.chunk)
-		w.pool.Put(it.buf)
-		if err != nil {
-			return true, err
+	src := f.job.Src
+	var werr error // the session's: writing to the daemon failed
+	err = HashChunks(w.ctx, sourceReader{src}, off, src.Size, f.chunkSize, HashWorkers(f.chunkSize), func(o int64, data []byte, cv CV) error {
+		f.whole.push(o, int64(len(data)), cv)
+		if err := w.writeChunk(f, &Chunk{Offset: o, Hash: Hash(cv), Data: data}); err != nil {
+			werr = err
+			return err
 		}
 		w.mu.Lock()
 		_, live := w.flights[f.id]
 		cut := f.rerun >= 0 || !live || w.sessErr != nil
 		w.mu.Unlock()
 		if cut {
-			return true, nil
+			return errCut
 		}
-	}
-	return false, nil
-}
-
-// chunkItem is a chunk read and hashed by the producer; buf returns to the pool.
-type chunkItem struct {
-	chunk Chunk
-	buf   *[]byte
-	err   error
-}
-
-// produce reads chunks of src from off into pooled buffers, hashes each
-// one and feeds the whole-file hasher, and closes items when done or
-// cancelled.
-func produce(ctx context.Context, src Source, chunkSize int, pool *BufferPool, whole *StreamHasher, off int64, items chan<- chunkItem) {
-	defer close(items)
-	cs := int64(chunkSize)
-	for off < src.Size {
-		n := min(cs, src.Size-off)
-		buf := pool.Get()
-		data := (*buf)[:n]
-		it := chunkItem{buf: buf}
-		if err := src.readFull(data, off); err != nil {
-			pool.Put(buf)
-			it = chunkItem{err: err}
-		} else {
-			it.chunk = Chunk{Offset: off, Hash: HashBytes(data), Data: data}
-			whole.Write(off, data)
-		}
-		select {
-		case items <- it:
-		case <-ctx.Done():
-			if it.buf != nil {
-				pool.Put(it.buf)
-			}
-			return
-		}
-		if it.err != nil {
-			return
-		}
-		off += n
+		return nil
+	})
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, errCut):
+		return true, nil
+	case w.ctx.Err() != nil:
+		return true, w.ctx.Err()
+	case werr != nil:
+		return true, werr
+	default:
+		return true, w.fileFailed(f, err) // reading or hashing f's source
 	}
 }
 
@@ -571,13 +590,18 @@ func produce(ctx context.Context, src Source, chunkSize int, pool *BufferPool, w
 func (w *window) trailer(f *flight) error {
 	src := f.job.Src
 	if f.whole == nil {
+		// An already committed file (AcceptCommitted): hash all of it.
 		w.mu.Lock()
-		f.whole = NewStreamHasher()
-		f.whole.CatchUp(w.ctx, src.R, src.Size)
-		w.track(f.whole)
+		err := w.newWhole(f, src.Size)
 		w.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
-	h, err := f.whole.Sum(w.ctx, src.Size)
+	if f.whole.done != nil {
+		holdReads(w.ctx, w.c.rwc, f.whole.done) // the wait is on this side
+	}
+	h, err := f.whole.sum(w.ctx)
 	if err != nil {
 		if w.ctx.Err() != nil {
 			return w.ctx.Err()
@@ -595,11 +619,14 @@ func (w *window) trailer(f *flight) error {
 	}
 	w.mu.Lock()
 	f.hash, f.hashed, f.trailer = h, true, true
-	// The daemon may re-read the durable prefix to hash it before it
-	// answers (RehashRate); allow for that on top of the timeout.
-	if d := time.Duration(float64(f.resumed) / RehashRate * float64(time.Second)); d > w.slack {
-		w.slack = d
-		setSlack(w.c.rwc, d)
+	// The daemon re-reads an already committed file to hash it before it
+	// answers (RehashRate); allow for that on top of the timeout. A
+	// partial's hash comes from its merge stack, with no re-read.
+	if f.acc != nil && f.acc.Flags&AcceptCommitted != 0 {
+		if d := time.Duration(float64(src.Size) / RehashRate * float64(time.Second)); d > w.slack {
+			w.slack = d
+			setSlack(w.c.rwc, d)
+		}
 	}
 	w.mu.Unlock()
 	return WriteMessage(w.c.rwc, &Trailer{ID: f.id, Hash: h})
@@ -677,6 +704,13 @@ func (w *window) handle(m Message) error {
 		if f.restarted && m.DurableOffset != 0 {
 			return fmt.Errorf("%w: restart accepted at offset %d", ErrProtocol, m.DurableOffset)
 		}
+		if int(m.ChunkSize) > w.c.chunkSize {
+			return fmt.Errorf("%w: accepted with chunk size %d above the session's %d", ErrProtocol, m.ChunkSize, w.c.chunkSize)
+		}
+		if m.DurableOffset < f.offer.Size && m.DurableOffset%int64(m.ChunkSize) != 0 {
+			return fmt.Errorf("%w: accepted at %d, not a multiple of chunk size %d", ErrProtocol, m.DurableOffset, m.ChunkSize)
+		}
+		f.chunkSize = int(m.ChunkSize)
 		if m.Flags&AcceptRestarted != 0 {
 			f.restarted, f.progress.Restarted = true, true
 		}
@@ -700,7 +734,7 @@ func (w *window) handle(m Message) error {
 		if !f.speculative && f.acc == nil && f.whole == nil {
 			return fmt.Errorf("%w: nack for transfer %d, which sent no data", ErrProtocol, id)
 		}
-		if m.Offset < f.durable || m.Offset >= max(f.job.Src.Size, 1) {
+		if m.Offset < f.durable || m.Offset >= max(f.job.Src.Size, 1) || m.Offset%int64(f.chunkSize) != 0 {
 			return fmt.Errorf("%w: nack at offset %d", ErrProtocol, m.Offset)
 		}
 		f.nacks[m.Offset]++

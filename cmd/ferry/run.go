@@ -18,10 +18,32 @@ var version = "dev"
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	var runErr error
+	runErr := newApp(ctx, stdin, stdout, stderr).Run(args)
+	if runErr == nil {
+		return exitOK
+	}
+	if !errors.Is(runErr, errReported) {
+		fmt.Fprintf(stderr, "ferry: %s\n", oneLine(runErr))
+	}
+	if isFlagError(runErr) {
+		return exitUsage
+	}
+	return exitCode(runErr)
+}
+
+// newApp returns ferry's command line; the man page and the shell
+// completions are generated from it too (docs_test.go, make man).
+func newApp(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:      "ferry",
 		Usage:     "send files to a ferryd daemon, verified with BLAKE3 and resumable",
+		UsageText: "ferry send --to ADDR [options] PATH...\nferry hash PATH...",
+		Description: "ferry send sends files and directory trees to a ferryd daemon, verified with BLAKE3 chunk by chunk " +
+			"and as a whole, and resumes an interrupted transfer where the daemon's durable data ends. ferry hash prints " +
+			"the hashes b3sum prints. Every option also reads the FERRY_* environment variable shown with it. " +
+			"Exit status: 0 every file committed or already there; 1 failed after retries; 2 usage error; " +
+			"3 refused by the daemon; 4 integrity failure that retries did not fix; 130 interrupted. " +
+			"With several files the most severe wins.",
 		Version:   version,
 		Reader:    stdin,
 		Writer:    stdout,
@@ -47,17 +69,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
 	}
-	runErr = app.Run(args)
-	if runErr == nil {
-		return exitOK
-	}
-	if !errors.Is(runErr, errReported) {
-		fmt.Fprintf(stderr, "ferry: %s\n", oneLine(runErr))
-	}
-	if isFlagError(runErr) {
-		return exitUsage
-	}
-	return exitCode(runErr)
+	return app
 }
 
 // errReported wraps an error whose lines were already printed.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ferry-dev/ferry/internal/bwlimit"
+	"github.com/ferry-dev/ferry/internal/sizeflag"
 	"github.com/ferry-dev/ferry/transfer"
 )
 
@@ -29,13 +32,14 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 		Usage:     "send files and directories to a ferryd daemon",
 		ArgsUsage: "PATH...",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "to", EnvVars: []string{"FERRY_TO"}, Usage: "daemon address HOST[:PORT] (default port 7219) or unix:/path"},
-			&cli.StringFlag{Name: "dest", EnvVars: []string{"FERRY_DEST"}, Usage: "remote directory, relative to the daemon's root (default: the root)"},
+			&cli.StringFlag{Name: "to", EnvVars: []string{"FERRY_TO"}, Usage: "daemon address `ADDR`: HOST[:PORT] (default port 7219) or unix:/path"},
+			&cli.StringFlag{Name: "dest", EnvVars: []string{"FERRY_DEST"}, Usage: "remote directory `DIR`, relative to the daemon's root (default: the root)"},
 			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
-			&cli.IntFlag{Name: "chunk-size", Value: transfer.DefaultChunkSize, EnvVars: []string{"FERRY_CHUNK_SIZE"}, Usage: "chunk size in bytes to propose, 4096..16777216 (the daemon may lower it)"},
+			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, a power of two from 16KiB to 16MiB (the daemon may lower it)"),
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
+			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -74,8 +78,10 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	if c.Int("retries") < 0 {
 		return nil, fmt.Errorf("%w: --retries must be 0 or more", errUsage)
 	}
-	if cs := c.Int("chunk-size"); cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return nil, fmt.Errorf("%w: --chunk-size %d is outside %d..%d", errUsage, cs, transfer.MinChunkSize, transfer.MaxChunkSize)
+	cs := sizeflag.Get(c, "chunk-size")
+	if cs > math.MaxInt32 || transfer.CheckChunkSize(int(cs)) != nil {
+		return nil, fmt.Errorf("%w: --chunk-size %s is not a power of two from %s to %s", errUsage, sizeflag.Format(cs),
+			sizeflag.Format(transfer.MinChunkSize), sizeflag.Format(transfer.MaxChunkSize))
 	}
 	if w := c.Int("window"); w < 1 || w > transfer.MaxWindowFiles {
 		return nil, fmt.Errorf("%w: --window %d is outside 1..%d", errUsage, w, transfer.MaxWindowFiles)
@@ -89,16 +95,38 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	}
 	s.engine = &transfer.Sender{
 		Network: network, Addr: addr,
-		ChunkSize: c.Int("chunk-size"), Agent: "ferry/" + version,
+		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
 		Window:  c.Int("window"),
 		OnRetry: s.retrying,
+	}
+	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
+		if float64(bw)*s.engine.Timeout.Seconds() < float64(cs) {
+			return nil, fmt.Errorf("%w: --bwlimit %s cannot send a %s chunk within --timeout %v; raise either",
+				errUsage, sizeflag.Format(bw), sizeflag.Format(cs), s.engine.Timeout)
+		}
+		s.engine.Dial = limitedDial(bw, int(cs), s.engine.Timeout)
 	}
 	if s.engine.Backoff == 0 {
 		s.engine.Backoff = time.Nanosecond // --backoff 0: retry at once
 	}
 	s.bars = !s.quiet && isTerminal(stderr)
 	return s, nil
+}
+
+// limitedDial returns a Sender.Dial whose connections share one token
+// bucket of bytesPerSec (--bwlimit is per run, across reconnects), with a
+// burst of one chunk; it dials as the Sender's default does.
+func limitedDial(bytesPerSec int64, chunk int, timeout time.Duration) func(context.Context, string, string) (net.Conn, error) {
+	lim := bwlimit.NewLimiter(bytesPerSec, chunk)
+	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return bwlimit.Writes(conn, lim), nil
+	}
 }
 
 // parseTo turns --to into a dialable address, adding the default port.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -12,10 +13,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/internal/bwlimit"
+	"github.com/ferry-dev/ferry/internal/sizeflag"
+	"github.com/ferry-dev/ferry/transfer"
 )
 
 // version is set by the linker for releases.
@@ -29,80 +34,105 @@ const (
 )
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	code := exitOK
-	app := &cli.App{
+	var st runState
+	if err := newApp(ctx, stdout, stderr, &st).Run(args); err != nil {
+		if st.jsonLog != nil {
+			st.jsonLog.Error("exiting", "err", err.Error())
+		} else {
+			fmt.Fprintf(stderr, "ferryd: %v\n", err)
+		}
+		if st.code == exitOK {
+			st.code = exitFailure
+		}
+	}
+	return st.code
+}
+
+// runState is what one run of the command line learns on the way.
+type runState struct {
+	code    int          // exit code chosen before the error returns
+	jsonLog *slog.Logger // with --log-format json, the last error is a record too
+}
+
+// newApp returns ferryd's command line; the man page and the shell
+// completions are generated from it too (docs_test.go, make man).
+func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.App {
+	return &cli.App{
 		Name:      "ferryd",
 		Usage:     "receive files over TCP, verified with BLAKE3, resumable after any interruption",
+		UsageText: "ferryd [--listen ADDR]... [--root DIR] [options]",
+		Description: "ferryd receives files that `ferry send` sends, verifies every chunk and the whole file with BLAKE3, " +
+			"keeps partial uploads durably and resumes them after any interruption. It logs on stderr. " +
+			"Every option also reads the FERRY_* environment variable shown with it. Sizes take units (512KiB, 10G). " +
+			"SIGTERM or SIGINT drains: sessions make their data durable, then ferryd exits 0; a second signal exits at once. " +
+			"Exit status: 0 after a drain, 1 on a failure to run, 2 on a usage error.",
 		Version:   version,
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags:     flags(),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			code = exitUsage
+			st.code = exitUsage
 			return err
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // we choose the exit code (urfave/cli#610)
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				code = exitUsage
+				st.code = exitUsage
 				return fmt.Errorf("unexpected argument %q", c.Args().First())
 			}
-			return serve(ctx, c, stderr, &code)
+			log, err := newLogger(c.String("log-level"), c.String("log-format"), stderr)
+			if err != nil {
+				st.code = exitUsage
+				return err
+			}
+			if c.String("log-format") == "json" {
+				st.jsonLog = log
+			}
+			return serve(ctx, c, log, &st.code)
 		},
 	}
-	if err := app.Run(args); err != nil {
-		fmt.Fprintf(stderr, "ferryd: %v\n", err)
-		if code == exitOK {
-			code = exitFailure
-		}
-	}
-	return code
 }
 
 func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("127.0.0.1:7219"), EnvVars: []string{"FERRY_LISTEN"},
-			Usage: "address to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable)"},
+			Usage: "address `ADDR` to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable); with sockets from systemd (LISTEN_FDS), none unless set"},
 		&cli.StringFlag{Name: "root", Value: "./ferry-inbox", EnvVars: []string{"FERRY_ROOT"},
-			Usage: "directory received files are written into (under systemd: $STATE_DIRECTORY)"},
-		&cli.Int64Flag{Name: "sync-bytes", Value: 16 << 20, EnvVars: []string{"FERRY_SYNC_BYTES"},
-			Usage: "bytes written between fsyncs of a partial"},
+			Usage: "directory `DIR` received files are written into (under systemd: $STATE_DIRECTORY)"},
+		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
 		&cli.DurationFlag{Name: "sync-interval", Value: time.Second, EnvVars: []string{"FERRY_SYNC_INTERVAL"},
 			Usage: "longest time written data waits for an fsync"},
 		&cli.DurationFlag{Name: "idle-timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_IDLE_TIMEOUT"},
 			Usage: "drop a session that delivers no frame for this long"},
-		&cli.Int64Flag{Name: "max-size", EnvVars: []string{"FERRY_MAX_SIZE"},
-			Usage: "refuse files larger than this many bytes (0: no limit)"},
+		sizeflag.Flag("max-size", 0, "FERRY_MAX_SIZE", "refuse files larger than `SIZE` (0: no limit)"),
 		&cli.IntFlag{Name: "max-sessions", Value: 64, EnvVars: []string{"FERRY_MAX_SESSIONS"},
 			Usage: "most sessions at once; more are refused as busy"},
 		&cli.IntFlag{Name: "max-sessions-per-ip", Value: 16, EnvVars: []string{"FERRY_MAX_SESSIONS_PER_IP"},
 			Usage: "most sessions at once from one IP address; more are refused as busy (0: no limit; Unix sockets are not counted)"},
-		&cli.Int64Flag{Name: "min-rate", Value: 4096, EnvVars: []string{"FERRY_MIN_RATE"},
-			Usage: "drop a session that holds disk space for a transfer but delivers fewer bytes per second than this, averaged over --min-rate-window; its data stays resumable (0: off)"},
+		sizeflag.RateFlag("min-rate", 4096, "FERRY_MIN_RATE",
+			"drop a session that holds disk space for a transfer but delivers less than `RATE` (bytes/s, e.g. 4KiB), averaged over --min-rate-window; its data stays resumable (0: off)"),
 		&cli.DurationFlag{Name: "min-rate-window", Value: 30 * time.Second, EnvVars: []string{"FERRY_MIN_RATE_WINDOW"},
 			Usage: "window --min-rate is averaged over"},
 		&cli.IntFlag{Name: "max-pending", Value: 1024, EnvVars: []string{"FERRY_MAX_PENDING"},
 			Usage: "most connections still waiting for their hello; more are closed at once"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, EnvVars: []string{"FERRY_HANDSHAKE_TIMEOUT"},
 			Usage: "drop a connection that sends no hello for this long"},
-		&cli.IntFlag{Name: "max-chunk-size", Value: 4 << 20, EnvVars: []string{"FERRY_MAX_CHUNK_SIZE"},
-			Usage: "largest chunk size in bytes agreed with senders (bounds memory per session)"},
+		sizeflag.RateFlag("max-rate", 0, "FERRY_MAX_RATE",
+			"receive at most `RATE` (bytes/s, e.g. 50MiB) on each session (0: no limit)"),
+		sizeflag.Flag("max-chunk-size", 4<<20, "FERRY_MAX_CHUNK_SIZE", "largest chunk `SIZE` agreed with senders, rounded down to a power of two (bounds memory per session)"),
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{"FERRY_SHUTDOWN_TIMEOUT"},
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
-			Usage: "debug, info, warn or error"},
+			Usage: "`LEVEL`: debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
+			Usage: "`FORMAT`: text (key=value lines, journal-friendly) or json (one JSON object per line)"},
 	}
 }
 
 // serve runs the daemon until a signal; it sets *code for usage errors.
-func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) error {
-	log, err := newLogger(c.String("log-level"), stderr)
-	if err != nil {
-		*code = exitUsage
-		return err
-	}
+func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) error {
 	root := c.String("root")
 	if !c.IsSet("root") && os.Getenv("STATE_DIRECTORY") != "" {
 		// systemd's StateDirectory= may list several; the first is ours.
@@ -134,24 +164,43 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 	if err != nil {
 		return fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
 	}
+	wrap, err := maxRate(c)
+	if err != nil {
+		*code = exitUsage
+		return err
+	}
 	srv, err := daemon.NewServer(daemon.Config{
-		Store: store, Logger: log, Agent: "ferryd/" + version,
-		MaxChunkSize: c.Int("max-chunk-size"), SyncBytes: c.Int64("sync-bytes"), SyncInterval: c.Duration("sync-interval"),
-		IdleTimeout: c.Duration("idle-timeout"), MaxSize: c.Int64("max-size"), MaxSessions: c.Int("max-sessions"),
+		WrapConn: wrap,
+		Store:    store, Logger: log, Agent: "ferryd/" + version,
+		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
+		SyncInterval: c.Duration("sync-interval"),
+		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MaxSessions: c.Int("max-sessions"),
 		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
-		MinRate:          orNegative(c.Int64("min-rate")), MinRateWindow: c.Duration("min-rate-window"),
+		MinRate:          orNegative(sizeflag.Get(c, "min-rate")), MinRateWindow: c.Duration("min-rate-window"),
 		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
 	})
 	if err != nil {
 		return err
 	}
-	lns, err := listenAll(c.StringSlice("listen"))
+	inherited, err := systemdListeners()
 	if err != nil {
+		*code = exitUsage // the socket unit is wrong; restarting cannot fix it
 		return err
+	}
+	var lns []net.Listener
+	if len(inherited) == 0 || c.IsSet("listen") {
+		if lns, err = listenAll(c.StringSlice("listen")); err != nil {
+			closeAll(inherited)
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	errc := make(chan error, len(lns))
+	errc := make(chan error, len(inherited)+len(lns))
+	for _, ln := range inherited {
+		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd")
+		go func() { errc <- srv.Serve(ln) }()
+	}
 	for _, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
 		go func() { errc <- srv.Serve(ln) }()
@@ -167,6 +216,31 @@ func serve(ctx context.Context, c *cli.Context, stderr io.Writer, code *int) err
 	return drain(srv, log, c.Duration("shutdown-timeout"))
 }
 
+// maxRate returns the connection wrapper that throttles each session's
+// reads to --max-rate, with a burst of one chunk; nil when there is no
+// limit. A rate that could not deliver a chunk within --idle-timeout, or
+// that is below --min-rate, would make the daemon drop its own throttled
+// sessions: a usage error.
+func maxRate(c *cli.Context) (func(net.Conn) net.Conn, error) {
+	rate := sizeflag.Get(c, "max-rate")
+	if rate == 0 {
+		return nil, nil
+	}
+	chunk, minRate, idle := sizeflag.Get(c, "max-chunk-size"), sizeflag.Get(c, "min-rate"), c.Duration("idle-timeout")
+	burst := int(min(max(chunk, transfer.MinChunkSize), transfer.MaxChunkSize))
+	if float64(rate)*idle.Seconds() < float64(burst) {
+		return nil, fmt.Errorf("--max-rate %s cannot deliver a %s chunk (--max-chunk-size) within --idle-timeout %v; raise it",
+			sizeflag.Format(rate), sizeflag.Format(int64(burst)), idle)
+	}
+	if rate < minRate {
+		return nil, fmt.Errorf("--max-rate %s is below --min-rate %s: every throttled transfer would be dropped",
+			sizeflag.Format(rate), sizeflag.Format(minRate))
+	}
+	return func(conn net.Conn) net.Conn {
+		return bwlimit.Reads(conn, bwlimit.NewLimiter(rate, burst)) // per session
+	}, nil
+}
+
 // orNegative maps a flag's 0, which turns a limit off, to the -1 that
 // does so in daemon.Config (where 0 takes the default).
 func orNegative[T int | int64](v T) T {
@@ -178,7 +252,7 @@ func orNegative[T int | int64](v T) T {
 
 // drain shuts down gracefully; a second signal exits at once (tusd, caddy).
 func drain(srv *daemon.Server, log *slog.Logger, timeout time.Duration) error {
-	log.Info("shutting down", "timeout", timeout)
+	log.Info("shutting down", "timeout", timeout.String()) // "30s", in JSON too
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyStopping); err != nil {
 		log.Warn("notifying systemd", "state", "stopping", "err", err)
 	}
@@ -213,9 +287,7 @@ func listenAll(addrs []string) ([]net.Listener, error) {
 		}
 		ln, err := net.Listen(network, addr)
 		if err != nil {
-			for _, l := range lns {
-				_ = l.Close() // the listen error is the one to report
-			}
+			closeAll(lns)
 			return nil, fmt.Errorf("listening on %s: %w", a, err)
 		}
 		lns = append(lns, ln)
@@ -223,10 +295,46 @@ func listenAll(addrs []string) ([]net.Listener, error) {
 	return lns, nil
 }
 
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+// systemdListeners returns the listening sockets systemd passed to this
+// process (socket activation: LISTEN_FDS, and LISTEN_PID naming this
+// process), in order; none without them. It unsets those variables. A
+// passed descriptor that is not a listening stream socket (a datagram
+// socket, a file) is an error: the socket unit needs ListenStream=.
+func systemdListeners() ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, f := range activation.Files(true) {
+		ln, err := net.FileListener(f)
+		_ = f.Close() // the listener holds its own descriptor
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("using socket %s from systemd (LISTEN_FDS): %w; ferryd.socket needs ListenStream= lines", f.Name(), err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, l := range lns {
+		_ = l.Close() // the error that made us close them is the one to report
+	}
+}
+
+// newLogger returns the daemon's logger: slog's text handler
+// (msg=listening addr=…, one line per record) or, for format "json", its
+// JSON handler (one object per line with time, level, msg and the
+// attributes). A bad level or format is a usage error.
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
