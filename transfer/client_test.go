@@ -246,6 +246,9 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 		{"nacks beyond the file", receive(true, func(w io.Writer, o *Offer) error {
 			return WriteMessage(w, &Nack{ID: o.ID, Offset: o.Size})
 		}), ErrProtocol, "nack at offset", false},
+		{"nacks inside a chunk", receive(true, func(w io.Writer, o *Offer) error {
+			return WriteMessage(w, &Nack{ID: o.ID, Offset: MinChunkSize + 1})
+		}), ErrProtocol, "nack at offset", false},
 		{"sends a hello mid-transfer", receive(true, func(w io.Writer, o *Offer) error {
 			return WriteMessage(w, &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})
 		}), ErrProtocol, "unexpected hello", false},
