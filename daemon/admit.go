@@ -108,14 +108,6 @@ func (r *reservation) consume(n int64) {
 	r.srv.mu.Unlock()
 }
 
-// awaiting reports whether data is still promised: the transfer waits
-// for chunks.
-func (r *reservation) awaiting() bool {
-	r.srv.mu.Lock()
-	defer r.srv.mu.Unlock()
-	return r.data > 0
-}
-
 // release gives back what is still promised. It may be called more than
 // once.
 func (r *reservation) release() {

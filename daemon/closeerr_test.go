@@ -80,12 +80,17 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			}
 			s.DirectIO = true
 			data := randomData(2*daemon.DirectAlign, 3)
-			offer := &transfer.Offer{Size: int64(len(data)), Mode: 0o600, Name: "f"}
+			offer := &transfer.Offer{ID: 1, Size: int64(len(data)), Mode: 0o600, Name: "f"}
 			p, _, err := s.Open(testKey, offer, testChunk, false)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := p.WriteAt(data, 0); err != nil {
+			// Two writes: a direct handle opens at the first aligned
+			// write that does not complete the file.
+			if err := p.WriteAt(data[:daemon.DirectAlign], 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.WriteAt(data[daemon.DirectAlign:], daemon.DirectAlign); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {

@@ -143,7 +143,7 @@ func TestReservationReleasedWhenAcceptFails(t *testing.T) {
 		if _, err := transfer.ReadMessage(r); err != nil {
 			t.Fatal(err)
 		}
-		c.Write(msgFrame(&transfer.Offer{Size: free - 1000, Mode: 0o600, Name: "big" + string(rune('0'+i))}))
+		c.Write(msgFrame(&transfer.Offer{ID: 1, Size: free - 1000, Mode: 0o600, Name: "big" + string(rune('0'+i))}))
 		c.Close() // before the Accept: the daemon's write of it fails
 	}
 	waitLog(t, msgs, "session ended", clients)
@@ -227,7 +227,7 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	p.hello()
 	p.write(msgFrame(offerFor("f", data)))
 	expect[*transfer.Accept](p)
-	p.write(msgFrame(&transfer.Trailer{Hash: transfer.Hash{1}})) // wrong
+	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{1}})) // wrong
 	expect[*transfer.RemoteError](p)
 	checkUnchanged(t, root, "f", data, "after a wrong trailer")
 
@@ -259,7 +259,7 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 			p.write(chunkFrame(int64(off), other[off:min(off+testChunk, len(other))], int64(len(other))))
 		}
 	}
-	p.write(msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(other)}))
+	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(other)}))
 	if re := expect[*transfer.RemoteError](p); re.Code != transfer.CodeExists {
 		t.Errorf("other content under the name: refused %d %q, want CodeExists", re.Code, re.Message)
 	}
@@ -334,7 +334,7 @@ func TestDeepNamesBounded(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := srv.raw(t)
 			p.hello()
-			p.write(msgFrame(&transfer.Offer{Size: 0, Mode: 0o600, Name: tt.dest}))
+			p.write(msgFrame(&transfer.Offer{ID: 1, Size: 0, Mode: 0o600, Name: tt.dest}))
 			srv.expectOpenRefusal(p, transfer.CodeBadName, tt.msg, "ok"+string(rune('0'+i)))
 		})
 	}
@@ -434,7 +434,7 @@ func TestMinRateDropsTrickler(t *testing.T) {
 	if acc := expect[*transfer.Accept](a); acc.DurableOffset != 0 {
 		t.Fatalf("accepted at %d", acc.DurableOffset)
 	}
-	a.write(chunkFrame(0, slow[:testChunk], int64(len(slow))))
+	a.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, slow[:testChunk], int64(len(slow))))
 	refused := make(chan error, 1)
 	go func() { // reads what the daemon says to the trickler, to the end
 		for {

@@ -67,6 +67,11 @@ func (s *DirStore) openDirect(dataPath string) File {
 // short chunk). A file system that refuses a direct write with EINVAL
 // loses its direct handle and the write is retried buffered.
 func (p *dirPartial) writeAt(b []byte, off int64) error {
+	if !p.directTried && directAligned(b, off) && off+int64(len(b)) < p.st.Size {
+		p.directTried = true
+		dataPath, _, _ := p.s.paths(p.key)
+		p.direct = p.s.openDirect(dataPath)
+	}
 	if p.direct != nil && directAligned(b, off) {
 		_, err := p.direct.WriteAt(b, off)
 		if !errors.Is(err, syscall.EINVAL) {

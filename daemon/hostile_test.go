@@ -60,10 +60,11 @@ func (p *rawPeer) sendWhole(name string, data []byte) {
 	if acc := expect[*transfer.Accept](p); acc.DurableOffset != 0 {
 		p.t.Fatalf("%q accepted at %d, want 0", name, acc.DurableOffset)
 	}
+	p.write(msgFrame(&transfer.Data{ID: 1})) // protocol 2: a data run
 	for off := 0; off < len(data); off += testChunk {
 		p.write(chunkFrame(int64(off), data[off:min(off+testChunk, len(data))], int64(len(data))))
 	}
-	p.write(msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
+	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
 	if cm := expect[*transfer.Committed](p); cm.Size != int64(len(data)) || cm.Hash != transfer.HashBytes(data) {
 		p.t.Fatalf("%q committed as %+v", name, cm)
 	}
@@ -143,7 +144,7 @@ func TestHostileNames(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := srv.raw(t)
 			p.hello()
-			p.write(msgFrame(&transfer.Offer{Size: 10, Mode: 0o600, Name: tt.dest}))
+			p.write(msgFrame(&transfer.Offer{ID: 1, Size: 10, Mode: 0o600, Name: tt.dest}))
 			srv.expectOpenRefusal(p, tt.code, tt.msg, fmt.Sprintf("after-refusal-%d", i))
 		})
 	}
@@ -153,7 +154,7 @@ func TestHostileNames(t *testing.T) {
 	t.Run("name of 4097 bytes", func(t *testing.T) {
 		p := srv.raw(t)
 		p.hello()
-		p.write(msgFrame(&transfer.Offer{Size: 10, Mode: 0o600, Name: nameOf(17, 240) + "x"}))
+		p.write(msgFrame(&transfer.Offer{ID: 1, Size: 10, Mode: 0o600, Name: nameOf(17, 240) + "x"}))
 		p.expectRefusal(transfer.CodeProtocol, "string of 4097 bytes above 4096")
 	})
 
@@ -248,7 +249,7 @@ func TestHostileLies(t *testing.T) {
 		{"offer whose name length says 65535", func(p *rawPeer) {
 			p.hello()
 			b := offerPayload(10, "name")
-			binary.BigEndian.PutUint16(b[64:], math.MaxUint16)
+			binary.BigEndian.PutUint16(b[68:], math.MaxUint16)
 			p.write(frame(transfer.FrameOffer, b))
 		}, transfer.CodeProtocol, "string of 65535 bytes above 4096"},
 		{"chunk at a negative offset", func(p *rawPeer) {
@@ -297,37 +298,37 @@ func TestHostileLies(t *testing.T) {
 			p.hello()
 			p.offer("short-trailer", size)
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
-				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, make([]byte, 31)))
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 31)...)))
 		}, transfer.CodeProtocol, "too short"},
 		{"trailer of 33 bytes", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-trailer", size)
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
-				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, make([]byte, 33)))
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), frame(transfer.FrameTrailer, append(binary.BigEndian.AppendUint32(nil, 1), make([]byte, 33)...)))
 		}, transfer.CodeProtocol, "trailing"},
 		{"nack from the sender", func(p *rawPeer) {
 			p.hello()
 			p.offer("nack", size)
-			p.write(msgFrame(&transfer.Nack{Offset: 0}))
+			p.write(msgFrame(&transfer.Nack{ID: 1, Offset: 0}))
 		}, transfer.CodeProtocol, "unexpected nack frame"},
 		{"chunk after a refused offer", func(p *rawPeer) {
 			p.hello()
-			p.write(msgFrame(&transfer.Offer{Size: size, Name: "../refused"}))
+			p.write(msgFrame(&transfer.Offer{ID: 1, Size: size, Name: "../refused"}))
 			if re := expect[*transfer.RemoteError](p); re.Code != transfer.CodeBadName {
 				p.t.Fatalf("refusal %+v", re)
 			}
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"chunk after the commit", func(p *rawPeer) {
 			p.hello()
 			p.sendWhole("done-chunk", data)
 			p.write(chunkFrame(size, data[:1], int64(len(data))))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run"},
 		{"trailer after the commit", func(p *rawPeer) {
 			p.hello()
 			p.sendWhole("done-trailer", data)
-			p.write(msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
-		}, transfer.CodeProtocol, "expected offer"},
+			p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
+		}, transfer.CodeProtocol, "outside its data run"},
 	}
 	for _, tt := range closed {
 		t.Run(tt.name, func(t *testing.T) {
@@ -340,7 +341,7 @@ func TestHostileLies(t *testing.T) {
 	t.Run("declared size 2^62", func(t *testing.T) {
 		p := srv.raw(t)
 		p.hello()
-		p.write(msgFrame(&transfer.Offer{Size: transfer.MaxFileSize, Mode: 0o600, Name: "exabytes"}))
+		p.write(msgFrame(&transfer.Offer{ID: 1, Size: transfer.MaxFileSize, Mode: 0o600, Name: "exabytes"}))
 		srv.expectOpenRefusal(p, transfer.CodeNoSpace, "bytes needed", "after-exabytes")
 	})
 	t.Run("declared size 0", func(t *testing.T) {
@@ -378,7 +379,7 @@ func TestHostileResume(t *testing.T) {
 	p.hello()
 	p.write(msgFrame(offerFor("r", data)))
 	expect[*transfer.Accept](p)
-	p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:durable], int64(len(data))))
+	p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:durable], int64(len(data))))
 	for {
 		m, err := p.read()
 		if err != nil {
@@ -420,6 +421,9 @@ func TestHostileResume(t *testing.T) {
 		send func(p *rawPeer)
 		msg  string
 	}{
+		{"data run rewinds into the durable data", func(p *rawPeer) {
+			p.write(msgFrame(&transfer.Data{ID: 1, Offset: 0}))
+		}, "data run of transfer 1 at offset 0, expected 32768"},
 		{"first chunk rewinds into the durable data", func(p *rawPeer) {
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
 		}, "chunk at offset 0, expected 32768"},
@@ -430,12 +434,15 @@ func TestHostileResume(t *testing.T) {
 			p.write(chunkFrame(durable+testChunk, data[durable+testChunk:durable+2*testChunk], int64(len(data))))
 		}, "chunk at offset 49152, expected 32768"},
 		{"trailer right after the resume", func(p *rawPeer) {
-			p.write(msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
+			p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
 		}, "trailer at offset 32768 of 81929"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := resumed(t)
+			if !strings.HasPrefix(tt.name, "data run") {
+				p.write(msgFrame(&transfer.Data{ID: 1, Offset: durable})) // protocol 2: the run opens at the durable offset
+			}
 			tt.send(p)
 			p.expectRefusal(transfer.CodeProtocol, tt.msg)
 		})

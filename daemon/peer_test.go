@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -65,24 +66,11 @@ func frame(typ transfer.FrameType, payload []byte) []byte {
 }
 
 func msgFrame(m transfer.Message) []byte {
-	var typ transfer.FrameType
-	switch m.(type) {
-	case *transfer.Hello:
-		typ = transfer.FrameHello
-	case *transfer.Offer:
-		typ = transfer.FrameOffer
-	case *transfer.Trailer:
-		typ = transfer.FrameTrailer
-	case *transfer.Ack:
-		typ = transfer.FrameAck
-	case *transfer.Nack:
-		typ = transfer.FrameNack
-	case *transfer.Accept:
-		typ = transfer.FrameAccept
-	default:
-		panic("bug: msgFrame")
+	var b bytes.Buffer
+	if err := transfer.WriteMessage(&b, m); err != nil {
+		panic("bug: msgFrame: " + err.Error())
 	}
-	return frame(typ, transfer.EncodeMessage(m))
+	return b.Bytes()
 }
 
 // chunkFrame frames data at off in a file of size bytes with its chunk
@@ -167,19 +155,21 @@ func (p *rawPeer) hello() {
 
 func (p *rawPeer) offer(name string, size int64) *transfer.Accept {
 	p.t.Helper()
-	p.write(msgFrame(&transfer.Offer{Size: size, Mode: 0o600, Name: name}))
-	return expect[*transfer.Accept](p)
+	p.write(msgFrame(&transfer.Offer{ID: 1, Size: size, Mode: 0o600, Name: name}))
+	acc := expect[*transfer.Accept](p)
+	p.write(msgFrame(&transfer.Data{ID: 1, Offset: acc.DurableOffset})) // protocol 2: a data run
+	return acc
 }
 
 // offerFor is the offer transfer.Client makes for source(data).
 func offerFor(name string, data []byte) *transfer.Offer {
-	return &transfer.Offer{Size: int64(len(data)), Mode: 0o640, MtimeNs: testMtime.UnixNano(), Inode: 99,
+	return &transfer.Offer{ID: 1, Size: int64(len(data)), Mode: 0o640, MtimeNs: testMtime.UnixNano(), Inode: 99,
 		PrefixID: transfer.HashBytes(data[:min(len(data), transfer.IdentityPrefix)]), Name: name}
 }
 
 func offerPayload(size uint64, name string) []byte {
-	p := transfer.EncodeMessage(&transfer.Offer{Size: 1, Mode: 0o600, Name: name})
-	binary.BigEndian.PutUint64(p[4:], size)
+	p := transfer.EncodeMessage(&transfer.Offer{ID: 1, Size: 1, Mode: 0o600, Name: name})
+	binary.BigEndian.PutUint64(p[8:], size)
 	return p
 }
 
@@ -216,150 +206,160 @@ func TestBadPeers(t *testing.T) {
 		run  func(p *rawPeer)
 		code transfer.Code
 		msg  string
+		// open: the refusal is the transfer's alone (protocol 2); the
+		// session goes on.
+		open bool
 	}{
 		{"garbage bytes", func(p *rawPeer) {
 			p.write([]byte{0xff, 0xfe, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42})
-		}, transfer.CodeProtocol, "unknown frame type 255"},
+		}, transfer.CodeProtocol, "unknown frame type 255", false},
 		{"HTTP request", func(p *rawPeer) {
 			p.write([]byte("GET / HTTP/1.1\r\nHost: ferry\r\n\r\n"))
-		}, transfer.CodeProtocol, "unknown frame type 71"},
+		}, transfer.CodeProtocol, "unknown frame type 71", false},
 		{"TLS client hello", func(p *rawPeer) {
 			p.write([]byte{0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03})
-		}, transfer.CodeProtocol, "unknown frame type 22"},
+		}, transfer.CodeProtocol, "unknown frame type 22", false},
 		{"hello with bad magic", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, append([]byte("FTP!"), helloV1[4:]...)))
-		}, transfer.CodeProtocol, "not a ferry peer"},
+		}, transfer.CodeProtocol, "not a ferry peer", false},
 		{"hello truncated inside its fields", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, helloV1[:6]))
-		}, transfer.CodeProtocol, "too short"},
+		}, transfer.CodeProtocol, "too short", false},
 		{"hello with trailing bytes", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, append(append([]byte(nil), helloV1...), 0)))
-		}, transfer.CodeProtocol, "trailing"},
+		}, transfer.CodeProtocol, "trailing", false},
+		{"hello of major version 1", func(p *rawPeer) {
+			p.write(frame(transfer.FrameHello, withMajor(1)))
+		}, transfer.CodeVersion, "peer speaks v1.0, this side v2", false},
 		{"hello of major version 3", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(3)))
-		}, transfer.CodeVersion, "peer speaks v3.0, this side v2"},
+		}, transfer.CodeVersion, "peer speaks v3.0, this side v2", false},
 		{"hello of major version 3 in another layout", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, []byte{'F', 'R', 'R', 'Y', 0, 3, 0, 1}))
-		}, transfer.CodeVersion, "peer speaks v3.1, this side v2"},
+		}, transfer.CodeVersion, "peer speaks v3.1, this side v2", false},
 		// Issue 10: a v1 sender (plain BLAKE3 chunk hashes, 4 KiB chunks
 		// allowed) is turned away with a reason it can print.
-		{"hello of major version 1", func(p *rawPeer) {
+		{"hello of a version 1 sender with 4 KiB chunks", func(p *rawPeer) {
 			p.write(msgFrame(&transfer.Hello{Major: 1, ChunkSize: 4096, Agent: "ferry/0.9"}))
-		}, transfer.CodeVersion, "peer speaks v1.0, this side v2"},
+		}, transfer.CodeVersion, "peer speaks v1.0, this side v2", false},
 		{"hello of major version 0", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(0)))
-		}, transfer.CodeVersion, "v0.0"},
+		}, transfer.CodeVersion, "v0.0", false},
 		{"hello with a chunk size below the minimum", func(p *rawPeer) {
 			p.write(msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: 512}))
-		}, transfer.CodeProtocol, "chunk size 512"},
+		}, transfer.CodeProtocol, "chunk size 512", false},
 		{"hello announcing 4 GiB", func(p *rawPeer) {
 			p.write([]byte{byte(transfer.FrameHello), 0xff, 0xff, 0xff, 0xff}, make([]byte, 1024))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"hello cut mid-frame, then silence", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, helloV1)[:10])
-		}, transfer.CodeTimeout, "no frame"},
+		}, transfer.CodeTimeout, "no frame", false},
 		{"offer before hello", func(p *rawPeer) {
-			p.write(msgFrame(&transfer.Offer{Size: 1, Name: "x"}))
-		}, transfer.CodeProtocol, "expected hello"},
+			p.write(msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "x"}))
+		}, transfer.CodeProtocol, "expected hello", false},
 		{"second hello", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameHello, helloV1))
-		}, transfer.CodeProtocol, "expected offer"},
+		}, transfer.CodeProtocol, "unexpected hello frame", false},
 		{"chunk without offer", func(p *rawPeer) {
 			p.hello()
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))))
-		}, transfer.CodeProtocol, "chunk frame outside a transfer"},
+		}, transfer.CodeProtocol, "chunk outside a data run", false},
 		{"trailer without offer", func(p *rawPeer) {
 			p.hello()
-			p.write(msgFrame(&transfer.Trailer{}))
-		}, transfer.CodeProtocol, "expected offer"},
+			p.write(msgFrame(&transfer.Trailer{ID: 1}))
+		}, transfer.CodeProtocol, "outside its data run", false},
 		{"control frame above 64 KiB", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, make([]byte, transfer.MaxControlPayload+1)))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"declared size 2^63-1", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, offerPayload(1<<63-1, "huge")))
-		}, transfer.CodeProtocol, "above"},
+		}, transfer.CodeProtocol, "above", false},
 		{"declared size 2^62+1", func(p *rawPeer) {
 			p.hello()
 			p.write(frame(transfer.FrameOffer, offerPayload(transfer.MaxFileSize+1, "huge")))
-		}, transfer.CodeProtocol, "above"},
+		}, transfer.CodeProtocol, "above", false},
 		{"offer with mode type bits", func(p *rawPeer) {
 			p.hello()
 			b := offerPayload(1, "m")
-			binary.BigEndian.PutUint32(b[12:], 0o100644)
+			binary.BigEndian.PutUint32(b[16:], 0o100644)
 			p.write(frame(transfer.FrameOffer, b))
-		}, transfer.CodeProtocol, "mode"},
+		}, transfer.CodeProtocol, "mode", false},
 		{"chunk at the wrong offset", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-offset", int64(len(data)))
 			p.write(chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
-		}, transfer.CodeProtocol, "expected 0"},
+		}, transfer.CodeProtocol, "expected 0", false},
 		{"chunk skipping ahead", func(p *rawPeer) {
 			p.hello()
 			p.offer("skip", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))))
-		}, transfer.CodeProtocol, "expected 16384"},
+		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk repeated", func(p *rawPeer) {
 			p.hello()
 			p.offer("repeat", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(0, data[:testChunk], int64(len(data))))
-		}, transfer.CodeProtocol, "expected 16384"},
+		}, transfer.CodeProtocol, "expected 16384", false},
 		{"chunk longer than the frame limit", func(p *rawPeer) {
 			p.hello()
 			p.offer("long-chunk", 1<<20)
 			big := make([]byte, testChunk+1)
 			p.write(chunkFrame(0, big, int64(len(data))))
-		}, transfer.CodeProtocol, "exceeds limit"},
+		}, transfer.CodeProtocol, "exceeds limit", false},
 		{"chunk whose length field disagrees with its frame", func(p *rawPeer) {
 			p.hello()
 			p.offer("disagree", int64(len(data)))
 			f := chunkFrame(0, data[:100], int64(len(data)))
 			binary.BigEndian.PutUint32(f[transfer.FrameHeaderSize+8:], 99)
 			p.write(f)
-		}, transfer.CodeProtocol, "declares 99 bytes"},
+		}, transfer.CodeProtocol, "declares 99 bytes", false},
 		{"chunk past the declared size", func(p *rawPeer) {
 			p.hello()
 			p.offer("past-size", 100)
 			p.write(chunkFrame(0, data[:200], int64(len(data))))
-		}, transfer.CodeProtocol, "chunk [0,+200) of a file of 100 bytes"},
+		}, transfer.CodeProtocol, "of a file of 100 bytes in 16384-byte chunks", false},
 		{"empty chunk", func(p *rawPeer) {
 			p.hello()
 			p.offer("empty-chunk", 100)
 			p.write(chunkFrame(0, nil, int64(len(data))))
-		}, transfer.CodeProtocol, "chunk [0,+0) of a file of 100 bytes"},
+		}, transfer.CodeProtocol, "chunk [0,+0) of a file of 100 bytes", false},
 		{"trailer before all data", func(p *rawPeer) {
 			p.hello()
 			p.offer("early-trailer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}))
-		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152"},
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
+		}, transfer.CodeProtocol, "trailer at offset 16384 of 49152", false},
 		{"trailer with another hash", func(p *rawPeer) {
 			p.hello()
 			p.offer("wrong-hash", int64(len(data)))
 			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))),
-				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), msgFrame(&transfer.Trailer{Hash: transfer.Hash{7}}))
-		}, transfer.CodeIntegrity, "whole-file BLAKE3"},
+				chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{7}}))
+		}, transfer.CodeIntegrity, "whole-file BLAKE3", true},
 		{"ack from the sender", func(p *rawPeer) {
 			p.hello()
 			p.offer("ack", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Ack{DurableOffset: 1}))
-		}, transfer.CodeProtocol, "unexpected ack frame"},
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Ack{ID: 1, DurableOffset: 1}))
+		}, transfer.CodeProtocol, "unexpected ack frame", false},
 		{"offer in the middle of a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("mid-offer", int64(len(data)))
-			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Offer{Size: 1, Name: "other"}))
-		}, transfer.CodeProtocol, "offer in the middle"},
+			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), msgFrame(&transfer.Offer{ID: 1, Size: 1, Name: "other"}))
+		}, transfer.CodeProtocol, "which is open", false},
 		{"unknown frame type during a transfer", func(p *rawPeer) {
 			p.hello()
 			p.offer("unknown-type", int64(len(data)))
 			p.write(frame(42, nil))
-		}, transfer.CodeProtocol, "unknown frame type 42"},
+		}, transfer.CodeProtocol, "unknown frame type 42", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := srv.raw(t)
 			tt.run(p)
+			if tt.open {
+				srv.expectOpenRefusal(p, tt.code, tt.msg, "after-"+strings.ReplaceAll(tt.name, " ", "-"))
+				return
+			}
 			p.expectRefusal(tt.code, tt.msg)
 		})
 	}
@@ -394,10 +394,11 @@ func TestGoBackN(t *testing.T) {
 		badChunkFrame(testChunk, data[testChunk:2*testChunk]),
 		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // in flight: ignored
 		badChunkFrame(2*testChunk, data[2*testChunk:]),                       // in flight, bad: ignored, no Nack
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // in flight: ignored
+		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}),   // in flight: ignored
+		msgFrame(&transfer.Data{ID: 1, Offset: testChunk}),                   // a new data run from the nacked chunk
 		chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))), // the resend
 		chunkFrame(2*testChunk, data[2*testChunk:], int64(len(data))),        // and on
-		msgFrame(&transfer.Trailer{Hash: transfer.HashBytes(data)}),          // again
+		msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}),   // again
 	)
 	if n := expect[*transfer.Nack](p); n.Offset != testChunk {
 		t.Fatalf("nack at %d, want %d", n.Offset, testChunk)
@@ -423,9 +424,11 @@ func TestDaemonLimitsBadChunks(t *testing.T) {
 		if n := expect[*transfer.Nack](p); n.Offset != 0 {
 			t.Fatalf("nack at %d", n.Offset)
 		}
+		p.write(msgFrame(&transfer.Data{ID: 1})) // protocol 2: the resend is a new data run
 	}
 	p.write(badChunkFrame(0, data))
-	p.expectRefusal(transfer.CodeIntegrity, "3 chunks failed verification")
+	// The transfer is refused; the session goes on (protocol 2).
+	srv.expectOpenRefusal(p, transfer.CodeIntegrity, "3 chunks failed verification", "next")
 }
 
 func TestIdleTimeout(t *testing.T) {
@@ -443,13 +446,13 @@ func TestIdleTimeout(t *testing.T) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data))))
 		}, 2 * testChunk},
 		{"chunk cut mid-frame", func(p *rawPeer) {
 			p.hello()
 			p.write(msgFrame(offerFor("f", data)))
 			expect[*transfer.Accept](p)
-			p.write(chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data)))[:1000])
+			p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))), chunkFrame(testChunk, data[testChunk:2*testChunk], int64(len(data)))[:1000])
 		}, testChunk},
 		{"hello trickled byte by byte (slow loris)", func(p *rawPeer) {
 			for _, b := range msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, ChunkSize: testChunk}) {

@@ -23,8 +23,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// watchRate drops the session if, while its transfer holds a reservation
-// for data still to come (res), fewer than MinRate × MinRateWindow bytes
+// watchRate drops the session if, while one of its transfers holds a
+// reservation for data still to come (awaiting), fewer than MinRate × MinRateWindow bytes
 // arrive in a window of MinRateWindow. The idle timeout bounds one frame;
 // this bounds the rate, so that a peer sending a tiny chunk now and then
 // cannot hold the disk space promised to it and keep every other sender
@@ -32,7 +32,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // over the trailer (it may be hashing a long prefix), bounded by the idle
 // timeout alone. It returns a function that stops watching; after it
 // returns, no drop happens.
-func (ss *session) watchRate(res *reservation) (stop func()) {
+func (ss *session) watchRate(awaiting func() bool) (stop func()) {
 	cfg := &ss.srv.cfg
 	if cfg.MinRate <= 0 {
 		return func() {}
@@ -51,7 +51,7 @@ func (ss *session) watchRate(res *reservation) (stop func()) {
 			return
 		}
 		now := ss.in.n.Load()
-		if got := now - last; got < want && res.awaiting() {
+		if got := now - last; got < want && awaiting() {
 			ss.drop(fmt.Errorf("%w: %d bytes in %v, below the daemon's minimum of %d bytes/s; resume on a faster link",
 				transfer.ErrTimeout, got, cfg.MinRateWindow, cfg.MinRate))
 			return

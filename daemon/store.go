@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,6 +47,62 @@ type Store interface {
 	// a commit. The session calls it before anything else touches the
 	// partial.
 	FinishCommit(key, name string) (finished bool, err error)
+	// CommitGroup commits many partials together (group commit): it
+	// applies each one's mode and mtime, makes all their data durable
+	// together, links each into place without overwriting, and fsyncs
+	// every directory it touched once. It returns one error per partial
+	// (nil: that file is committed and durable); errors wrap
+	// transfer.ErrExists or transfer.ErrBadName as Partial.Commit's do.
+	// It does not remove the partials: Tidy does, once the senders were
+	// told.
+	CommitGroup(ps []Partial) []error
+	// Tidy closes and removes the partials of committed files, with one
+	// fsync of the partials' directory. A crash before it ends leaves
+	// partials that FinishCommit (or, at start, FinishCommits) removes.
+	Tidy(ps []Partial) error
+}
+
+// SyncStrategy makes the data of many files durable together. It is the
+// seam for measuring other ways of doing so (syncfs, sync_file_range then
+// fsync); the default is ParallelFsync.
+type SyncStrategy interface {
+	// SyncFiles makes every file's written data durable and returns one
+	// error per file (nil: durable).
+	SyncFiles(files []File) []error
+}
+
+// ParallelFsync fsyncs files concurrently, Workers at a time (default 16):
+// a device with a write cache commits many flushes together.
+type ParallelFsync struct{ Workers int }
+
+// SyncFiles implements SyncStrategy.
+func (p ParallelFsync) SyncFiles(files []File) []error {
+	errs := make([]error, len(files))
+	workers := p.Workers
+	if workers <= 0 {
+		workers = 16
+	}
+	if len(files) == 1 {
+		errs[0] = files[0].Sync()
+		return errs
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(workers, len(files)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = files[i].Sync()
+			}
+		}()
+	}
+	for i := range files {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return errs
 }
 
 // CommittedFile is a committed file open for reading.
@@ -94,7 +151,10 @@ type DirStore struct {
 	// before the store is used. Off by default.
 	DirectIO bool
 
-	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsync
+	// Sync makes a group's data durable. Defaults to ParallelFsync.
+	Sync SyncStrategy
+
+	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
 }
 
 var _ Store = (*DirStore)(nil)
@@ -389,7 +449,6 @@ func (s *DirStore) resume(key string, st *State, chunkSize int) (*dirPartial, er
 		_ = f.Close() // the error above is the one to report
 		return nil, err
 	}
-	p.direct = s.openDirect(dataPath)
 	// A failed directory fsync in writeState can leave a record renamed
 	// into place but not durable. Make it durable before its offset is
 	// offered, or a crash could take back what the sender was told.
@@ -469,13 +528,11 @@ func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPar
 		return nil, err
 	}
 	// The data file's directory entry must be durable before any state
-	// record that points at it.
-	if err := s.fs.SyncDir(partialsDir); err != nil {
-		_ = f.Close() // the error above is the one to report
-		return nil, err
-	}
+	// record that points at it: writeState syncs the directory first.
+	// A file committed in one go never has a state record, and needs no
+	// fsync of the partials' directory at all (group commit, issue 9).
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	return &dirPartial{s: s, key: key, f: f, direct: s.openDirect(dataPath), st: st}, nil
+	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true}, nil
 }
 
 // dirPartial is a DirStore partial.
@@ -483,8 +540,13 @@ type dirPartial struct {
 	s      *DirStore
 	key    string
 	f      File
-	direct File  // the same file opened for direct I/O, or nil
-	st     State // durable state; written only by Sync, read by the session
+	direct File // the same file opened for direct I/O, or nil
+	// directTried says direct I/O was considered: the direct handle is
+	// opened at the first aligned write that does not complete the file,
+	// so a small file costs one descriptor, not two.
+	directTried bool
+	st          State // durable state; written only by Sync, read by the session
+	fresh       bool  // the data file's directory entry may not be durable yet
 }
 
 func (p *dirPartial) State() State { return p.st }
@@ -513,6 +575,12 @@ func (p *dirPartial) Sync(stack *transfer.MergeStack) error {
 // crash_test.go found both).
 func (p *dirPartial) writeState(st *State) error {
 	_, statePath, tmpPath := p.s.paths(p.key)
+	if p.fresh {
+		if err := p.s.fs.SyncDir(partialsDir); err != nil {
+			return fmt.Errorf("fsync %s: %w", partialsDir, err)
+		}
+		p.fresh = false
+	}
 	f, err := p.s.fs.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("writing state record: %w", err)
@@ -539,56 +607,144 @@ func (p *dirPartial) writeState(st *State) error {
 	return nil
 }
 
-func (p *dirPartial) Commit() (rerr error) {
-	dataPath, statePath, _ := p.s.paths(p.key)
-	name := p.st.Name
-	if err := p.f.Chmod(os.FileMode(p.st.Mode) & os.ModePerm); err != nil {
-		return fmt.Errorf("chmod: %w", err)
+func (p *dirPartial) Commit() error {
+	if err := p.s.CommitGroup([]Partial{p})[0]; err != nil {
+		return err
 	}
-	mtime := time.Unix(0, p.st.MtimeNs)
-	if err := p.s.fs.Chtimes(dataPath, mtime, mtime); err != nil {
-		return fmt.Errorf("setting mtime: %w", err)
-	}
-	if err := p.f.Sync(); err != nil {
-		return fmt.Errorf("fsync before commit: %w", err)
-	}
-	if err := mkdirs(p.s.fs, parentDir(name), 0o755); err != nil {
-		return fmt.Errorf("%w: creating directory for %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
-	}
-	if err := p.s.fs.Link(dataPath, name); err != nil {
-		if !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("linking into place: %w", err)
-		}
-		if !p.s.Committing(p.key, name) {
-			return fmt.Errorf("%w: %s", transfer.ErrExists, transfer.QuoteName(name))
-		}
-	}
-	if !p.s.skipCommitDirSync {
-		if err := p.s.fs.SyncDir(parentDir(name)); err != nil {
-			return fmt.Errorf("fsync directory of %s: %w", transfer.QuoteName(name), err)
-		}
-	}
-	// The file is committed. What follows only tidies up; a crash here
-	// leaves a partial that FinishCommit (or FinishCommits at start)
-	// finishes. The data was fsynced above, yet a close error is still
-	// reported, once the rest is tidied.
-	if err := p.Close(); err != nil {
-		defer func() {
-			if rerr == nil {
-				rerr = &leftoverError{fmt.Errorf("closing partial data: %w", err)}
-			}
-		}()
-	}
-	if err := p.s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-		return &leftoverError{fmt.Errorf("removing state record: %w", err)}
-	}
-	if err := p.s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
-		return &leftoverError{fmt.Errorf("removing partial data: %w", err)}
-	}
-	if err := p.s.fs.SyncDir(partialsDir); err != nil {
-		return &leftoverError{fmt.Errorf("fsync %s: %w", partialsDir, err)}
+	if err := p.s.Tidy([]Partial{p}); err != nil {
+		return &leftoverError{err}
 	}
 	return nil
+}
+
+// CommitGroup implements Store, in DESIGN.md's order for each file: mode
+// and mtime, then the data of all of them durable (SyncStrategy), then
+// each linked into place (never overwriting), then each directory that
+// gained an entry fsynced once.
+func (s *DirStore) CommitGroup(ps []Partial) []error {
+	errs := make([]error, len(ps))
+	dps := make([]*dirPartial, len(ps))
+	var files []File
+	var idx []int
+	for i, pp := range ps {
+		p, ok := pp.(*dirPartial)
+		if !ok || p.s != s || p.f == nil {
+			errs[i] = fmt.Errorf("bug: committing a partial of another store, or closed")
+			continue
+		}
+		dps[i] = p
+		dataPath, _, _ := s.paths(p.key)
+		if err := p.f.Chmod(os.FileMode(p.st.Mode) & os.ModePerm); err != nil {
+			errs[i] = fmt.Errorf("chmod: %w", err)
+			continue
+		}
+		mtime := time.Unix(0, p.st.MtimeNs)
+		if err := s.fs.Chtimes(dataPath, mtime, mtime); err != nil {
+			errs[i] = fmt.Errorf("setting mtime: %w", err)
+			continue
+		}
+		files = append(files, p.f)
+		idx = append(idx, i)
+	}
+	strategy := s.Sync
+	if strategy == nil {
+		strategy = ParallelFsync{}
+	}
+	for k, err := range strategy.SyncFiles(files) {
+		if err != nil {
+			errs[idx[k]] = fmt.Errorf("fsync before commit: %w", err)
+		}
+	}
+	dirs := make(map[string][]int) // directory to fsync → the files that need it
+	for i, p := range dps {
+		if p == nil || errs[i] != nil {
+			continue
+		}
+		name := p.st.Name
+		dataPath, _, _ := s.paths(p.key)
+		var made []string
+		if err := mkdirsNoSync(s.fs, parentDir(name), 0o755, &made); err != nil {
+			errs[i] = fmt.Errorf("%w: creating directory for %s: %v", transfer.ErrBadName, transfer.QuoteName(name), err)
+			continue
+		}
+		for _, d := range made {
+			dirs[parentDir(d)] = append(dirs[parentDir(d)], i)
+		}
+		if err := s.fs.Link(dataPath, name); err != nil {
+			if !errors.Is(err, os.ErrExist) {
+				errs[i] = fmt.Errorf("linking into place: %w", err)
+				continue
+			}
+			if !s.Committing(p.key, name) {
+				errs[i] = fmt.Errorf("%w: %s", transfer.ErrExists, transfer.QuoteName(name))
+				continue
+			}
+		}
+		dirs[parentDir(name)] = append(dirs[parentDir(name)], i)
+	}
+	if s.skipCommitDirSync {
+		return errs
+	}
+	names := make([]string, 0, len(dirs))
+	for d := range dirs {
+		names = append(names, d)
+	}
+	derrs := make([]error, len(names))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for k, d := range names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			derrs[k] = s.fs.SyncDir(d)
+		}()
+	}
+	wg.Wait()
+	for k, err := range derrs {
+		if err == nil {
+			continue
+		}
+		for _, i := range dirs[names[k]] {
+			if errs[i] == nil {
+				errs[i] = fmt.Errorf("fsync directory %s: %w", transfer.QuoteName(names[k]), err)
+			}
+		}
+	}
+	return errs
+}
+
+// Tidy implements Store: the partials of committed files are closed and
+// removed, then the partials' directory is fsynced once. The data files
+// were fsynced by CommitGroup, yet a close error is still reported.
+func (s *DirStore) Tidy(ps []Partial) error {
+	var first error
+	note := func(err error) {
+		if first == nil {
+			first = err
+		}
+	}
+	for _, pp := range ps {
+		p, ok := pp.(*dirPartial)
+		if !ok {
+			continue
+		}
+		dataPath, statePath, _ := s.paths(p.key)
+		if err := p.Close(); err != nil {
+			note(fmt.Errorf("closing partial data: %w", err))
+		}
+		if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+			note(fmt.Errorf("removing state record: %w", err))
+		}
+		if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
+			note(fmt.Errorf("removing partial data: %w", err))
+		}
+	}
+	if err := s.fs.SyncDir(partialsDir); err != nil {
+		note(fmt.Errorf("fsync %s: %w", partialsDir, err))
+	}
+	return first
 }
 
 // leftoverError is returned by Commit when the file is committed, in
@@ -615,6 +771,35 @@ func (p *dirPartial) Close() error {
 		err = derr
 	}
 	return err
+}
+
+// mkdirsNoSync creates dir and its missing parents one at a time and
+// appends each directory it made to made; the caller fsyncs each one's
+// parent (CommitGroup does, once per group).
+func mkdirsNoSync(fs FS, dir string, perm os.FileMode, made *[]string) error {
+	if dir == "." || dir == "" {
+		return nil
+	}
+	fi, err := fs.Lstat(dir)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", transfer.QuoteName(dir))
+		}
+		return nil
+	}
+	if !isNotExist(err) {
+		return err
+	}
+	if err := mkdirsNoSync(fs, parentDir(dir), perm, made); err != nil {
+		return err
+	}
+	// Made by another session meanwhile, maybe not durable yet: its
+	// parent is fsynced with this group too.
+	if err := fs.Mkdir(dir, perm); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	*made = append(*made, dir)
+	return nil
 }
 
 // mkdirs creates dir and its missing parents one at a time, fsyncing each

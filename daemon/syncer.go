@@ -28,7 +28,20 @@ type syncer struct {
 	want    syncPoint
 	done    syncPoint
 	running bool
+	stopped bool
 	err     error
+}
+
+// stop waits for a sync in progress and starts no more: the commit
+// makes the rest durable. It returns the error of a failed sync.
+func (s *syncer) stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	for s.running {
+		s.cond.Wait()
+	}
+	return s.err
 }
 
 func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
@@ -44,7 +57,7 @@ func (s *syncer) request(pt syncPoint) {
 	if pt.offset > s.want.offset {
 		s.want = pt
 	}
-	if !s.running && s.err == nil && s.want.offset > s.done.offset {
+	if !s.running && !s.stopped && s.err == nil && s.want.offset > s.done.offset {
 		s.running = true
 		go s.loop()
 	}
@@ -77,7 +90,7 @@ func (s *syncer) flush(pt syncPoint) error {
 	s.request(pt)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.running || (s.err == nil && s.done.offset < pt.offset) {
+	for s.running || (!s.stopped && s.err == nil && s.done.offset < pt.offset) {
 		s.cond.Wait()
 	}
 	return s.err

@@ -38,7 +38,7 @@ func dialRaw(t *testing.T, addr, from string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(helloFrame(2)); err != nil {
+	if _, err := c.Write(helloFrame(protocolMajor)); err != nil {
 		t.Fatal(err)
 	}
 	return &rawConn{t, c}
@@ -72,7 +72,9 @@ func (c *rawConn) expectHello() {
 func (c *rawConn) expectRefusal(code uint16, want string) {
 	c.t.Helper()
 	typ, p := c.frame()
-	if typ != frameRefuse || len(p) < 4 {
+	if typ == frameRefuseTransfer && len(p) >= 4 {
+		p = p[4:] // protocol 2 refuses one transfer: its ID, then code and reason
+	} else if typ != frameRefuse || len(p) < 4 {
 		c.t.Fatalf("got frame type %d (%q), want a refusal", typ, p)
 	}
 	got, reason := binary.BigEndian.Uint16(p), string(p[4:])
@@ -81,11 +83,16 @@ func (c *rawConn) expectRefusal(code uint16, want string) {
 	}
 }
 
-// offerFrame is an offer of size bytes under name, with no identity.
+// frameRefuseTransfer refuses one transfer (protocol 2).
+const frameRefuseTransfer = 11
+
+// offerFrame is an offer of size bytes under name, with no identity, as
+// transfer 1.
 func offerFrame(name string, size uint64) []byte {
-	p := make([]byte, 64, 66+len(name))
-	binary.BigEndian.PutUint64(p[4:], size)
-	binary.BigEndian.PutUint32(p[12:], 0o600)
+	p := make([]byte, 68, 70+len(name))
+	binary.BigEndian.PutUint32(p[0:], 1) // transfer ID
+	binary.BigEndian.PutUint64(p[8:], size)
+	binary.BigEndian.PutUint32(p[16:], 0o600)
 	p = binary.BigEndian.AppendUint16(p, uint16(len(name)))
 	p = append(p, name...)
 	f := []byte{frameOffer}

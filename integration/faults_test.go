@@ -55,8 +55,13 @@ func TestCutResume(t *testing.T) {
 			if first := conns[0]; !first.Cut || first.Bytes[faultproxy.ClientToServer] != tt.n {
 				t.Fatalf("first connection: cut %v after %d bytes, want a cut after %d", first.Cut, first.Bytes[0], tt.n)
 			}
-			if rec.Attempts < 2 || rec.Attempts != len(conns) {
-				t.Errorf("attempts = %d over %d connections; want one connection per attempt, at least 2", rec.Attempts, len(conns))
+			// The daemon may still hold the cut session's transfer (it is
+			// making its data durable) when the next session offers it: a
+			// busy refusal, and one more attempt on the same connection.
+			busy := len(d.lines(0, "msg=refused", "code=7"))
+			if rec.Attempts < 2 || rec.Attempts != len(conns)+busy {
+				t.Errorf("attempts = %d over %d connections and %d busy refusals; want one connection per attempt, at least 2, and one more per busy refusal",
+					rec.Attempts, len(conns), busy)
 			}
 			want := w.durableAfter(tt.n)
 			if rec.ResumedFrom != want {
@@ -67,7 +72,7 @@ func TestCutResume(t *testing.T) {
 				t.Errorf("total_sent_bytes %d < %d sent last + %d that reached the daemon first", rec.TotalSentBytes, rec.SentBytes, want)
 			}
 			last := conns[len(conns)-1].Bytes[faultproxy.ClientToServer]
-			if wantLast := w.session(rec.ResumedFrom); last != wantLast {
+			if wantLast := w.session(rec.ResumedFrom); last != wantLast && busy == 0 {
 				t.Errorf("last connection carried %d bytes; a session resuming at %d that sends each chunk once is %d",
 					last, rec.ResumedFrom, wantLast)
 			}

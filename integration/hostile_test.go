@@ -129,6 +129,9 @@ const (
 )
 
 // helloFrame is a sender's hello of protocol version major.
+// protocolMajor is the protocol version ferry and ferryd speak.
+const protocolMajor = 2
+
 func helloFrame(major uint16) []byte {
 	p := []byte("FRRY")
 	p = binary.BigEndian.AppendUint16(p, major)
@@ -148,7 +151,7 @@ func helloFrame(major uint16) []byte {
 func TestBadPeersDaemonStaysUp(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root, "--handshake-timeout", "2s", "--idle-timeout", "3s")
-	hello := helloFrame(2)
+	hello := helloFrame(protocolMajor)
 	garbage := make([]byte, 4096)
 	randReader(5).Read(garbage)
 	tests := []struct {

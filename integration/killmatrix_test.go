@@ -92,7 +92,7 @@ func (m matrix) points(margin int64) []int64 {
 // data bytes, then a trailer frame.
 const (
 	chunkFrameHeader = chunkHashAt + 32
-	trailerFrame     = frameHeaderSize + 32
+	trailerFrame     = frameHeaderSize + 4 + 32 // transfer ID, whole-file BLAKE3
 )
 
 // matrixSession is one connection of a run, as the proxy saw it.

@@ -23,6 +23,7 @@ func newProxy(t *testing.T, upstream string) *faultproxy.Proxy {
 const (
 	frameHeaderSize = 5
 	frameChunk      = 5
+	frameData       = 10
 	chunkHashAt     = frameHeaderSize + 8 + 4 // where a chunk frame's hash starts
 )
 
@@ -32,7 +33,7 @@ const (
 type wire struct {
 	size        int64 // of the file
 	hello       int64 // bytes of the hello frame
-	preamble    int64 // bytes before the first chunk frame: hello and offer
+	preamble    int64 // bytes before the first chunk frame: hello, offer and data run
 	chunkHeader int64 // bytes of a chunk frame before its data
 	trailer     int64 // bytes after the last chunk frame
 	total       int64 // bytes of the whole session
@@ -66,6 +67,9 @@ func probeWire(t *testing.T, src string, size int64) wire {
 	w.hello = frameHeaderSize + l
 	_, l = frame(w.hello)
 	w.preamble = w.hello + frameHeaderSize + l
+	if typ, l := frame(w.preamble); typ == frameData { // protocol 2: the data run opens
+		w.preamble += frameHeaderSize + l
+	}
 	typ, l := frame(w.preamble)
 	if typ != frameChunk {
 		t.Fatalf("probe: frame after hello and offer has type %d, want a chunk (%d)", typ, frameChunk)

@@ -258,7 +258,9 @@ func TestSenderMessages(t *testing.T) {
 		writeRandom(t, filepath.Join(dir, "a.bin"), 4<<20, 6)
 		writeRandom(t, filepath.Join(dir, "b.bin"), 1000, 7)
 		writeRandom(t, filepath.Join(dir, "c.bin"), 1000, 8)
-		f := startFerry(t, sendArgs(p.Addr(), dir)...)
+		// One file after another (--window 1), so that b.bin is opened
+		// only once a.bin is committed.
+		f := startFerry(t, sendArgs(p.Addr(), "--window", "1", dir)...)
 		if err := p.WaitBytes(ctx, 1<<20); err != nil {
 			t.Fatal(err)
 		}

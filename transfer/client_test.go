@@ -68,7 +68,7 @@ func TestHandshake(t *testing.T) {
 		{"daemon refuses the version", ClientOptions{},
 			answerHello(&RemoteError{Code: CodeVersion, Message: "peer speaks v1.0, this side v2"}), 0, ErrVersion, "this side v2"},
 		{"daemon answers with an ack", ClientOptions{},
-			answerHello(&Ack{}), 0, ErrProtocol, "expected hello"},
+			answerHello(&Ack{ID: 1}), 0, ErrProtocol, "expected hello"},
 		{"daemon speaks HTTP", ClientOptions{}, func(r *bufio.Reader, w io.Writer) error {
 			ReadMessage(r)
 			_, err := io.WriteString(w, "HTTP/1.1 400 Bad Request\r\n\r\n")
@@ -181,7 +181,7 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 				return err
 			}
 			o := m.(*Offer)
-			if err := WriteMessage(w, &Accept{ChunkSize: MinChunkSize}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: o.ID, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			buf := make([]byte, ChunkHeaderSize+MinChunkSize)
@@ -189,6 +189,12 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 				h, err := ReadFrameHeader(r, MinChunkSize)
 				if err != nil {
 					return err
+				}
+				if h.Type == FrameData {
+					if _, err := ReadControl(r, h, nil); err != nil {
+						return err
+					}
+					continue
 				}
 				if h.Type == FrameTrailer {
 					if _, err := ReadControl(r, h, nil); err != nil {
@@ -212,54 +218,60 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 		daemon  func(r *bufio.Reader, w io.Writer) error
 		wantErr error
 		msg     string
+		// fileOnly: the failure is the file's alone (protocol 2): the
+		// session stays usable.
+		fileOnly bool
 	}{
 		{"commits", receive(false, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &Committed{Size: o.Size, Hash: whole})
-		}), nil, ""},
-		{"commits another hash", receive(false, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &Committed{Size: o.Size, Hash: Hash{1}})
-		}), ErrIntegrity, "daemon committed"},
-		{"commits another size", receive(false, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &Committed{Size: o.Size - 1, Hash: whole})
-		}), ErrIntegrity, "daemon committed"},
-		{"refuses at the trailer", receive(false, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &RemoteError{Code: CodeIntegrity, Message: "whole-file hash"})
-		}), ErrIntegrity, "whole-file hash"},
+			return WriteMessage(w, &Committed{ID: o.ID, Size: o.Size, Hash: whole})
+		}), nil, "", false},
+		{"commits another hash", receive(true, func(w io.Writer, o *Offer) error {
+			return WriteMessage(w, &Committed{ID: o.ID, Size: o.Size, Hash: Hash{1}})
+		}), ErrIntegrity, "daemon committed", true},
+		{"commits another size", receive(true, func(w io.Writer, o *Offer) error {
+			return WriteMessage(w, &Committed{ID: o.ID, Size: o.Size - 1, Hash: whole})
+		}), ErrIntegrity, "daemon committed", true},
+		{"refuses at the trailer", receive(true, func(w io.Writer, o *Offer) error {
+			return WriteMessage(w, &RemoteError{ID: o.ID, Code: CodeIntegrity, Message: "whole-file hash"})
+		}), ErrIntegrity, "whole-file hash", true},
 		{"acks backwards", receive(true, func(w io.Writer, o *Offer) error {
-			if err := WriteMessage(w, &Ack{DurableOffset: 2 * MinChunkSize}); err != nil {
+			if err := WriteMessage(w, &Ack{ID: o.ID, DurableOffset: 2 * MinChunkSize}); err != nil {
 				return err
 			}
-			return WriteMessage(w, &Ack{DurableOffset: MinChunkSize})
-		}), ErrProtocol, "ack of durable offset"},
+			return WriteMessage(w, &Ack{ID: o.ID, DurableOffset: MinChunkSize})
+		}), ErrProtocol, "ack of durable offset", false},
 		{"acks beyond the file", receive(true, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &Ack{DurableOffset: o.Size + 1})
-		}), ErrProtocol, "ack of durable offset"},
+			return WriteMessage(w, &Ack{ID: o.ID, DurableOffset: o.Size + 1})
+		}), ErrProtocol, "ack of durable offset", false},
 		{"nacks beyond the file", receive(true, func(w io.Writer, o *Offer) error {
-			return WriteMessage(w, &Nack{Offset: o.Size})
-		}), ErrProtocol, "nack at offset"},
+			return WriteMessage(w, &Nack{ID: o.ID, Offset: o.Size})
+		}), ErrProtocol, "nack at offset", false},
+		{"nacks inside a chunk", receive(true, func(w io.Writer, o *Offer) error {
+			return WriteMessage(w, &Nack{ID: o.ID, Offset: MinChunkSize + 1})
+		}), ErrProtocol, "nack at offset", false},
 		{"sends a hello mid-transfer", receive(true, func(w io.Writer, o *Offer) error {
 			return WriteMessage(w, &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})
-		}), ErrProtocol, "unexpected hello"},
+		}), ErrProtocol, "unexpected hello", false},
 		{"hangs up before committing", receive(false, func(w io.Writer, o *Offer) error {
 			return nil
-		}), io.ErrUnexpectedEOF, "daemon closed the session"},
+		}), io.ErrUnexpectedEOF, "daemon closed the session", false},
 		{"accepts beyond the size", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
 			ReadMessage(r)
-			return WriteMessage(w, &Accept{ChunkSize: MinChunkSize, DurableOffset: 4*MinChunkSize + 1, TailOffset: 4 * MinChunkSize, TailLength: 1})
-		}, ErrProtocol, "beyond size"},
+			return WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: 3*MinChunkSize + 101, TailOffset: 3 * MinChunkSize, TailLength: 101})
+		}, ErrProtocol, "beyond size", false},
 		{"answers the offer with a nack", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
 			ReadMessage(r)
-			return WriteMessage(w, &Nack{})
-		}, ErrProtocol, "expected accept"},
+			return WriteMessage(w, &Nack{ID: 1})
+		}, ErrProtocol, "sent no data", false},
 		{"accepts a restart at a non-zero offset", func(r *bufio.Reader, w io.Writer) error {
 			answerHello(&Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize})(r, w)
 			ReadMessage(r)
-			WriteMessage(w, &Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
+			WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
 			ReadMessage(r)
-			return WriteMessage(w, &Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
-		}, ErrProtocol, "restart accepted at offset"},
+			return WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize, TailLength: MinChunkSize, TailHash: Hash{1}})
+		}, ErrProtocol, "restart accepted at offset", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -281,6 +293,12 @@ func TestSendAgainstScriptedDaemon(t *testing.T) {
 			}
 			if !errors.Is(err, tt.wantErr) || !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("error %v, want %v saying %q", err, tt.wantErr, tt.msg)
+			}
+			if tt.fileOnly {
+				if !c.Usable() {
+					t.Fatalf("a failure of the file alone broke the session")
+				}
+				return
 			}
 			if _, err2 := c.Send(context.Background(), memSource(data), "g", SendOptions{}); err2 == nil ||
 				!strings.Contains(err2.Error(), "session unusable") {
@@ -310,8 +328,9 @@ func TestSendOffer(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				got <- m.(*Offer)
-				return WriteMessage(w, &RemoteError{Code: CodeExists})
+				o := m.(*Offer)
+				got <- o
+				return WriteMessage(w, &RemoteError{ID: o.ID, Code: CodeExists})
 			})
 			c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize})
 			if err != nil {
@@ -323,7 +342,12 @@ func TestSendOffer(t *testing.T) {
 				t.Fatalf("error %v, want ErrExists", err)
 			}
 			o := <-got
-			want := Offer{Size: int64(tt.size), Mode: 0o755, MtimeNs: src.ModTime.UnixNano(), Inode: 7,
+			// A file of at most one chunk goes out with its data.
+			var flags OfferFlags
+			if tt.size <= MinChunkSize {
+				flags = OfferData
+			}
+			want := Offer{ID: 1, Flags: flags, Size: int64(tt.size), Mode: 0o755, MtimeNs: src.ModTime.UnixNano(), Inode: 7,
 				PrefixID: HashBytes(data[:min(tt.size, IdentityPrefix)]), Name: "d/f"}
 			if *o != want {
 				t.Fatalf("offer %+v, want %+v", o, want)
@@ -363,7 +387,7 @@ func TestSendWaitsForItsOwnPrefixHash(t *testing.T) {
 		if _, err := ReadMessage(r); err != nil {
 			return err
 		}
-		acc := &Accept{ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
+		acc := &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
 			TailHash: mustChunkHash(data[resumeAt-MinChunkSize:resumeAt], resumeAt-MinChunkSize, size)}
 		if err := WriteMessage(w, acc); err != nil {
 			return err
@@ -371,7 +395,7 @@ func TestSendWaitsForItsOwnPrefixHash(t *testing.T) {
 		if _, err := receiveChunks(r); err != nil {
 			return err
 		}
-		return WriteMessage(w, &Committed{Size: size, Hash: HashBytes(data)})
+		return WriteMessage(w, &Committed{ID: 1, Size: size, Hash: HashBytes(data)})
 	})
 	c, err := Handshake(context.Background(), conn, ClientOptions{ChunkSize: MinChunkSize, Timeout: 300 * time.Millisecond})
 	if err != nil {

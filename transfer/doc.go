@@ -1,9 +1,10 @@
 // Package transfer is what both ends of ferry share: the wire protocol
 // (frames, messages, version negotiation, refusal codes), chunking, BLAKE3
 // hashing, destination-name validation, and the sender engine as a
-// library: Sender (reconnect, resume, backoff, deadlines, retryable versus
-// permanent errors) on top of one session's Handshake and Client.Send. It
-// knows no flags, terminals or daemon root.
+// library: Sender (a window of files over one session, reconnect, resume,
+// backoff, deadlines, retryable versus permanent errors) on top of one
+// session's Handshake and Client.SendAll (Client.Send is a window of one).
+// It knows no flags, terminals or daemon root.
 //
 // The full specification, with every payload layout, the session flow,
 // resume and the daemon's durability order, is docs/PROTOCOL.md. In short:
@@ -14,7 +15,8 @@
 // big-endian.
 //
 //	offset 0  u8   type     1 Hello, 2 Offer, 3 Accept, 4 Refuse, 5 Chunk,
-//	                        6 Ack, 7 Nack, 8 Trailer, 9 Committed
+//	                        6 Ack, 7 Nack, 8 Trailer, 9 Committed,
+//	                        10 Data, 11 RefuseTransfer
 //	offset 1  u32  length   payload bytes after the header
 //
 // ReadFrameHeader checks length before any allocation: at most
@@ -41,14 +43,23 @@
 // versions only add flag bits, or fields a peer sends once the other side's
 // Hello has announced them.
 //
-// # Transfers
+// # Transfers (protocol 2)
 //
-// A session carries transfers one after another: Offer (name, size, mode,
-// mtime and the source's identity), Accept (the transfer's chunk size,
-// durable offset and the tail chunk's hash, which the sender checks
-// against its file before sending more) or Refuse (a stable Code; see errors.go), pipelined Chunks
-// answered by Acks of the durable offset and Nacks of rejected chunks
-// (go-back-N), a Trailer with the whole-file BLAKE3, and Committed.
+// A session carries a window of transfers (DefaultWindowFiles files,
+// DefaultWindowBytes of unsettled data), so a tree costs a few round
+// trips, not two per file. Every message about a transfer starts with its
+// ID (u32, chosen by the sender, increasing). Offer (name, size, mode,
+// mtime and the source's identity) is answered by Accept (the transfer's
+// chunk size, durable offset and the tail chunk's hash, which the sender
+// checks against its file before sending more) or RefuseTransfer (a
+// stable Code; see errors.go; the session goes on). A file of at most one
+// chunk goes out with its Offer (OfferData) without waiting, in chunks of
+// the session's size. Chunks travel in data runs, one transfer at a time:
+// an OfferData offer or a Data frame, the chunks, then a Trailer with the
+// whole-file BLAKE3; Acks report durable offsets and Nacks rejected chunks
+// (the sender sends a new run from there). The daemon commits files in
+// groups and answers Committed for each. Refuse (without ID) refuses the
+// whole session.
 //
 // # Chunk hashes
 //

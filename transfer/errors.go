@@ -123,6 +123,8 @@ func CodeOf(err error) Code {
 
 // RemoteError is a refusal received from (or sent to) the peer.
 type RemoteError struct {
+	// ID is the transfer refused, or 0 for the whole session.
+	ID      uint32
 	Code    Code
 	Message string
 }

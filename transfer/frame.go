@@ -10,7 +10,7 @@ import (
 // FrameType identifies a frame. See docs/PROTOCOL.md for each layout.
 type FrameType uint8
 
-// Frame types of protocol version 1.
+// Frame types of protocol version 2.
 const (
 	FrameHello     FrameType = 1
 	FrameOffer     FrameType = 2
@@ -21,6 +21,11 @@ const (
 	FrameNack      FrameType = 7
 	FrameTrailer   FrameType = 8
 	FrameCommitted FrameType = 9
+	// FrameData opens a data run of an accepted transfer (version 2).
+	FrameData FrameType = 10
+	// FrameRefuseTransfer refuses one transfer; the session goes on
+	// (version 2).
+	FrameRefuseTransfer FrameType = 11
 )
 
 func (t FrameType) String() string {
@@ -43,6 +48,10 @@ func (t FrameType) String() string {
 		return "trailer"
 	case FrameCommitted:
 		return "committed"
+	case FrameData:
+		return "data"
+	case FrameRefuseTransfer:
+		return "refuse-transfer"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }
@@ -93,7 +102,8 @@ func ReadFrameHeader(r io.Reader, maxChunk int) (FrameHeader, error) {
 	switch h.Type {
 	case FrameChunk:
 		limit = uint32(ChunkHeaderSize + maxChunk)
-	case FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted:
+	case FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted,
+		FrameData, FrameRefuseTransfer:
 	default:
 		return h, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, b[0])
 	}

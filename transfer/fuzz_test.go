@@ -24,7 +24,7 @@ func fuzzChunkSize(n uint32) int {
 }
 
 func FuzzReadFrameHeader(f *testing.F) {
-	for _, typ := range []FrameType{0, FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameChunk, FrameAck, FrameNack, FrameTrailer, FrameCommitted, 10, 255} {
+	for _, typ := range []FrameType{0, FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameChunk, FrameAck, FrameNack, FrameTrailer, FrameCommitted, FrameData, FrameRefuseTransfer, 12, 255} {
 		for _, n := range []uint32{0, 8, MaxControlPayload, MaxControlPayload + 1, ChunkHeaderSize + MinChunkSize, ChunkHeaderSize + DefaultChunkSize + 1, 1<<32 - 1} {
 			f.Add(header(typ, n), uint32(DefaultChunkSize-MinChunkSize))
 		}
@@ -60,7 +60,7 @@ func FuzzReadFrameHeader(f *testing.F) {
 		if h.Type == FrameChunk {
 			limit = uint32(ChunkHeaderSize + maxChunk)
 		}
-		if h.Type < FrameHello || h.Type > FrameCommitted || h.Length > limit {
+		if h.Type < FrameHello || h.Type > FrameRefuseTransfer || h.Length > limit {
 			t.Fatalf("accepted %+v with limit %d", h, limit)
 		}
 		if !bytes.Equal(header(h.Type, h.Length), b[:FrameHeaderSize]) {
@@ -76,7 +76,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
 	f.Add(byte(FrameHello), append(append([]byte(nil), hello[:4]...), 0, 2, 0, 0))
 	f.Add(byte(FrameHello), hello[:11])
-	f.Add(byte(FrameAccept), EncodeMessage(&Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40}))
+	f.Add(byte(FrameAccept), EncodeMessage(&Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40}))
 	f.Add(byte(FrameRefuse), []byte{0, 1, 0, 3, 'a', 0xff, 'b'})
 	f.Add(byte(FrameChunk), make([]byte, ChunkHeaderSize))
 	f.Add(byte(0), []byte{})

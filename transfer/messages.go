@@ -26,7 +26,11 @@ const (
 var helloMagic = [4]byte{'F', 'R', 'R', 'Y'}
 
 // Message is a decoded control frame: *Hello, *Offer, *Accept, *RemoteError
-// (a refusal), *Ack, *Nack, *Trailer or *Committed.
+// (a refusal of the session, or of one transfer when its ID is set), *Ack,
+// *Nack, *Trailer, *Committed or *Data.
+//
+// Every message about one transfer carries the transfer's ID: a u32 the
+// sender picks, increasing within a session, never 0.
 type Message interface {
 	frameType() FrameType
 	appendPayload(b []byte) []byte
@@ -44,6 +48,7 @@ type Hello struct {
 // Offer starts a transfer: the destination name, the source's metadata and
 // its identity (size, mtime, inode, BLAKE3 of the first IdentityPrefix bytes).
 type Offer struct {
+	ID       uint32 // transfer ID, ≥ 1, increasing within a session (a restart repeats it)
 	Flags    OfferFlags
 	Size     int64  // bytes; 0..MaxFileSize
 	Mode     uint32 // permission bits (0o777 mask)
@@ -61,6 +66,12 @@ const (
 	// start at offset 0: the sender found that the partial's tail chunk does
 	// not match its file.
 	OfferRestart OfferFlags = 1 << 0
+	// OfferData says the file's data follows the offer at once, from
+	// offset 0, without waiting for an Accept: the offer opens a data run
+	// (chunks, then a Trailer). The daemon takes it from 0, discarding any
+	// partial of the name, or refuses it and skips the run's frames. The
+	// sender uses it for files of at most one chunk.
+	OfferData OfferFlags = 1 << 1
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.
@@ -78,6 +89,7 @@ const MaxFileSize = 1 << 62
 // its own file before sending more. TailLength is 0 when DurableOffset is
 // 0. The tail is one chunk of ChunkSize: TailOffset is a multiple of it.
 type Accept struct {
+	ID    uint32 // the offer's transfer ID
 	Flags AcceptFlags
 	// ChunkSize is the chunk size in bytes of this transfer: the
 	// session's for a new partial, the partial's own (never above the
@@ -106,25 +118,45 @@ const (
 
 // Ack reports the daemon's durable offset for the current transfer.
 type Ack struct {
+	ID            uint32
 	DurableOffset int64
 }
 
 // Nack says the chunk at Offset failed verification and was not written;
 // the daemon ignores chunks and trailers until the chunk at Offset arrives.
 type Nack struct {
+	ID     uint32
 	Offset int64
 }
 
 // Trailer ends a transfer's data with the sender's whole-file BLAKE3.
 type Trailer struct {
+	ID   uint32
 	Hash Hash
 }
 
 // Committed tells the sender the file is verified, fsync'ed and renamed
 // into place under its final name.
 type Committed struct {
-	Size int64
-	Hash Hash
+	ID    uint32
+	Flags CommittedFlags
+	Size  int64
+	Hash  Hash
+}
+
+// CommittedFlags describe a Committed.
+type CommittedFlags uint32
+
+// CommittedAlready says the file was already committed under the name
+// with this content; nothing was written.
+const CommittedAlready CommittedFlags = 1 << 0
+
+// Data opens a data run of an accepted transfer: the chunks that follow,
+// up to the Trailer with the same ID, belong to transfer ID and start at
+// Offset (its durable offset, or the offset of a rejected chunk).
+type Data struct {
+	ID     uint32
+	Offset int64
 }
 
 // Maximum string lengths in bytes, checked by the decoder.
@@ -134,14 +166,24 @@ const (
 	maxMessage = 1024
 )
 
-func (*Hello) frameType() FrameType       { return FrameHello }
-func (*Offer) frameType() FrameType       { return FrameOffer }
-func (*Accept) frameType() FrameType      { return FrameAccept }
-func (*RemoteError) frameType() FrameType { return FrameRefuse }
-func (*Ack) frameType() FrameType         { return FrameAck }
-func (*Nack) frameType() FrameType        { return FrameNack }
-func (*Trailer) frameType() FrameType     { return FrameTrailer }
-func (*Committed) frameType() FrameType   { return FrameCommitted }
+func (*Hello) frameType() FrameType  { return FrameHello }
+func (*Offer) frameType() FrameType  { return FrameOffer }
+func (*Accept) frameType() FrameType { return FrameAccept }
+func (*Data) frameType() FrameType   { return FrameData }
+
+// A RemoteError with an ID refuses one transfer (FrameRefuseTransfer); one
+// without refuses the session (FrameRefuse, whose layout every protocol
+// version shares).
+func (e *RemoteError) frameType() FrameType {
+	if e.ID != 0 {
+		return FrameRefuseTransfer
+	}
+	return FrameRefuse
+}
+func (*Ack) frameType() FrameType       { return FrameAck }
+func (*Nack) frameType() FrameType      { return FrameNack }
+func (*Trailer) frameType() FrameType   { return FrameTrailer }
+func (*Committed) frameType() FrameType { return FrameCommitted }
 
 func (m *Hello) appendPayload(b []byte) []byte {
 	b = append(b, helloMagic[:]...)
@@ -152,6 +194,7 @@ func (m *Hello) appendPayload(b []byte) []byte {
 }
 
 func (m *Offer) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
 	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
 	b = binary.BigEndian.AppendUint32(b, m.Mode)
@@ -162,6 +205,7 @@ func (m *Offer) appendPayload(b []byte) []byte {
 }
 
 func (m *Accept) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
 	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
 	b = binary.BigEndian.AppendUint32(b, m.ChunkSize)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
@@ -170,12 +214,15 @@ func (m *Accept) appendPayload(b []byte) []byte {
 	return append(b, m.TailHash[:]...)
 }
 
-func (m *RemoteError) appendPayload(b []byte) []byte {
-	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+func (e *RemoteError) appendPayload(b []byte) []byte {
+	if e.ID != 0 {
+		b = binary.BigEndian.AppendUint32(b, e.ID)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(e.Code))
 	// The decoder insists on valid UTF-8 of at most maxMessage bytes, so
 	// cut at a rune boundary: a refusal must never turn into a protocol
 	// error on the peer.
-	msg := strings.ToValidUTF8(m.Message, "\uFFFD")
+	msg := strings.ToValidUTF8(e.Message, "\uFFFD")
 	if len(msg) > maxMessage {
 		n := maxMessage
 		for n > 0 && !utf8.RuneStart(msg[n]) {
@@ -187,16 +234,28 @@ func (m *RemoteError) appendPayload(b []byte) []byte {
 }
 
 func (m *Ack) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
 	return binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
 }
 
 func (m *Nack) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
 	return binary.BigEndian.AppendUint64(b, uint64(m.Offset))
 }
 
-func (m *Trailer) appendPayload(b []byte) []byte { return append(b, m.Hash[:]...) }
+func (m *Trailer) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
+	return append(b, m.Hash[:]...)
+}
+
+func (m *Data) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
+	return binary.BigEndian.AppendUint64(b, uint64(m.Offset))
+}
 
 func (m *Committed) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
+	b = binary.BigEndian.AppendUint32(b, uint32(m.Flags))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
 	return append(b, m.Hash[:]...)
 }
@@ -225,14 +284,18 @@ func DecodeMessage(t FrameType, p []byte) (Message, error) {
 		m = d.accept()
 	case FrameRefuse:
 		m = &RemoteError{Code: Code(d.u16()), Message: d.str(maxMessage)}
+	case FrameRefuseTransfer:
+		m = &RemoteError{ID: d.id(), Code: Code(d.u16()), Message: d.str(maxMessage)}
 	case FrameAck:
-		m = &Ack{DurableOffset: d.offset()}
+		m = &Ack{ID: d.id(), DurableOffset: d.offset()}
 	case FrameNack:
-		m = &Nack{Offset: d.offset()}
+		m = &Nack{ID: d.id(), Offset: d.offset()}
 	case FrameTrailer:
-		m = &Trailer{Hash: d.hash()}
+		m = &Trailer{ID: d.id(), Hash: d.hash()}
 	case FrameCommitted:
-		m = &Committed{Size: d.offset(), Hash: d.hash()}
+		m = &Committed{ID: d.id(), Flags: CommittedFlags(d.u32()), Size: d.offset(), Hash: d.hash()}
+	case FrameData:
+		m = &Data{ID: d.id(), Offset: d.offset()}
 	default:
 		return nil, fmt.Errorf("%w: %v is not a control frame", ErrProtocol, t)
 	}
@@ -271,6 +334,7 @@ func (d *decoder) hello() *Hello {
 
 func (d *decoder) offer() *Offer {
 	m := &Offer{
+		ID:       d.id(),
 		Flags:    OfferFlags(d.u32()),
 		Size:     d.offset(),
 		Mode:     d.u32(),
@@ -287,6 +351,7 @@ func (d *decoder) offer() *Offer {
 
 func (d *decoder) accept() *Accept {
 	m := &Accept{
+		ID:            d.id(),
 		Flags:         AcceptFlags(d.u32()),
 		ChunkSize:     d.u32(),
 		DurableOffset: d.offset(),
@@ -348,6 +413,15 @@ func (d *decoder) u32() uint32 {
 		return binary.BigEndian.Uint32(b)
 	}
 	return 0
+}
+
+// id reads a transfer ID, which is never 0.
+func (d *decoder) id() uint32 {
+	v := d.u32()
+	if d.err == nil && v == 0 {
+		d.fail("transfer ID 0")
+	}
+	return v
 }
 
 func (d *decoder) u64() uint64 {

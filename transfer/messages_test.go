@@ -25,24 +25,27 @@ func sampleMessages() []struct {
 		{"hello min chunk, empty agent", &Hello{Major: ProtocolMajor, Minor: 7, ChunkSize: MinChunkSize}},
 		{"hello max chunk, longest agent", &Hello{Major: ProtocolMajor, ChunkSize: MaxChunkSize, Agent: strings.Repeat("a", maxAgent)}},
 		{"hello unicode agent", &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize, Agent: "fähre/1 ⛴"}},
-		{"offer", &Offer{Size: 12345, Mode: 0o644, MtimeNs: 1700000000123456789, Inode: 42, PrefixID: h, Name: "dir/file.bin"}},
-		{"offer restart", &Offer{Flags: OfferRestart, Size: 0, Mode: 0o7777, MtimeNs: -1, Inode: 1<<64 - 1, Name: "a"}},
-		{"offer max size and name", &Offer{Size: MaxFileSize, Name: strings.Repeat("n", MaxNameLen)}},
-		{"offer invalid UTF-8 name passes the decoder", &Offer{Size: 1, Name: "bad\xffname"}},
-		{"accept fresh", &Accept{ChunkSize: DefaultChunkSize}},
-		{"accept resume", &Accept{ChunkSize: 1 << 20, DurableOffset: 3 << 20, TailOffset: 2 << 20, TailLength: 1 << 20, TailHash: h}},
-		{"accept restarted", &Accept{Flags: AcceptRestarted, ChunkSize: MinChunkSize}},
-		{"accept max tail", &Accept{ChunkSize: MaxChunkSize, DurableOffset: MaxFileSize, TailOffset: MaxFileSize - MaxChunkSize, TailLength: MaxChunkSize, TailHash: h}},
-		{"accept short tail", &Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 1, TailOffset: MinChunkSize, TailLength: 1, TailHash: h}},
+		{"offer", &Offer{ID: 7, Size: 12345, Mode: 0o644, MtimeNs: 1700000000123456789, Inode: 42, PrefixID: h, Name: "dir/file.bin"}},
+		{"offer restart", &Offer{ID: 7, Flags: OfferRestart, Size: 0, Mode: 0o7777, MtimeNs: -1, Inode: 1<<64 - 1, Name: "a"}},
+		{"offer max size and name", &Offer{ID: 7, Size: MaxFileSize, Name: strings.Repeat("n", MaxNameLen)}},
+		{"offer invalid UTF-8 name passes the decoder", &Offer{ID: 7, Size: 1, Name: "bad\xffname"}},
+		{"accept fresh", &Accept{ID: 7, ChunkSize: DefaultChunkSize}},
+		{"accept resume", &Accept{ID: 7, ChunkSize: 1 << 20, DurableOffset: 3 << 20, TailOffset: 2 << 20, TailLength: 1 << 20, TailHash: h}},
+		{"accept restarted", &Accept{ID: 7, Flags: AcceptRestarted, ChunkSize: MinChunkSize}},
+		{"accept max tail", &Accept{ID: 7, ChunkSize: MaxChunkSize, DurableOffset: MaxFileSize, TailOffset: MaxFileSize - MaxChunkSize, TailLength: MaxChunkSize, TailHash: h}},
+		{"accept short tail", &Accept{ID: 7, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 1, TailOffset: MinChunkSize, TailLength: 1, TailHash: h}},
 		{"refuse", &RemoteError{Code: CodeExists, Message: `file exists: "a" is already on the daemon`}},
 		{"refuse unknown code, empty message", &RemoteError{Code: 999}},
 		{"refuse longest message", &RemoteError{Code: CodeBadName, Message: strings.Repeat("é", maxMessage/2)}},
-		{"ack", &Ack{DurableOffset: 1 << 40}},
-		{"ack zero", &Ack{}},
-		{"nack", &Nack{Offset: MaxFileSize}},
-		{"trailer", &Trailer{Hash: h}},
-		{"committed", &Committed{Size: 99, Hash: h}},
-		{"committed empty file", &Committed{Size: 0, Hash: HashBytes(nil)}},
+		{"ack", &Ack{ID: 7, DurableOffset: 1 << 40}},
+		{"ack zero", &Ack{ID: 7}},
+		{"nack", &Nack{ID: 7, Offset: MaxFileSize}},
+		{"trailer", &Trailer{ID: 7, Hash: h}},
+		{"committed", &Committed{ID: 7, Size: 99, Hash: h}},
+		{"data", &Data{ID: 1<<32 - 1, Offset: MaxFileSize}},
+		{"refuse one transfer", &RemoteError{ID: 3, Code: CodeExists, Message: "m"}},
+		{"committed already", &Committed{ID: 2, Flags: CommittedAlready, Size: 1, Hash: h}},
+		{"committed empty file", &Committed{ID: 7, Size: 0, Hash: HashBytes(nil)}},
 	}
 }
 
@@ -89,6 +92,7 @@ func TestMessageRoundTrip(t *testing.T) {
 // TestMessageLayout pins the byte offsets documented in docs/PROTOCOL.md.
 func TestMessageLayout(t *testing.T) {
 	h := Hash{0: 0xaa, 31: 0xbb}
+	id := []byte{0, 0, 0, 9}
 	tests := []struct {
 		name string
 		msg  Message
@@ -96,16 +100,18 @@ func TestMessageLayout(t *testing.T) {
 	}{
 		{"hello", &Hello{Major: 2, Minor: 2, ChunkSize: 0x00100000, Agent: "ab"},
 			[]byte{'F', 'R', 'R', 'Y', 0, 2, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b'}},
-		{"offer", &Offer{Flags: 1, Size: 0x0102, Mode: 0o644, MtimeNs: 0x0304, Inode: 0x0506, PrefixID: h, Name: "x"},
-			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 1, 0xa4},
+		{"offer", &Offer{ID: 9, Flags: 3, Size: 0x0102, Mode: 0o644, MtimeNs: 0x0304, Inode: 0x0506, PrefixID: h, Name: "x"},
+			cat(id, []byte{0, 0, 0, 3}, []byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 1, 0xa4},
 				[]byte{0, 0, 0, 0, 0, 0, 3, 4}, []byte{0, 0, 0, 0, 0, 0, 5, 6}, h[:], []byte{0, 1, 'x'})},
-		{"accept", &Accept{Flags: 1, ChunkSize: 0x4000, DurableOffset: 0x4020, TailOffset: 0x4000, TailLength: 0x20, TailHash: h},
-			cat([]byte{0, 0, 0, 1}, []byte{0, 0, 0x40, 0}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0x20}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0}, []byte{0, 0, 0, 0x20}, h[:])},
-		{"refuse", &RemoteError{Code: CodeBusy, Message: "m"}, []byte{0, 7, 0, 1, 'm'}},
-		{"ack", &Ack{DurableOffset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
-		{"nack", &Nack{Offset: 0x0102}, []byte{0, 0, 0, 0, 0, 0, 1, 2}},
-		{"trailer", &Trailer{Hash: h}, h[:]},
-		{"committed", &Committed{Size: 5, Hash: h}, cat([]byte{0, 0, 0, 0, 0, 0, 0, 5}, h[:])},
+		{"accept", &Accept{ID: 9, Flags: 1, ChunkSize: 0x4000, DurableOffset: 0x4020, TailOffset: 0x4000, TailLength: 0x20, TailHash: h},
+			cat(id, []byte{0, 0, 0, 1}, []byte{0, 0, 0x40, 0}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0x20}, []byte{0, 0, 0, 0, 0, 0, 0x40, 0}, []byte{0, 0, 0, 0x20}, h[:])},
+		{"refuse (session, as in every version)", &RemoteError{Code: CodeBusy, Message: "m"}, []byte{0, 7, 0, 1, 'm'}},
+		{"refuse transfer", &RemoteError{ID: 9, Code: CodeBusy, Message: "m"}, cat(id, []byte{0, 7, 0, 1, 'm'})},
+		{"ack", &Ack{ID: 9, DurableOffset: 0x0102}, cat(id, []byte{0, 0, 0, 0, 0, 0, 1, 2})},
+		{"nack", &Nack{ID: 9, Offset: 0x0102}, cat(id, []byte{0, 0, 0, 0, 0, 0, 1, 2})},
+		{"trailer", &Trailer{ID: 9, Hash: h}, cat(id, h[:])},
+		{"committed", &Committed{ID: 9, Flags: 1, Size: 5, Hash: h}, cat(id, []byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 5}, h[:])},
+		{"data", &Data{ID: 9, Offset: 0x0102}, cat(id, []byte{0, 0, 0, 0, 0, 0, 1, 2})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,8 +143,8 @@ func put(p []byte, off int, v any) []byte {
 
 func TestDecodeMessageRejects(t *testing.T) {
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize, Agent: "a"})
-	offer := EncodeMessage(&Offer{Size: 10, Mode: 0o644, Name: "f"})
-	accept := EncodeMessage(&Accept{ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40})
+	offer := EncodeMessage(&Offer{ID: 1, Size: 10, Mode: 0o644, Name: "f"})
+	accept := EncodeMessage(&Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: MinChunkSize + 40, TailOffset: MinChunkSize, TailLength: 40})
 	refuse := EncodeMessage(&RemoteError{Code: CodeExists, Message: "m"})
 	type tc struct {
 		name    string
@@ -155,6 +161,7 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"hello major 1 with a 4 KiB chunk", FrameHello, put(put(hello, 4, uint16(1)), 8, uint32(4096)), ErrVersion, "v1.0"},
 		{"hello major 3", FrameHello, put(hello, 4, uint16(3)), ErrVersion, "v3.0"},
 		{"hello major 0", FrameHello, put(hello, 4, uint16(0)), ErrVersion, "v0.0"},
+		{"hello major 1 with another layout", FrameHello, cat(hello[:4], []byte{0, 1, 0, 5}), ErrVersion, "v1.5"},
 		{"hello major 3 with another layout", FrameHello, cat(hello[:4], []byte{0, 3, 0, 5}), ErrVersion, "v3.5"},
 		{"hello major 3 with a longer layout", FrameHello, cat(put(hello, 4, uint16(3)), []byte("new fields")), ErrVersion, "v3.0"},
 		{"hello chunk size below min", FrameHello, put(hello, 8, uint32(MinChunkSize/2)), ErrProtocol, "chunk size"},
@@ -168,29 +175,30 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"hello magic only", FrameHello, hello[:4], ErrProtocol, "too short"},
 		{"hello trailing byte", FrameHello, cat(hello, []byte{0}), ErrProtocol, "trailing"},
 		// Offer.
-		{"offer size 2^62+1", FrameOffer, put(offer, 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"offer size 2^63-1", FrameOffer, put(offer, 4, uint64(1<<63-1)), ErrProtocol, "above"},
-		{"offer negative size", FrameOffer, put(offer, 4, uint64(1<<63)), ErrProtocol, "above"},
-		{"offer mode setuid ok but 0o10000 not", FrameOffer, put(offer, 12, uint32(0o10000)), ErrProtocol, "mode"},
-		{"offer mode type bits", FrameOffer, put(offer, 12, uint32(0o40755)), ErrProtocol, "mode"},
-		{"offer name too long", FrameOffer, cat(offer[:64], []byte{0x10, 0x01}, bytes.Repeat([]byte("n"), MaxNameLen+1)), ErrProtocol, "above 4096"},
-		{"offer name length beyond payload", FrameOffer, cat(offer[:64], []byte{0, 5, 'f'}), ErrProtocol, "too short"},
-		{"offer short", FrameOffer, offer[:63], ErrProtocol, "too short"},
+		{"offer size 2^62+1", FrameOffer, put(offer, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"offer size 2^63-1", FrameOffer, put(offer, 8, uint64(1<<63-1)), ErrProtocol, "above"},
+		{"offer negative size", FrameOffer, put(offer, 8, uint64(1<<63)), ErrProtocol, "above"},
+		{"offer mode setuid ok but 0o10000 not", FrameOffer, put(offer, 16, uint32(0o10000)), ErrProtocol, "mode"},
+		{"offer mode type bits", FrameOffer, put(offer, 16, uint32(0o40755)), ErrProtocol, "mode"},
+		{"offer name too long", FrameOffer, cat(offer[:68], []byte{0x10, 0x01}, bytes.Repeat([]byte("n"), MaxNameLen+1)), ErrProtocol, "above 4096"},
+		{"offer name length beyond payload", FrameOffer, cat(offer[:68], []byte{0, 5, 'f'}), ErrProtocol, "too short"},
+		{"offer short", FrameOffer, offer[:67], ErrProtocol, "too short"},
+		{"offer transfer ID 0", FrameOffer, put(offer, 0, uint32(0)), ErrProtocol, "transfer ID 0"},
 		{"offer trailing byte", FrameOffer, cat(offer, []byte{0}), ErrProtocol, "trailing"},
 		// Accept.
-		{"accept tail does not end at durable offset", FrameAccept, put(accept, 16, uint64(50)), ErrProtocol, "does not end"},
-		{"accept tail past durable offset", FrameAccept, put(accept, 24, uint32(41)), ErrProtocol, "does not end"},
+		{"accept tail does not end at durable offset", FrameAccept, put(accept, 20, uint64(50)), ErrProtocol, "does not end"},
+		{"accept tail past durable offset", FrameAccept, put(accept, 28, uint32(41)), ErrProtocol, "does not end"},
 		{"accept tail longer than the chunk size", FrameAccept,
-			put(put(put(accept, 8, uint64(4*MinChunkSize)), 16, uint64(2*MinChunkSize)), 24, uint32(2*MinChunkSize)), ErrProtocol, "not one chunk"},
+			put(put(put(accept, 12, uint64(4*MinChunkSize)), 20, uint64(2*MinChunkSize)), 28, uint32(2*MinChunkSize)), ErrProtocol, "not one chunk"},
 		{"accept tail not at a chunk boundary", FrameAccept,
-			put(put(accept, 16, uint64(MinChunkSize+20)), 24, uint32(20)), ErrProtocol, "not one chunk"},
+			put(put(accept, 20, uint64(MinChunkSize+20)), 28, uint32(20)), ErrProtocol, "not one chunk"},
 		{"accept empty tail at a durable offset", FrameAccept,
-			put(put(accept, 8, uint64(MinChunkSize)), 24, uint32(0)), ErrProtocol, "empty tail"},
-		{"accept chunk size not a power of two", FrameAccept, put(accept, 4, uint32(3*MinChunkSize)), ErrProtocol, "not a power of two"},
-		{"accept chunk size zero", FrameAccept, put(accept, 4, uint32(0)), ErrProtocol, "chunk size"},
-		{"accept durable offset above max", FrameAccept, put(accept, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"accept tail offset above max", FrameAccept, put(accept, 16, uint64(1<<63)), ErrProtocol, "above"},
-		{"accept short", FrameAccept, accept[:59], ErrProtocol, "too short"},
+			put(put(accept, 12, uint64(MinChunkSize)), 28, uint32(0)), ErrProtocol, "empty tail"},
+		{"accept chunk size not a power of two", FrameAccept, put(accept, 8, uint32(3*MinChunkSize)), ErrProtocol, "not a power of two"},
+		{"accept chunk size zero", FrameAccept, put(accept, 8, uint32(0)), ErrProtocol, "chunk size"},
+		{"accept durable offset above max", FrameAccept, put(accept, 12, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"accept tail offset above max", FrameAccept, put(accept, 20, uint64(1<<63)), ErrProtocol, "above"},
+		{"accept short", FrameAccept, accept[:63], ErrProtocol, "too short"},
 		{"accept trailing byte", FrameAccept, cat(accept, []byte{0}), ErrProtocol, "trailing"},
 		// Refuse.
 		{"refuse message too long", FrameRefuse, cat([]byte{0, 1, 0x04, 0x01}, bytes.Repeat([]byte("m"), maxMessage+1)), ErrProtocol, "above 1024"},
@@ -199,21 +207,26 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"refuse short", FrameRefuse, []byte{0, 1, 0}, ErrProtocol, "too short"},
 		{"refuse trailing byte", FrameRefuse, cat(refuse, []byte{0}), ErrProtocol, "trailing"},
 		// Ack, Nack, Trailer, Committed.
-		{"ack above max", FrameAck, put(make([]byte, 8), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"ack short", FrameAck, make([]byte, 7), ErrProtocol, "too short"},
-		{"ack trailing byte", FrameAck, make([]byte, 9), ErrProtocol, "trailing"},
-		{"nack negative", FrameNack, put(make([]byte, 8), 0, uint64(1<<63)), ErrProtocol, "above"},
+		{"ack above max", FrameAck, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"ack transfer ID 0", FrameAck, make([]byte, 12), ErrProtocol, "transfer ID 0"},
+		{"ack short", FrameAck, put(make([]byte, 11), 0, uint32(1)), ErrProtocol, "too short"},
+		{"ack trailing byte", FrameAck, put(make([]byte, 13), 0, uint32(1)), ErrProtocol, "trailing"},
+		{"nack negative", FrameNack, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(1<<63)), ErrProtocol, "above"},
 		{"nack short", FrameNack, nil, ErrProtocol, "too short"},
-		{"trailer short", FrameTrailer, make([]byte, 31), ErrProtocol, "too short"},
-		{"trailer trailing byte", FrameTrailer, make([]byte, 33), ErrProtocol, "trailing"},
-		{"committed size above max", FrameCommitted, put(make([]byte, 40), 0, uint64(MaxFileSize+1)), ErrProtocol, "above"},
-		{"committed short", FrameCommitted, make([]byte, 39), ErrProtocol, "too short"},
+		{"trailer short", FrameTrailer, put(make([]byte, 35), 0, uint32(1)), ErrProtocol, "too short"},
+		{"trailer trailing byte", FrameTrailer, put(make([]byte, 37), 0, uint32(1)), ErrProtocol, "trailing"},
+		{"committed size above max", FrameCommitted, put(put(make([]byte, 48), 0, uint32(1)), 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"committed short", FrameCommitted, put(make([]byte, 47), 0, uint32(1)), ErrProtocol, "too short"},
 		// Frame types that are not control frames.
 		{"chunk is not a control frame", FrameChunk, make([]byte, ChunkHeaderSize), ErrProtocol, "not a control frame"},
 		{"type 0", 0, nil, ErrProtocol, "not a control frame"},
-		{"type 10", 10, nil, ErrProtocol, "not a control frame"},
+		{"type 12", 12, nil, ErrProtocol, "not a control frame"},
+		// Data, RefuseTransfer (protocol 2).
+		{"data transfer ID 0", FrameData, make([]byte, 12), ErrProtocol, "transfer ID 0"},
+		{"data offset above max", FrameData, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},
+		{"refuse transfer ID 0", FrameRefuseTransfer, cat([]byte{0, 0, 0, 0}, refuse), ErrProtocol, "transfer ID 0"},
 	}
-	for _, typ := range []FrameType{FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted} {
+	for _, typ := range []FrameType{FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted, FrameData, FrameRefuseTransfer} {
 		tests = append(tests, tc{typ.String() + " empty", typ, nil, ErrProtocol, "too short"})
 	}
 	for _, tt := range tests {
@@ -240,17 +253,18 @@ func TestDecodeMessageRejects(t *testing.T) {
 
 func TestDecodeMessageAccepts(t *testing.T) {
 	hello := EncodeMessage(&Hello{Major: ProtocolMajor, ChunkSize: DefaultChunkSize})
-	offer := EncodeMessage(&Offer{Size: 10, Name: "f"})
+	offer := EncodeMessage(&Offer{ID: 1, Size: 10, Name: "f"})
 	tests := []struct {
 		name    string
 		typ     FrameType
 		payload []byte
 	}{
 		{"hello of a newer minor version", FrameHello, put(hello, 6, uint16(9))},
-		{"offer with unknown flags (added by minor versions)", FrameOffer, put(offer, 0, uint32(0xfffffffe))},
-		{"offer with setuid, setgid and sticky bits", FrameOffer, put(offer, 12, uint32(0o7777))},
-		{"offer with a negative mtime", FrameOffer, put(offer, 16, uint64(1<<63))},
+		{"offer with unknown flags (added by minor versions)", FrameOffer, put(offer, 4, uint32(0xfffffffc))},
+		{"offer with setuid, setgid and sticky bits", FrameOffer, put(offer, 16, uint32(0o7777))},
+		{"offer with a negative mtime", FrameOffer, put(offer, 20, uint64(1<<63))},
 		{"refuse with a code this side does not know", FrameRefuse, []byte{0xff, 0xff, 0, 0}},
+		{"committed with unknown flags", FrameCommitted, put(EncodeMessage(&Committed{ID: 1}), 4, uint32(0xfffffffe))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

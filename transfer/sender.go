@@ -62,6 +62,10 @@ type Sender struct {
 	// fails the file with ErrKeepsChanging. Defaults to
 	// DefaultMaxRestarts (3).
 	MaxRestarts int
+	// Window is how many files SendAll keeps in flight on a session
+	// (offered and not settled), 1..MaxWindowFiles. Defaults to
+	// DefaultWindowFiles; 1 sends one file after another.
+	Window int
 	// OnRetry, if set, is called before each wait for a retry.
 	OnRetry func(RetryEvent)
 	// Jitter returns a number in [0, 1) for the backoff jitter. Defaults to
@@ -117,8 +121,9 @@ type Report struct {
 }
 
 // Send sends f until the daemon commits it, retrying as the Sender's
-// fields say. It returns nil once the daemon confirmed the commit (or
-// that the same file was already committed). Errors:
+// fields say: SendAll with one file. It returns nil once the daemon
+// confirmed the commit (or that the same file was already committed).
+// Errors:
 //   - ErrInvalidConfig for a Sender field out of range;
 //   - ErrSourceUnreadable when f cannot be opened or is not a regular file;
 //   - ErrKeepsChanging when the source changed more than MaxRestarts times;
@@ -132,72 +137,275 @@ type Report struct {
 // it returns.
 func (s *Sender) Send(ctx context.Context, f File) (Report, error) {
 	var rep Report
+	var ferr error
+	given := false
+	err := s.SendAll(ctx, func() (File, bool) {
+		if given {
+			return File{}, false
+		}
+		given = true
+		return f, true
+	}, func(_ File, r Report, err error) { rep, ferr = r, err })
+	if ferr != nil {
+		return rep, ferr
+	}
+	return rep, err
+}
+
+// pending is a file of SendAll that has not settled.
+type pending struct {
+	f        File
+	rep      Report
+	fh       *os.File
+	failures int      // attempts in a row without progress
+	prev     identity // the source as the previous attempt opened it
+	seen     bool     // prev is set
+	job      *Job     // opened before connecting, not yet offered
+	changed  bool     // the previous attempt found the source modified
+	notAfter time.Time
+}
+
+// SendAll sends the files next yields over one session, with a window of
+// files in flight (see Client.SendAll), and calls done once per file as
+// it settles, from SendAll's goroutine, with the same Report and errors
+// as Send. next may block; it is not called again once it returned false.
+// After a session failure SendAll reconnects, with backoff, and offers
+// every unsettled file again (each resumes from the daemon's durable
+// offset); Retries bounds the attempts in a row without progress, as for
+// Send, where any committed file or moved durable offset of a session
+// counts as progress for all. A failure that retries cannot fix settles
+// every unsettled file with it, and SendAll returns it without calling
+// next again. It returns nil when every file settled (committed or
+// failed on its own), ErrInvalidConfig for a bad field, or ctx's error.
+// Every goroutine SendAll starts has ended when it returns.
+func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done func(File, Report, error)) error {
 	if err := s.check(); err != nil {
-		return rep, err
+		return err
 	}
 	maxRestarts := orDefault(s.MaxRestarts, DefaultMaxRestarts)
-	failures := 0
-	var prev identity
-	changed := false // the last attempt found the source modified
-	for {
-		fh, src, err := open(f)
-		if err != nil {
-			return rep, err
+	var queue []*pending // files to offer again, oldest first
+	exhausted := false
+	finish := func(p *pending, err error) {
+		if p.fh != nil {
+			_ = p.fh.Close() // opened read-only
+			p.fh = nil
 		}
-		id := identityOf(src)
-		if rep.Attempts > 0 && (changed || id != prev) {
-			rep.Restarts++
-			if rep.Restarts > maxRestarts {
-				_ = fh.Close() // opened read-only
-				return rep, fmt.Errorf("%w: it changed %d times during %d attempts; send it again once nothing writes to it",
-					ErrKeepsChanging, rep.Restarts, rep.Attempts)
-			}
-		}
-		prev = id
-		rep.Size = src.Size
-		rep.Attempts++
-		res, err := s.attempt(ctx, src, f)
-		_ = fh.Close() // opened read-only
-		rep.ResumedFrom, rep.SentBytes = res.ResumedFrom, res.SentBytes
-		rep.TotalSentBytes += res.SentBytes
-		rep.Restarted = rep.Restarted || res.Restarted
-		if res.accepted {
-			rep.DurableOffset = res.DurableOffset
+		if err != nil && p.rep.Attempts > 1 && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w (after %d attempts)", err, p.rep.Attempts)
 		}
 		if err == nil {
-			rep.DurableOffset = 0
-			rep.AlreadyCommitted, rep.Hash = res.AlreadyCommitted, res.Hash
-			return rep, nil
+			p.rep.DurableOffset = 0
 		}
-		if ctx.Err() != nil {
-			return rep, fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		done(p.f, p.rep, err)
+	}
+	// prepare opens p's file for an attempt; false when that settled p
+	// (it cannot be opened, or keeps changing).
+	prepare := func(p *pending) (*Job, bool) {
+		fh, src, err := open(p.f)
+		if err != nil {
+			finish(p, err)
+			return nil, false
 		}
-		changed = errors.Is(err, ErrSourceChanged)
-		failures++
-		if res.DurableOffset > res.ResumedFrom && !changed {
-			failures = 1 // progress on the same source
-		}
-		if !Retryable(err) || failures > s.Retries {
-			if rep.Attempts > 1 {
-				err = fmt.Errorf("%w (after %d attempts)", err, rep.Attempts)
+		id := identityOf(src)
+		if p.seen && (p.changed || id != p.prev) {
+			p.rep.Restarts++
+			if p.rep.Restarts > maxRestarts {
+				_ = fh.Close() // opened read-only
+				finish(p, fmt.Errorf("%w: it changed %d times during %d attempts; send it again once nothing writes to it",
+					ErrKeepsChanging, p.rep.Restarts, p.rep.Attempts))
+				return nil, false
 			}
-			return rep, err
+		}
+		p.prev, p.fh, p.seen = id, fh, true
+		p.rep.Size = src.Size
+		p.rep.Attempts++
+		return &Job{Name: p.f.Name, Src: src, Progress: p.f.Progress, Tag: p}, true
+	}
+	// nextJob opens the next file to offer: one to retry, else a new one.
+	nextJob := func() (*Job, bool) {
+		for {
+			var p *pending
+			if len(queue) > 0 {
+				p, queue = queue[0], queue[1:]
+				if wait := time.Until(p.notAfter); wait > 0 {
+					t := time.NewTimer(wait)
+					select {
+					case <-t.C:
+					case <-ctx.Done():
+						t.Stop()
+						queue = append([]*pending{p}, queue...)
+						return nil, false
+					}
+				}
+			} else if !exhausted {
+				f, ok := next()
+				if !ok {
+					exhausted = true
+					return nil, false
+				}
+				p = &pending{f: f}
+			} else {
+				return nil, false
+			}
+			if p.job != nil {
+				j := p.job
+				p.job = nil
+				return j, true
+			}
+			if j, ok := prepare(p); ok {
+				return j, true
+			}
+		}
+	}
+	// account records an attempt's result in its file's report.
+	account := func(p *pending, res Result) {
+		p.rep.ResumedFrom, p.rep.SentBytes = res.ResumedFrom, res.SentBytes
+		p.rep.TotalSentBytes += res.SentBytes
+		p.rep.Restarted = p.rep.Restarted || res.Restarted
+		if res.accepted {
+			p.rep.DurableOffset = res.DurableOffset
+		}
+	}
+	// retry decides about a file whose attempt failed with err: back in
+	// the queue, or settled with err.
+	retry := func(p *pending, err error, progressed bool) (wait time.Duration, again bool) {
+		if p.fh != nil {
+			_ = p.fh.Close() // opened read-only; the next attempt opens it again
+			p.fh = nil
+		}
+		p.changed = errors.Is(err, ErrSourceChanged)
+		p.failures++
+		if progressed && !p.changed {
+			p.failures = 1
+		}
+		if !Retryable(err) || p.failures > s.Retries || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				err = fmt.Errorf("interrupted: %w", context.Cause(ctx))
+			}
+			finish(p, err)
+			return 0, false
 		}
 		jitter := s.Jitter
 		if jitter == nil {
 			jitter = rand.Float64
 		}
-		wait := Backoff(orDefault(s.Backoff, DefaultBackoff), orDefault(s.MaxBackoff, DefaultMaxBackoff), failures, jitter())
+		wait = Backoff(orDefault(s.Backoff, DefaultBackoff), orDefault(s.MaxBackoff, DefaultMaxBackoff), p.failures, jitter())
 		if s.OnRetry != nil {
-			s.OnRetry(RetryEvent{Name: f.Name, Attempt: rep.Attempts, Err: err, Wait: wait, Failures: failures, Retries: s.Retries})
+			s.OnRetry(RetryEvent{Name: p.f.Name, Attempt: p.rep.Attempts, Err: err, Wait: wait, Failures: p.failures, Retries: s.Retries})
 		}
+		return wait, true
+	}
+	settle := func(j *Job, err error) {
+		p := j.Tag.(*pending)
+		account(p, j.Last)
+		if err == nil {
+			if p.fh != nil {
+				_ = p.fh.Close() // opened read-only
+				p.fh = nil
+			}
+			p.rep.AlreadyCommitted, p.rep.Hash = j.Last.AlreadyCommitted, j.Last.Hash
+			finish(p, nil)
+			return
+		}
+		progressed := j.Last.DurableOffset > j.Last.ResumedFrom
+		if wait, again := retry(p, err, progressed); again {
+			p.notAfter = time.Now().Add(wait)
+			queue = append(queue, p)
+		}
+	}
+	sleep := func(wait time.Duration) error {
 		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
 		case <-t.C:
+			return nil
 		case <-ctx.Done():
-			t.Stop()
-			return rep, fmt.Errorf("interrupted: %w", context.Cause(ctx))
+			return fmt.Errorf("interrupted: %w", context.Cause(ctx))
 		}
+	}
+	for {
+		if len(queue) == 0 && !exhausted {
+			// Hold a file before connecting, so that a failure to
+			// connect is that file's failed attempt.
+			for !exhausted && len(queue) == 0 {
+				f, ok := next()
+				if !ok {
+					exhausted = true
+					break
+				}
+				p := &pending{f: f}
+				if p.job, ok = prepare(p); ok {
+					queue = append(queue, p)
+				}
+			}
+		}
+		if exhausted && len(queue) == 0 {
+			return nil
+		}
+		var unsettled []*Job
+		progressed := false
+		err := ctx.Err()
+		if err == nil && s.client == nil {
+			err = s.connect(ctx)
+		}
+		if err == nil {
+			unsettled, progressed, err = s.client.SendAll(ctx, nextJob, settle, WindowOptions{Files: s.Window})
+			if !s.client.Usable() {
+				_ = s.Close() // the next attempt starts a new session
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", context.Cause(ctx))
+		}
+		var again []*pending
+		var wait time.Duration
+		if len(unsettled) == 0 && len(queue) > 0 {
+			// Nothing was in flight (connecting failed): the next file
+			// carries the failure.
+			p := queue[0]
+			queue = queue[1:]
+			if p.job != nil {
+				p.job = nil // counted as an attempt when opened; retry closes it
+			} else {
+				p.rep.Attempts++
+			}
+			unsettled = append(unsettled, &Job{Tag: p})
+		}
+		for _, j := range unsettled {
+			p := j.Tag.(*pending)
+			if j.Src.R != nil {
+				account(p, j.Last)
+			}
+			pr := progressed || j.Last.DurableOffset > j.Last.ResumedFrom
+			if w, ok := retry(p, err, pr); ok {
+				again = append(again, p)
+				wait = max(wait, w)
+			}
+		}
+		if len(again) == 0 && len(unsettled) > 0 {
+			// Retries could not fix it; the files still to come would
+			// meet it too.
+			s.failAll(queue, finish, err)
+			return err
+		}
+		queue = append(again, queue...)
+		for _, p := range queue {
+			p.notAfter = time.Time{}
+		}
+		if err := sleep(wait); err != nil {
+			s.failAll(queue, finish, err)
+			return err
+		}
+	}
+}
+
+// failAll settles every queued file with err.
+func (s *Sender) failAll(queue []*pending, finish func(*pending, error), err error) {
+	for _, p := range queue {
+		finish(p, err)
 	}
 }
 
@@ -218,26 +426,14 @@ func (s *Sender) check() error {
 		return fmt.Errorf("%w: no daemon address", ErrInvalidConfig)
 	case s.ChunkSize != 0 && CheckChunkSize(s.ChunkSize) != nil:
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, CheckChunkSize(s.ChunkSize))
+	case s.Window < 0 || s.Window > MaxWindowFiles:
+		return fmt.Errorf("%w: window %d outside 1..%d", ErrInvalidConfig, s.Window, MaxWindowFiles)
 	case s.Retries < 0:
 		return fmt.Errorf("%w: retries %d below 0", ErrInvalidConfig, s.Retries)
 	case s.Backoff < 0 || s.MaxBackoff < 0 || s.Timeout < 0:
 		return fmt.Errorf("%w: negative backoff or timeout", ErrInvalidConfig)
 	}
 	return nil
-}
-
-// attempt sends src once, connecting first if there is no session.
-func (s *Sender) attempt(ctx context.Context, src Source, f File) (Result, error) {
-	if s.client == nil {
-		if err := s.connect(ctx); err != nil {
-			return Result{}, err
-		}
-	}
-	res, err := s.client.Send(ctx, src, f.Name, SendOptions{Progress: f.Progress})
-	if !s.client.Usable() {
-		_ = s.Close() // the transfer failed past its offer; the next attempt starts a new session
-	}
-	return res, err
 }
 
 func (s *Sender) connect(ctx context.Context) error {

@@ -19,8 +19,9 @@ import (
 )
 
 // goodDaemon plays a daemon that accepts every offer at 0, keeps the
-// chunks it gets in memory and commits with the hash of what it got. A
-// sender that ends a transfer without its trailer ends the session.
+// chunks it gets in memory and commits with the hash of what it got. An
+// offer that comes before the trailer of the transfer before it replaces
+// that transfer, as it does on ferryd.
 func goodDaemon(r *bufio.Reader, w io.Writer) error {
 	if _, err := ReadMessage(r); err != nil {
 		return err
@@ -28,21 +29,42 @@ func goodDaemon(r *bufio.Reader, w io.Writer) error {
 	if err := WriteMessage(w, &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize}); err != nil {
 		return err
 	}
+	var cur *Offer
+	var data []byte
+	buf := make([]byte, ChunkHeaderSize+MinChunkSize)
 	for {
-		m, err := ReadMessage(r)
+		h, err := ReadFrameHeader(r, MinChunkSize)
 		if err != nil {
 			return err
 		}
-		o := m.(*Offer)
-		if err := WriteMessage(w, &Accept{ChunkSize: MinChunkSize}); err != nil {
-			return err
+		if h.Type == FrameChunk {
+			var c Chunk
+			if err := ReadChunk(r, h, buf, &c); err != nil {
+				return err
+			}
+			data = append(data, c.Data...)
+			continue
 		}
-		data, err := receiveChunks(r)
+		p, err := ReadControl(r, h, nil)
 		if err != nil {
 			return err
 		}
-		if err := WriteMessage(w, &Committed{Size: o.Size, Hash: HashBytes(data)}); err != nil {
+		m, err := DecodeMessage(h.Type, p)
+		if err != nil {
 			return err
+		}
+		switch m := m.(type) {
+		case *Offer:
+			cur, data = m, nil
+			if m.Flags&OfferData == 0 { // protocol 2: a small file's data comes unasked
+				if err := WriteMessage(w, &Accept{ID: m.ID, ChunkSize: MinChunkSize}); err != nil {
+					return err
+				}
+			}
+		case *Trailer:
+			if err := WriteMessage(w, &Committed{ID: cur.ID, Size: cur.Size, Hash: HashBytes(data)}); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -59,6 +81,12 @@ func receiveChunks(r *bufio.Reader) ([]byte, error) {
 		if h.Type == FrameTrailer {
 			_, err := ReadControl(r, h, nil)
 			return data, err
+		}
+		if h.Type == FrameData {
+			if _, err := ReadControl(r, h, nil); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		var c Chunk
 		if err := ReadChunk(r, h, buf, &c); err != nil {
@@ -173,7 +201,7 @@ func TestSenderDeadlines(t *testing.T) {
 			if _, err := ReadMessage(r); err != nil {
 				return err
 			}
-			if err := WriteMessage(w, &Accept{ChunkSize: MinChunkSize}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			_, err := receiveChunks(r)
@@ -186,7 +214,7 @@ func TestSenderDeadlines(t *testing.T) {
 			if _, err := ReadMessage(r); err != nil {
 				return err
 			}
-			if err := WriteMessage(w, &Accept{ChunkSize: MinChunkSize}); err != nil {
+			if err := WriteMessage(w, &Accept{ID: 1, ChunkSize: MinChunkSize}); err != nil {
 				return err
 			}
 			time.Sleep(3 * time.Second) // reads nothing, like a stopped process
@@ -230,7 +258,7 @@ func TestSenderWaitsLongerForARehash(t *testing.T) {
 		if _, err := ReadMessage(r); err != nil {
 			return err
 		}
-		acc := &Accept{Flags: AcceptCommitted, ChunkSize: MinChunkSize, DurableOffset: int64(len(data)), TailOffset: int64(len(data) - MinChunkSize),
+		acc := &Accept{ID: 1, Flags: AcceptCommitted, ChunkSize: MinChunkSize, DurableOffset: int64(len(data)), TailOffset: int64(len(data) - MinChunkSize),
 			TailLength: MinChunkSize, TailHash: mustChunkHash(tail, int64(len(data)-MinChunkSize), int64(len(data)))}
 		if err := WriteMessage(w, acc); err != nil {
 			return err
@@ -239,7 +267,7 @@ func TestSenderWaitsLongerForARehash(t *testing.T) {
 			return err
 		}
 		time.Sleep(400 * time.Millisecond) // re-hashing, longer than the timeout
-		return WriteMessage(w, &Committed{Size: int64(len(data)), Hash: HashBytes(data)})
+		return WriteMessage(w, &Committed{ID: 1, Size: int64(len(data)), Hash: HashBytes(data)})
 	})
 	s := &Sender{Addr: "test", Dial: dial, ChunkSize: MinChunkSize, Timeout: 200 * time.Millisecond}
 	defer s.Close()
@@ -270,8 +298,9 @@ func TestSenderReopensEachAttempt(t *testing.T) {
 		t.Fatalf("send after one change: %v (report %+v)", err, rep)
 	}
 	want, _ := os.ReadFile(p)
-	if rep.Attempts != 2 || rep.Restarts != 1 || rep.Hash != HashBytes(want) || dials.Load() != 2 {
-		t.Fatalf("report %+v after %d dials; want 2 attempts, 1 restart, the hash of the changed file", rep, dials.Load())
+	// Protocol 2: the changed file is offered again on the same session.
+	if rep.Attempts != 2 || rep.Restarts != 1 || rep.Hash != HashBytes(want) || dials.Load() != 1 {
+		t.Fatalf("report %+v after %d dials; want 2 attempts, 1 restart, the hash of the changed file, 1 session", rep, dials.Load())
 	}
 }
 
@@ -429,9 +458,9 @@ func TestSendJoinsItsGoroutines(t *testing.T) {
 	resumeAt := int64(2 * MinChunkSize)
 	accept := func(resume bool) *Accept {
 		if !resume {
-			return &Accept{ChunkSize: MinChunkSize}
+			return &Accept{ID: 1, ChunkSize: MinChunkSize}
 		}
-		return &Accept{ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
+		return &Accept{ID: 1, ChunkSize: MinChunkSize, DurableOffset: resumeAt, TailOffset: resumeAt - MinChunkSize, TailLength: MinChunkSize,
 			TailHash: mustChunkHash(data[resumeAt-MinChunkSize:resumeAt], resumeAt-MinChunkSize, int64(len(data)))}
 	}
 	tests := []struct {
@@ -440,10 +469,10 @@ func TestSendJoinsItsGoroutines(t *testing.T) {
 		end    func(w io.Writer) error
 	}{
 		{"commits before the trailer", false, func(w io.Writer) error {
-			return WriteMessage(w, &Committed{Size: int64(len(data)), Hash: HashBytes(data)})
+			return WriteMessage(w, &Committed{ID: 1, Size: int64(len(data)), Hash: HashBytes(data)})
 		}},
-		{"acks beyond the file", false, func(w io.Writer) error { return WriteMessage(w, &Ack{DurableOffset: 1 << 40}) }},
-		{"acks beyond the file after a resume", true, func(w io.Writer) error { return WriteMessage(w, &Ack{DurableOffset: 1 << 40}) }},
+		{"acks beyond the file", false, func(w io.Writer) error { return WriteMessage(w, &Ack{ID: 1, DurableOffset: 1 << 40}) }},
+		{"acks beyond the file after a resume", true, func(w io.Writer) error { return WriteMessage(w, &Ack{ID: 1, DurableOffset: 1 << 40}) }},
 		{"refuses", true, func(w io.Writer) error { return WriteMessage(w, &RemoteError{Code: CodeInternal}) }},
 	}
 	for _, tt := range tests {

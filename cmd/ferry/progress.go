@@ -41,7 +41,9 @@ func (b *progressBar) update(p transfer.Progress) {
 		b.began = true
 		b.start = time.Now()
 		b.notice(p)
-		if b.s.bars {
+		// Files settle in any order and many are in flight: one bar at a
+		// time, for a file big enough to watch.
+		if b.s.bars && p.Size >= barMinSize && b.s.claimBar(b) {
 			b.bar = pb.New64(p.Size).SetTemplateString(barTemplate).SetWriter(b.s.stderr).Set(pb.Bytes, true).
 				Set("name", escapeName(b.f.remote)).SetRefreshRate(200 * time.Millisecond)
 			b.bar.SetCurrent(p.ResumedFrom).Start()
@@ -72,8 +74,27 @@ func (b *progressBar) notice(p transfer.Progress) {
 	}
 }
 
+// barMinSize is the smallest file that gets a progress bar.
+const barMinSize = 4 << 20
+
+// claimBar makes b the one bar on the terminal, unless another is.
+func (s *sender) claimBar(b *progressBar) bool {
+	s.barMu.Lock()
+	defer s.barMu.Unlock()
+	if s.activeBar != nil && s.activeBar != b {
+		return false
+	}
+	s.activeBar = b
+	return true
+}
+
 // finish ends the current attempt's bar; the next attempt draws a new one.
 func (b *progressBar) finish(ok bool) {
+	b.s.barMu.Lock()
+	if b.s.activeBar == b {
+		b.s.activeBar = nil
+	}
+	b.s.barMu.Unlock()
 	if b.bar != nil && b.bar.IsStarted() {
 		if ok {
 			b.bar.SetCurrent(b.bar.Total())

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +38,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.DurationFlag{Name: "backoff", Value: 500 * time.Millisecond, EnvVars: []string{"FERRY_BACKOFF"}, Usage: "wait before the first retry; doubles each retry up to 30s, jitter included"},
 			&cli.DurationFlag{Name: "timeout", Value: 60 * time.Second, EnvVars: []string{"FERRY_TIMEOUT"}, Usage: "bound on every wait for the daemon (connect, each write, any silence); above 0"},
 			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, a power of two from 16KiB to 16MiB (the daemon may lower it)"),
+			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
@@ -60,7 +62,9 @@ type sender struct {
 	stdout      io.Writer
 	stderr      io.Writer
 	bars        bool
-	bar         *progressBar // of the file being sent
+	locals      sync.Map // remote name → local path, for retry lines
+	barMu       sync.Mutex
+	activeBar   *progressBar // the one bar drawn, if any
 }
 
 func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
@@ -79,6 +83,9 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		return nil, fmt.Errorf("%w: --chunk-size %s is not a power of two from %s to %s", errUsage, sizeflag.Format(cs),
 			sizeflag.Format(transfer.MinChunkSize), sizeflag.Format(transfer.MaxChunkSize))
 	}
+	if w := c.Int("window"); w < 1 || w > transfer.MaxWindowFiles {
+		return nil, fmt.Errorf("%w: --window %d is outside 1..%d", errUsage, w, transfer.MaxWindowFiles)
+	}
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
 		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
 	}
@@ -90,6 +97,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Network: network, Addr: addr,
 		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
+		Window:  c.Int("window"),
 		OnRetry: s.retrying,
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
@@ -173,24 +181,30 @@ type record struct {
 // (symlinks, devices). The exit code is the worst seen.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
+	var mu sync.Mutex      // worst and the output, shared by the walk and the engine
 	var worst error
 	note := func(err error) {
 		if worst == nil || exitCode(err) > exitCode(worst) {
 			worst = err
 		}
 	}
+	// The walk runs in its own goroutine and feeds the engine's window
+	// one entry at a time: memory stays flat however many files there are.
+	wctx, stopWalk := context.WithCancel(ctx)
+	defer stopWalk()
+	entries := make(chan file, 64)
+	walkErr := make(chan error, 1)
 	visit := func(e entry) error {
-		err := s.sendFile(ctx, file{local: e.Local, remote: e.Remote, entry: e})
-		if err == nil {
+		select {
+		case entries <- file{local: e.Local, remote: e.Remote, entry: e}:
 			return nil
-		}
-		note(err)
-		if exitCode(err) != exitRefused && !perFile(err) {
+		case <-wctx.Done():
 			return errStopWalk
 		}
-		return nil
 	}
 	warn := func(path string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
 		notice := errors.Is(err, errNotRegular) || errors.Is(err, errLoop)
 		if !notice || !s.quiet {
 			fmt.Fprintf(s.stderr, "ferry: %s: %s\n", escapeName(path), oneLine(err))
@@ -206,13 +220,60 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 			note(fmt.Errorf("%w: %w", errReported, err))
 		}
 	}
-	err := walkPaths(ctx, paths, dest, visit, warn)
+	go func() {
+		defer close(entries)
+		walkErr <- walkPaths(wctx, paths, dest, visit, warn)
+	}()
+	started := make(map[string]time.Time)
+	bars := make(map[string]*progressBar)
+	next := func() (transfer.File, bool) {
+		f, ok := <-entries
+		if !ok {
+			return transfer.File{}, false
+		}
+		bar := s.newBar(f)
+		s.locals.Store(f.remote, f.local)
+		mu.Lock()
+		started[f.remote] = time.Now()
+		bars[f.remote] = bar
+		mu.Unlock()
+		return transfer.File{Name: f.remote, Path: f.local, Progress: bar.update,
+			Open: func() (*os.File, error) { return openEntry(f.entry) }}, true
+	}
+	stopped := false
+	done := func(tf transfer.File, rep transfer.Report, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		bar := bars[tf.Name]
+		delete(bars, tf.Name)
+		start := started[tf.Name]
+		delete(started, tf.Name)
+		s.locals.Delete(tf.Name)
+		bar.finish(err == nil)
+		if err := s.report(bar.f, rep, err, time.Since(start)); err != nil {
+			note(err)
+			if exitCode(err) != exitRefused && !perFile(err) && !stopped {
+				stopped = true
+				stopWalk() // a failure that retries could not fix: the next file would meet it too
+			}
+		}
+	}
+	err := s.engine.SendAll(ctx, next, done)
+	stopWalk()
+	for range entries { // the walk closes entries on every exit
+	}
+	werr := <-walkErr
+	mu.Lock()
+	defer mu.Unlock()
+	if err != nil && !errors.Is(err, transfer.ErrInvalidConfig) {
+		note(err)
+	}
 	switch {
-	case err == nil, errors.Is(err, errStopWalk):
+	case werr == nil, errors.Is(werr, errStopWalk), errors.Is(werr, context.Canceled) && ctx.Err() == nil:
 	case ctx.Err() != nil:
 		note(fmt.Errorf("interrupted: %w", ctx.Err()))
 	default:
-		return err // a usage error, found before anything was sent
+		return werr // a usage error, found before anything was sent
 	}
 	return worst
 }
@@ -227,17 +288,13 @@ func perFile(err error) bool {
 		errors.Is(err, transfer.ErrSourceChanged)
 }
 
-func (s *sender) sendFile(ctx context.Context, f file) error {
-	start := time.Now()
-	s.bar = s.newBar(f)
-	rep, err := s.engine.Send(ctx, transfer.File{Name: f.remote, Progress: s.bar.update,
-		Open: func() (*os.File, error) { return openEntry(f.entry) }})
-	s.bar.finish(err == nil)
+// report prints how a file settled on stderr and, with --json, on stdout.
+func (s *sender) report(f file, rep transfer.Report, err error, took time.Duration) error {
 	rec := record{
 		Path: f.local, Remote: f.remote, Size: rep.Size,
 		ResumedFrom: rep.ResumedFrom, SentBytes: rep.SentBytes, TotalSentBytes: rep.TotalSentBytes,
 		Attempts: rep.Attempts, Restarted: rep.Restarted, AlreadyCommitted: rep.AlreadyCommitted,
-		Seconds: time.Since(start).Seconds(),
+		Seconds: took.Seconds(),
 	}
 	if err != nil {
 		rec.Status, rec.Error = "failed", oneLine(err)
@@ -262,11 +319,18 @@ func (s *sender) sendFile(ctx context.Context, f file) error {
 
 // retrying reports a failed attempt that the engine is about to retry.
 func (s *sender) retrying(e transfer.RetryEvent) {
-	s.bar.finish(false)
 	if !s.quiet {
 		fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
-			escapeName(s.bar.f.local), oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
+			escapeName(s.local(e.Name)), oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
 	}
+}
+
+// local returns the local path of the file sent as remote.
+func (s *sender) local(remote string) string {
+	if l, ok := s.locals.Load(remote); ok {
+		return l.(string)
+	}
+	return remote
 }
 
 // emit writes rec to stdout as a --json line, if asked to. A record that

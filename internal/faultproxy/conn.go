@@ -131,6 +131,13 @@ func (c *conn) shut() {
 // pump copies src to dst through the faults. An EOF from src is passed on
 // as a half-close, so a peer that finishes writing can still read.
 func (c *conn) pump(d Direction, src, dst net.Conn) {
+	c.p.mu.Lock()
+	delay := c.p.delay
+	c.p.mu.Unlock()
+	if delay > 0 {
+		c.pumpDelayed(d, src, dst, delay)
+		return
+	}
 	buf := make([]byte, bufSize)
 	var next time.Time // throttle: when the next slice may go
 	for {
@@ -144,6 +151,60 @@ func (c *conn) pump(d Direction, src, dst net.Conn) {
 			return
 		}
 		if err != nil {
+			c.shut()
+			return
+		}
+	}
+}
+
+// delayQueue bounds the slices a delayed direction holds in transit.
+const delayQueue = 1024
+
+// pumpDelayed is pump with every slice held back for delay after it was
+// read, in order: a link with a one-way latency of delay. Reading goes
+// on meanwhile, so the link carries data in flight as a long link does.
+func (c *conn) pumpDelayed(d Direction, src, dst net.Conn, delay time.Duration) {
+	type slice struct {
+		due time.Time
+		b   []byte
+		err error
+	}
+	q := make(chan slice, delayQueue)
+	go func() {
+		defer close(q)
+		for {
+			buf := make([]byte, bufSize)
+			n, err := src.Read(buf)
+			select {
+			case q <- slice{time.Now().Add(delay), buf[:n], err}:
+			case <-c.done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var next time.Time // throttle: when the next slice may go
+	for s := range q {
+		if wait := time.Until(s.due); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-c.done:
+				t.Stop()
+				return
+			}
+		}
+		if len(s.b) > 0 && !c.forward(d, s.b, dst, &next) {
+			c.shut()
+			return
+		}
+		if errors.Is(s.err, io.EOF) {
+			closeWrite(dst)
+			return
+		}
+		if s.err != nil {
 			c.shut()
 			return
 		}

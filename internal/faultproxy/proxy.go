@@ -63,6 +63,7 @@ type Proxy struct {
 	flips     int           // bytes inverted so far
 	stall     chan struct{} // non-nil while stalled; Release closes it
 	rate      int64         // client→server bytes per second per connection; 0: unlimited
+	delay     time.Duration // one-way latency of connections accepted from now on; 0: none
 	dialHold  chan struct{} // non-nil while dials are held; ReleaseDials closes it
 	headLimit int
 	changed   chan struct{} // closed and replaced whenever a counter changes
@@ -184,6 +185,17 @@ func (p *Proxy) Throttle(bytesPerSec int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rate = max(bytesPerSec, 0)
+}
+
+// SetDelay makes connections accepted from now on hold back every byte
+// for d in each direction, preserving order: a link with a round-trip
+// time of 2d (plus the proxy's own). Data keeps flowing meanwhile (up to
+// 1024 reads of 32 KiB in flight per direction), so bytes counted by the
+// Wait methods are those forwarded, after the delay. d ≤ 0 turns it off.
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = max(d, 0)
 }
 
 // RecordHead makes connections accepted from now on keep their first n

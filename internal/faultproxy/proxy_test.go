@@ -505,3 +505,33 @@ func TestWaitConnBytes(t *testing.T) {
 		t.Fatalf("WaitConnBytes past the end of a closed connection = %v, want ErrConnClosed", err)
 	}
 }
+
+// TestDelay: with SetDelay(d) a byte takes at least d each way, so an
+// echo round trip takes at least 2d, and a stream still arrives whole and
+// in order.
+func TestDelay(t *testing.T) {
+	s := newSink(t, true)
+	p := newProxy(t, s.ln.Addr().String())
+	const d = 30 * time.Millisecond
+	p.SetDelay(d)
+	c := dial(t, p)
+	for i := range 3 {
+		start := time.Now()
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != byte(i) {
+			t.Fatalf("echo %d: %v %v", i, b, err)
+		}
+		if rtt := time.Since(start); rtt < 2*d {
+			t.Fatalf("round trip %d took %v, below twice the delay %v", i, rtt, d)
+		}
+	}
+	data := randomBytes(2 << 20)
+	go send(c, data)
+	back, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("delayed echo of %d bytes: got %d, %v", len(data), len(back), err)
+	}
+}

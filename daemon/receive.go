@@ -1,0 +1,607 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// The receive loop of protocol 2: one session carries a window of
+// transfers. Offers arrive ahead of data; a data run (an Offer with
+// OfferData, or a Data frame, then chunks, then a Trailer) carries one
+// transfer's chunks at a time; each transfer is answered as it settles,
+// and files whose trailer verified are committed in groups by the
+// session's committer (commit.go). docs/PROTOCOL.md describes it.
+
+// rxTransfer is one transfer of a session.
+type rxTransfer struct {
+	id      uint32
+	o       *transfer.Offer
+	key     string
+	log     *slog.Logger
+	start   time.Time
+	p       Partial      // nil when confirming an already committed file, or refused
+	res     *reservation // nil when p is nil
+	rx      *receiver
+	confirm bool // the name holds a committed file of the offer's size and mtime
+	skip    bool // refused: the frames of its data run are dropped
+	held    bool // holds key on the server
+	// committed is set by the committer once the transfer settled there
+	// and gave back its key.
+	committed atomic.Bool
+	hash      transfer.Hash
+}
+
+// serve runs the handshake and the transfers, until the sender closes the
+// session (nil) or it fails.
+func (ss *session) serve() error {
+	if err := ss.handshake(); err != nil {
+		return err
+	}
+	ss.transfers = make(map[uint32]*rxTransfer)
+	ss.byKey = make(map[string]*rxTransfer)
+	ss.commits = newCommitter(ss)
+	// The chunk buffer is held while the session runs. Its data part is
+	// aligned for direct I/O (the slack pays for that).
+	n := transfer.ChunkHeaderSize + ss.chunkSize
+	pool := ss.srv.pool(n + DirectAlign)
+	buf := pool.Get()
+	at := alignedAt(*buf, transfer.ChunkHeaderSize)
+	ss.buf = (*buf)[at : at+n : at+n]
+	stopWatch := ss.watchRate(func() bool { return ss.receiving.Load() > 0 })
+	err := ss.loop()
+	stopWatch()
+	if err != nil {
+		// The session is over and its peer may have stopped reading:
+		// answers still due (Committed for files whose commit is under
+		// way) would only block. Their files commit all the same, and a
+		// sender that offers them again is told so.
+		_ = ss.conn.SetWriteDeadline(time.Now()) // fails only once closed
+	}
+	// Whatever ended the session, verified data is made durable: open
+	// transfers flush, and the files whose trailers verified commit.
+	for _, t := range ss.transfers {
+		ss.dropTransfer(t, err)
+	}
+	ss.commits.close()
+	ss.buf = nil
+	pool.Put(buf)
+	return err
+}
+
+func (ss *session) loop() error {
+	for {
+		ss.readDeadline()
+		// Nothing buffered: the read waits for the network, and the
+		// committer need not wait for more files (commit.go).
+		ss.waiting.Store(ss.r.Buffered() == 0)
+		h, err := transfer.ReadFrameHeader(ss.r, ss.chunkSize)
+		ss.waiting.Store(false)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return ss.readFailed(err)
+		}
+		switch h.Type {
+		case transfer.FrameChunk:
+			var c transfer.Chunk
+			if err := transfer.ReadChunk(ss.r, h, ss.buf, &c); err != nil {
+				return ss.readFailed(noEOF(err))
+			}
+			if err := ss.chunk(&c); err != nil {
+				return err
+			}
+		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer:
+			m, err := ss.readControl(h)
+			if err != nil {
+				return err
+			}
+			switch m := m.(type) {
+			case *transfer.Offer:
+				err = ss.offer(m)
+			case *transfer.Data:
+				err = ss.data(m)
+			case *transfer.Trailer:
+				err = ss.trailer(m)
+			}
+			if err != nil {
+				ss.refuse(err)
+				return err
+			}
+		default:
+			return ss.readFailed(fmt.Errorf("%w: unexpected %v frame from a sender", transfer.ErrProtocol, h.Type))
+		}
+	}
+}
+
+// readControl reads and decodes the payload of the control frame whose
+// header h was just read, into the chunk buffer as scratch space.
+func (ss *session) readControl(h transfer.FrameHeader) (transfer.Message, error) {
+	p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
+	if err != nil {
+		return nil, ss.readFailed(noEOF(err))
+	}
+	m, err := transfer.DecodeMessage(h.Type, p)
+	if err != nil {
+		return nil, ss.readFailed(err)
+	}
+	return m, nil
+}
+
+// chunk hands a chunk to the transfer of the current data run.
+func (ss *session) chunk(c *transfer.Chunk) error {
+	t := ss.cur
+	if t == nil {
+		err := fmt.Errorf("%w: chunk outside a data run", transfer.ErrProtocol)
+		ss.refuse(err)
+		return err
+	}
+	if t.skip || t.confirm || t.rx.awaiting && c.Offset != t.rx.next {
+		return nil // refused, already committed, or in flight before the sender saw a nack
+	}
+	err := t.rx.chunk(c)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, transfer.ErrProtocol):
+		ss.refuse(err)
+		return err
+	}
+	// The transfer fails, the session goes on: the rest of the run is
+	// dropped.
+	ss.refuseTransfer(t, err)
+	ss.dropTransfer(t, err)
+	ss.cur = &rxTransfer{id: t.id, skip: true}
+	return nil
+}
+
+// offer admits a transfer. A refusal leaves the session open; the data
+// run an OfferData offer opens is then skipped.
+func (ss *session) offer(o *transfer.Offer) error {
+	if old, ok := ss.transfers[o.ID]; ok && o.Flags&transfer.OfferRestart != 0 && ss.cur != old &&
+		(old.confirm || old.rx != nil && old.rx.received == 0) {
+		// The sender's file does not match the partial's tail chunk: it
+		// offers a restart in place of the first chunk.
+		ss.dropTransfer(old, nil)
+	} else if _, open := ss.transfers[o.ID]; open {
+		return fmt.Errorf("%w: offer of transfer %d, which is open", transfer.ErrProtocol, o.ID)
+	}
+	ss.lastID = max(ss.lastID, o.ID)
+	ss.forgetCommitted()
+	if ss.inFlight.Load() >= transfer.MaxWindowFiles {
+		return fmt.Errorf("%w: more than %d transfers in flight", transfer.ErrProtocol, transfer.MaxWindowFiles)
+	}
+	ss.cur = nil
+	t := &rxTransfer{id: o.ID, o: o, key: partialKey("", o.Name), start: time.Now(),
+		log: ss.log.With("name", o.Name, "size", o.Size)} // slog escapes control characters and invalid UTF-8
+	speculative := o.Flags&transfer.OfferData != 0
+	if speculative {
+		ss.cur = t
+	}
+	ss.inFlight.Add(1)
+	if err := ss.admitTransfer(t); err != nil {
+		if errors.Is(err, errSessionBroken) {
+			return nil // the write failed; the next read ends the session
+		}
+		ss.refuseTransfer(t, err)
+		ss.settled(t)
+		t.skip = true
+		return nil
+	}
+	ss.transfers[t.id] = t
+	if t.rx != nil {
+		ss.receiving.Add(1)
+	}
+	return nil
+}
+
+// errSessionBroken says an answer could not be written: the connection is
+// closed, and the receive loop ends at its next read.
+var errSessionBroken = errors.New("session broken")
+
+// admitTransfer runs the offer-time checks and opens the partial. It
+// returns the refusal to send, if any.
+func (ss *session) admitTransfer(t *rxTransfer) error {
+	o := t.o
+	speculative := o.Flags&transfer.OfferData != 0
+	newDirs, err := ss.admit(o)
+	if err != nil {
+		return err
+	}
+	if other := ss.byKey[t.key]; other != nil && other.committed.Load() {
+		delete(ss.byKey, t.key)
+	} else if other != nil {
+		if _, open := ss.transfers[other.id]; !open {
+			return fmt.Errorf("%w: %s is being committed; retry later", transfer.ErrBusy, transfer.QuoteName(o.Name))
+		}
+		// Offered again in this session: the sender gave up on the
+		// earlier transfer of the name (its source changed, say).
+		ss.dropTransfer(other, nil)
+	}
+	if !ss.srv.hold(t.key, ss) {
+		return fmt.Errorf("%w: %s is being received by another session; retry later", transfer.ErrBusy, transfer.QuoteName(o.Name))
+	}
+	t.held = true
+	ss.byKey[t.key] = t
+	// Before anything else looks at the partial: if a commit was cut
+	// short after its link, its data file is the committed file, and must
+	// never be resumed, truncated or written (issue 8).
+	finished, err := ss.srv.cfg.Store.FinishCommit(t.key, o.Name)
+	if err != nil {
+		t.log.Error("finishing an interrupted commit", "err", err)
+		return storageError("finishing an interrupted commit", err)
+	}
+	if finished {
+		t.log.Info("interrupted commit finished")
+	}
+	exists, err := ss.checkExists(o)
+	if err != nil {
+		return err
+	}
+	if exists {
+		t.confirm = true
+		if speculative {
+			return nil // its chunks are dropped; its trailer is compared
+		}
+		return ss.acceptCommitted(t)
+	}
+	p, restarted, err := ss.srv.cfg.Store.Open(t.key, o, ss.chunkSize, o.Flags&transfer.OfferRestart != 0 || speculative)
+	if err != nil {
+		t.log.Error("opening partial", "err", err)
+		return fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err)
+	}
+	st := p.State()
+	// New directories are counted as a block each, so that names cannot
+	// fill the disk past the reservation either.
+	remaining, dirs := o.Size-st.DurableOffset, int64(newDirs)*dirCost
+	res := ss.srv.reserve(remaining, dirs)
+	if res == nil {
+		if err := p.Close(); err != nil {
+			t.log.Error("closing partial", "err", err)
+		}
+		return fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name))
+	}
+	t.p, t.res = p, res
+	t.rx = newReceiver(ss, t)
+	if restarted && !speculative {
+		t.log.Info("partial discarded", "reason", "source changed")
+	}
+	t.log.Info("transfer started", "resumed_from", st.DurableOffset)
+	if speculative {
+		return nil
+	}
+	tailOffset, tailHash := st.Tail()
+	acc := &transfer.Accept{ID: t.id, ChunkSize: uint32(st.Stack.ChunkSize()), DurableOffset: st.DurableOffset,
+		TailOffset: tailOffset, TailLength: uint32(st.DurableOffset - tailOffset), TailHash: tailHash}
+	if restarted {
+		acc.Flags |= transfer.AcceptRestarted
+	}
+	if err := ss.send(acc); err != nil {
+		ss.transfers[t.id] = t // dropped with the session
+		return errSessionBroken
+	}
+	return nil
+}
+
+// acceptCommitted answers an offer (not speculative) for a file already
+// committed under its name: it accepts at offset = size with the file's
+// tail chunk; the sender checks that chunk and sends its trailer, which
+// trailer compares with the file's hash.
+func (ss *session) acceptCommitted(t *rxTransfer) error {
+	o := t.o
+	f, err := ss.srv.cfg.Store.OpenCommitted(o.Name)
+	if err != nil {
+		return fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	defer f.Close() //nolint:errcheck // opened read-only
+	var tailOffset int64
+	if o.Size > 0 {
+		tailOffset = (o.Size - 1) / int64(ss.chunkSize) * int64(ss.chunkSize)
+	}
+	tail := make([]byte, o.Size-tailOffset)
+	if _, err := f.ReadAt(tail, tailOffset); err != nil {
+		return fmt.Errorf("%w: reading %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	tailHash, err := transfer.ChunkHash(tail, tailOffset, o.Size)
+	if err != nil && o.Size > 0 {
+		return fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	acc := &transfer.Accept{ID: t.id, Flags: transfer.AcceptCommitted, ChunkSize: uint32(ss.chunkSize), DurableOffset: o.Size,
+		TailOffset: tailOffset, TailLength: uint32(len(tail)), TailHash: tailHash}
+	if err := ss.send(acc); err != nil {
+		ss.transfers[t.id] = t
+		return errSessionBroken
+	}
+	return nil
+}
+
+// data opens a data run of an accepted transfer.
+func (ss *session) data(m *transfer.Data) error {
+	t, ok := ss.transfers[m.ID]
+	if !ok || t.rx == nil {
+		if m.ID <= ss.lastID && !ok {
+			// A transfer refused or failed meanwhile: skip its run.
+			ss.cur = &rxTransfer{id: m.ID, skip: true}
+			return nil
+		}
+		return fmt.Errorf("%w: data run of transfer %d, which is not open", transfer.ErrProtocol, m.ID)
+	}
+	if m.Offset != t.rx.next {
+		return fmt.Errorf("%w: data run of transfer %d at offset %d, expected %d", transfer.ErrProtocol, m.ID, m.Offset, t.rx.next)
+	}
+	t.rx.awaiting = false
+	ss.cur = t
+	return nil
+}
+
+// trailer ends a data run and queues its transfer for commit once its
+// whole-file hash matches; for an already committed file it compares.
+func (ss *session) trailer(m *transfer.Trailer) error {
+	t := ss.cur
+	if t == nil || t.id != m.ID {
+		// A trailer outside a run: only for an already committed file
+		// accepted without data.
+		t2, ok := ss.transfers[m.ID]
+		if !ok || !t2.confirm {
+			return fmt.Errorf("%w: trailer of transfer %d outside its data run", transfer.ErrProtocol, m.ID)
+		}
+		t = t2
+	}
+	ss.cur = nil
+	switch {
+	case t.skip:
+		return nil
+	case t.confirm:
+		ss.confirmCommitted(t, m.Hash)
+		return nil
+	case t.rx.awaiting:
+		return nil // the sender resends from the rejected chunk, then its trailer
+	}
+	if t.rx.next != t.o.Size {
+		return fmt.Errorf("%w: trailer at offset %d of %d", transfer.ErrProtocol, t.rx.next, t.o.Size)
+	}
+	if err := t.rx.finish(m); err != nil {
+		ss.refuseTransfer(t, err)
+		ss.dropTransfer(t, err)
+		return nil
+	}
+	ss.forget(t)
+	ss.commits.add(t)
+	return nil
+}
+
+// confirmCommitted re-hashes the committed file at t's name: equal, the
+// sender is told Committed and nothing is written; different, refused
+// as exists. The committed file is never opened for writing.
+func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
+	o := t.o
+	ss.forget(t)
+	defer ss.settled(t)
+	f, err := ss.srv.cfg.Store.OpenCommitted(o.Name)
+	if err != nil {
+		ss.refuseTransfer(t, fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return
+	}
+	defer f.Close() //nolint:errcheck // opened read-only
+	// The one case where the daemon re-reads a whole file, in parallel.
+	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	if err != nil {
+		ss.refuseTransfer(t, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		return
+	}
+	if h != sent {
+		ss.refuseTransfer(t, existsError(o.Name))
+		return
+	}
+	t.log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)
+	ss.stats.committed.Add(1)
+	_ = ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready, Size: o.Size, Hash: h}) // a failed write ends the session
+}
+
+// refuseTransfer refuses one transfer and logs it; the session goes on.
+func (ss *session) refuseTransfer(t *rxTransfer, err error) {
+	code := transfer.CodeOf(err)
+	msg := err.Error()
+	var re *transfer.RemoteError
+	if errors.As(err, &re) {
+		msg = re.Message
+	}
+	log := t.log
+	if log == nil {
+		log = ss.log
+	}
+	log.Warn("refused", "code", code, "reason", msg)
+	switch code {
+	case transfer.CodeInternal, transfer.CodeIntegrity, transfer.CodeNoSpace:
+		ss.stats.failed.Add(1)
+	default:
+		ss.stats.refused.Add(1)
+	}
+	if err := ss.send(&transfer.RemoteError{ID: t.id, Code: code, Message: msg}); err != nil {
+		ss.log.Warn("sending refusal", "err", err)
+	}
+}
+
+// drop ends an open transfer that will not commit in this session: its
+// verified data is made durable (the next attempt resumes after it) and
+// everything it holds is given back. why is logged, when not nil.
+func (ss *session) dropTransfer(t *rxTransfer, why error) {
+	ss.forget(t)
+	if ss.cur == t {
+		ss.cur = nil
+	}
+	if t.rx != nil {
+		t.rx.stop()
+		if why != nil {
+			t.log.Warn("transfer interrupted", "resumed_from", t.rx.resumedFrom, "durable_offset", t.rx.sync.durable(),
+				"received_bytes", t.rx.received, "seconds", time.Since(t.start).Seconds(), "err", why)
+		}
+	}
+	if t.p != nil {
+		if err := t.p.Close(); err != nil {
+			t.log.Error("closing partial", "err", err)
+		}
+	}
+	ss.settled(t)
+}
+
+// forget takes t out of the open transfers.
+func (ss *session) forget(t *rxTransfer) {
+	if ss.transfers[t.id] == t {
+		delete(ss.transfers, t.id)
+		if t.rx != nil {
+			ss.receiving.Add(-1)
+		}
+	}
+}
+
+// settled gives back what t holds once it is answered or dropped.
+func (ss *session) settled(t *rxTransfer) {
+	if t.res != nil {
+		t.res.release()
+	}
+	if t.held {
+		t.held = false
+		ss.srv.release(t.key)
+	}
+	if ss.byKey[t.key] == t {
+		delete(ss.byKey, t.key)
+	}
+	ss.inFlight.Add(-1)
+}
+
+// receiver takes one transfer's chunks.
+type receiver struct {
+	ss          *session
+	t           *rxTransfer
+	p           Partial
+	o           *transfer.Offer
+	stack       transfer.MergeStack // of the chunks in [0, next): the whole-file hash
+	sync        *syncer
+	next        int64 // offset of the next chunk expected
+	awaiting    bool  // a chunk was nacked; skip chunks until a data run from next
+	bad         int   // chunks that failed verification
+	received    int64 // chunk data bytes read from the wire
+	resumedFrom int64
+	lastSync    time.Time
+
+	failed atomic.Bool // the transfer failed: no more acks
+}
+
+func newReceiver(ss *session, t *rxTransfer) *receiver {
+	p := t.p
+	st := p.State()
+	// The merge stack from the state record stands for the durable
+	// prefix: no byte of it is read again (croc#1029 waited hours for a
+	// re-read).
+	rx := &receiver{ss: ss, t: t, p: p, o: t.o, stack: st.Stack, next: st.DurableOffset,
+		resumedFrom: st.DurableOffset, lastSync: time.Now()}
+	rx.sync = newSyncer(p, rx.point(), rx.ack)
+	return rx
+}
+
+// point returns the sync point of the chunks received so far.
+func (rx *receiver) point() syncPoint { return syncPoint{offset: rx.next, stack: rx.stack} }
+
+// stop ends the transfer's background work: its syncer, after a last
+// flush of the verified data.
+func (rx *receiver) stop() {
+	// The sender may have stopped reading, so an ack could block this
+	// flush until the write deadline: no more acks.
+	rx.failed.Store(true)
+	if ferr := rx.sync.flush(rx.point()); ferr != nil {
+		rx.ss.log.Error("fsync after interruption", "err", ferr)
+	}
+	_ = rx.sync.stop() // reported by the flush
+}
+
+// ack tells the sender that durable offset d is durable, unless the
+// transfer has failed (TestIOFaultRefusalDuringSlowFsync).
+func (rx *receiver) ack(d int64) {
+	if rx.failed.Load() {
+		return
+	}
+	if err := rx.ss.send(&transfer.Ack{ID: rx.t.id, DurableOffset: d}); err != nil {
+		rx.failed.Store(true) // no more acks, and none after a torn one (TestAckWriteFailure)
+		rx.ss.log.Warn("writing ack", "durable_offset", d, "err", err)
+	}
+}
+
+// chunk verifies one chunk and writes it. A chunk that fails verification
+// is never written: the sender is told to resend from its offset.
+func (rx *receiver) chunk(c *transfer.Chunk) error {
+	n := int64(len(c.Data))
+	rx.received += n
+	if c.Offset != rx.next {
+		return fmt.Errorf("%w: chunk at offset %d, expected %d", transfer.ErrProtocol, c.Offset, rx.next)
+	}
+	if cs := int64(rx.stack.ChunkSize()); n != min(cs, rx.o.Size-c.Offset) {
+		return fmt.Errorf("%w: chunk [%d,+%d) of a file of %d bytes in %d-byte chunks", transfer.ErrProtocol, c.Offset, n, rx.o.Size, cs)
+	}
+	if !c.Verify(rx.o.Size) {
+		rx.bad++
+		rx.t.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
+		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
+			return fmt.Errorf("%w: %d chunks failed verification", transfer.ErrIntegrity, rx.bad)
+		}
+		rx.awaiting = true
+		if err := rx.ss.send(&transfer.Nack{ID: rx.t.id, Offset: c.Offset}); err != nil {
+			return fmt.Errorf("%w: %v", transfer.ErrProtocol, err) // the session is broken
+		}
+		return nil
+	}
+	if err := rx.p.WriteAt(c.Data, c.Offset); err != nil {
+		return storageError("writing chunk", err)
+	}
+	if err := rx.sync.failed(); err != nil {
+		return storageError("fsync", err)
+	}
+	if err := rx.stack.Push(transfer.CV(c.Hash), n); err != nil {
+		return fmt.Errorf("%w: %v", transfer.ErrInternal, err)
+	}
+	rx.next += n
+	// The bytes now occupy disk, so free space reflects them: stop
+	// promising them too.
+	rx.t.res.consume(n)
+	cfg := &rx.ss.srv.cfg
+	// A file that arrives whole in one run needs no state record: the
+	// group commit makes it durable. Only a longer transfer syncs on
+	// its way, so that a cut resumes.
+	if rx.next < rx.o.Size && (rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval) {
+		rx.sync.request(rx.point())
+		rx.lastSync = time.Now()
+	}
+	return nil
+}
+
+// finish checks the whole-file hash at the trailer. On a mismatch the
+// partial's durable offset is reset to 0, so the next attempt starts over.
+func (rx *receiver) finish(t *transfer.Trailer) error {
+	if err := rx.sync.stop(); err != nil {
+		return storageError("fsync", err)
+	}
+	h, err := rx.stack.Sum(rx.o.Size)
+	if err != nil {
+		return fmt.Errorf("%w: whole-file hash: %v", transfer.ErrInternal, err)
+	}
+	if h != t.Hash {
+		// Every chunk verified, yet the whole does not: the stored prefix
+		// is not what was sent. Start the next attempt from zero.
+		empty, err := transfer.NewMergeStack(rx.stack.ChunkSize())
+		if err == nil {
+			err = rx.p.Sync(empty)
+		}
+		if err != nil {
+			rx.t.log.Error("resetting partial", "err", err)
+		}
+		return fmt.Errorf("%w: whole-file BLAKE3 %x, sender's %x", transfer.ErrIntegrity, h, t.Hash)
+	}
+	rx.t.hash = h
+	return nil
+}
