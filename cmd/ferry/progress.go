@@ -11,6 +11,7 @@ import (
 	"github.com/cheggaaa/pb/v3"
 	"github.com/mattn/go-isatty"
 	"github.com/mattn/go-runewidth"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-dev/ferry/transfer"
 )
@@ -75,12 +76,23 @@ type overall struct {
 	inflight       int64 // bytes up to which unsettled files are sent
 	sent           int64 // bytes sent in this run, resumed bytes excluded
 	name           string
+	width          func() int // the terminal's width in cells, 0 if unknown; nil: fixed
 }
 
 // newOverall returns a run's progress; with w non-nil it draws a bar on
-// w, width terminal cells wide (0: the terminal's width, as pb finds it).
+// w, width terminal cells wide (0: the width of the terminal w is, asked
+// again at every update so that a resize is followed, else pb's guess).
 func newOverall(w io.Writer, width int) *overall {
 	o := &overall{start: time.Now(), walking: true}
+	if f, ok := w.(*os.File); ok && width == 0 {
+		o.width = func() int {
+			ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+			if err != nil {
+				return 0
+			}
+			return int(ws.Col)
+		}
+	}
 	if w != nil {
 		o.bar = pb.New64(0).SetTemplateString(barTemplate).SetWriter(w).Set(pb.Bytes, true).
 			Set(pb.Terminal, true).Set(pb.ReturnSymbol, "\r").Set(pb.Color, false).SetRefreshRate(200 * time.Millisecond).SetWidth(width)
@@ -98,6 +110,16 @@ func (o *overall) foundFile(size int64) {
 	o.redraw()
 }
 
+// notSent counts a file the walk found and reported without sending it
+// (skipped, or failed before it could be sent): found and settled at once.
+func (o *overall) notSent() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.found++
+	o.settled++
+	o.redraw()
+}
+
 // walkDone says the walk found every file.
 func (o *overall) walkDone() {
 	o.mu.Lock()
@@ -107,28 +129,31 @@ func (o *overall) walkDone() {
 }
 
 // settle counts a file settled, whatever its outcome: size is what the
-// walk saw (as given to foundFile), last what its progress reached.
-func (o *overall) settle(size, last int64) {
+// walk saw (as given to foundFile), *last what its progress reached (see
+// progress).
+func (o *overall) settle(size int64, last *int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.settled++
 	o.settledBytes += size
-	o.inflight -= last
+	o.inflight -= *last
+	*last = 0
 	o.redraw()
 }
 
-// progress moves a file's sent offset from last to p.Sent and makes it
-// the file shown; it returns p.Sent.
-func (o *overall) progress(name string, last int64, p transfer.Progress) int64 {
+// progress moves a file's sent offset from *last to p.Sent and makes it
+// the file shown. *last belongs to o.mu: the engine reports progress and
+// settles files from goroutines of its own.
+func (o *overall) progress(name string, last *int64, p transfer.Progress) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.inflight += p.Sent - last
-	if fresh := p.Sent - max(last, p.ResumedFrom); fresh > 0 {
+	o.inflight += p.Sent - *last
+	if fresh := p.Sent - max(*last, p.ResumedFrom); fresh > 0 {
 		o.sent += fresh
 	}
+	*last = p.Sent
 	o.name = name
 	o.redraw()
-	return p.Sent
 }
 
 // redraw updates the bar's values; pb draws them on its own tick. The
@@ -140,6 +165,9 @@ func (o *overall) redraw() {
 	plus := ""
 	if o.walking {
 		plus = "+"
+	}
+	if o.width != nil {
+		o.bar.SetWidth(o.width())
 	}
 	o.bar.Set("files", fmt.Sprintf("%d/%d%s files", o.settled, o.found, plus))
 	o.bar.SetTotal(max(o.total, 1))
@@ -185,7 +213,7 @@ type fileProgress struct {
 	s     *sender
 	f     file
 	began bool  // progress was reported
-	last  int64 // the sent offset last reported
+	last  int64 // the sent offset last reported; overall's, under its mutex
 }
 
 func (s *sender) newFileProgress(f file) *fileProgress {
@@ -197,7 +225,7 @@ func (b *fileProgress) update(p transfer.Progress) {
 		b.began = true
 		b.notice(p)
 	}
-	b.last = b.s.overall.progress(escapeName(b.f.remote), b.last, p)
+	b.s.overall.progress(escapeName(b.f.remote), &b.last, p)
 }
 
 func (b *fileProgress) notice(p transfer.Progress) {
@@ -214,5 +242,5 @@ func (b *fileProgress) notice(p transfer.Progress) {
 
 // finish counts the file settled.
 func (b *fileProgress) finish() {
-	b.s.overall.settle(b.f.entry.Size, b.last)
+	b.s.overall.settle(b.f.entry.Size, &b.last)
 }

@@ -315,6 +315,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		}
 		rec.Error = rec.Reason
 		sum.add(rec)
+		s.overall.notSent()
 		if werr := s.emit(rec); werr != nil {
 			note(werr)
 		}
