@@ -123,6 +123,10 @@ func TestSummaryCounts(t *testing.T) {
 	if sum != want {
 		t.Errorf("summary = %+v\nwant      %+v", sum, want)
 	}
+	one := summary{Files: 1, Failed: 1}
+	if line := one.line(); !strings.HasPrefix(line, "ferry: 1 file: ") {
+		t.Errorf("summary line of one file %q", line)
+	}
 	line := sum.line()
 	if line != "ferry: 6 files: 2 committed, 1 unchanged, 1 skipped, 1 refused, 1 failed; 187 B of 1.1 KiB sent in 2.0s (93 B/s)\n" {
 		t.Errorf("summary line %q", line)

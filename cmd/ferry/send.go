@@ -247,8 +247,12 @@ func (sum *summary) end(took time.Duration) {
 
 // line is the summary line on stderr.
 func (sum *summary) line() string {
-	return fmt.Sprintf("ferry: %d files: %d committed, %d unchanged, %d skipped, %d refused, %d failed; %s of %s sent in %.1fs (%s/s)\n",
-		sum.Files, sum.Committed, sum.Unchanged, sum.Skipped, sum.Refused, sum.Failed,
+	files := "files"
+	if sum.Files == 1 {
+		files = "file"
+	}
+	return fmt.Sprintf("ferry: %d %s: %d committed, %d unchanged, %d skipped, %d refused, %d failed; %s of %s sent in %.1fs (%s/s)\n",
+		sum.Files, files, sum.Committed, sum.Unchanged, sum.Skipped, sum.Refused, sum.Failed,
 		human(sum.SentBytes), human(sum.Bytes), sum.Seconds, human(int64(sum.Rate)))
 }
 
@@ -269,6 +273,11 @@ func (sum *summary) line() string {
 // terminal, shows the whole run.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
+	for _, p := range paths {
+		if _, err := resolvePath(p); err != nil {
+			return err // before the bar: nothing is sent
+		}
+	}
 	if len(paths) == 1 {
 		if fi, err := os.Stat(paths[0]); err == nil && fi.Mode().IsRegular() {
 			s.single = true
