@@ -500,7 +500,7 @@ func TestHostileCommitRefusalSpoilsNextFiles(t *testing.T) {
 	if len(recs) == 2 && recs[0].Path == small {
 		recs[0], recs[1] = recs[1], recs[0]
 	}
-	if len(recs) != 2 || recs[0].Status != "failed" || !strings.Contains(recs[0].Error, "bad file name") {
+	if len(recs) != 2 || recs[0].Status != "refused" || !strings.Contains(recs[0].Reason, "bad file name") {
 		t.Fatalf("want big.bin refused as a bad name, and small.bin committed\n%s", r)
 	}
 	checkCommitted(t, recs[1], small, filepath.Join(root, "tree", "b", "small.bin"))

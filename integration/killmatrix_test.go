@@ -474,6 +474,9 @@ func TestKillSenderAfterLastByte(t *testing.T) {
 	wantCode(t, r, exitOK)
 	rec := onlyRecord(t, r)
 	checkCommitted(t, rec, src, filepath.Join(root, "data.bin"))
+	if rec.Status != "unchanged" {
+		t.Errorf("the rerun's record has status %q, want unchanged: the daemon committed it before", rec.Status)
+	}
 	if rec.SentBytes != 0 {
 		t.Errorf("the rerun sent %d bytes of a file already committed", rec.SentBytes)
 	}

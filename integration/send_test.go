@@ -108,8 +108,8 @@ func TestRefusals(t *testing.T) {
 			r := runFerry(t, sendArgs(d.addr, src)...)
 			wantCode(t, r, exitRefused)
 			rec := onlyRecord(t, r)
-			if rec.Status != "failed" || rec.Error == "" {
-				t.Errorf("record status %q error %q, want failed with an error", rec.Status, rec.Error)
+			if rec.Status != "refused" || rec.Reason == "" {
+				t.Errorf("record status %q reason %q, want refused with a reason", rec.Status, rec.Reason)
 			}
 			if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); len(lines) != 1 || lines[0] == "" {
 				t.Errorf("want a one-line reason on stderr, got %q", r.stderr)
@@ -338,8 +338,8 @@ func TestSendAgainIsConfirmed(t *testing.T) {
 	r := runFerry(t, sendArgs(d.addr, src)...)
 	wantCode(t, r, exitOK)
 	rec := onlyRecord(t, r)
-	if rec.Status != "committed" || rec.ResumedFrom != rec.Size || rec.SentBytes != 0 {
-		t.Errorf("second run: status %q resumed_from %d sent_bytes %d; want committed, %d, 0", rec.Status, rec.ResumedFrom, rec.SentBytes, rec.Size)
+	if rec.Status != "unchanged" || rec.ResumedFrom != rec.Size || rec.SentBytes != 0 {
+		t.Errorf("second run: status %q resumed_from %d sent_bytes %d; want unchanged, %d, 0", rec.Status, rec.ResumedFrom, rec.SentBytes, rec.Size)
 	}
 	if !strings.Contains(r.stderr, "already on the daemon") {
 		t.Errorf("no notice that the file was already there:\n%s", r.stderr)

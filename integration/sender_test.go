@@ -42,7 +42,8 @@ type record struct {
 	BLAKE3         string  `json:"blake3"`
 	Seconds        float64 `json:"seconds"`
 	Status         string  `json:"status"`
-	Error          string  `json:"error"`
+	Reason         string  `json:"reason"`
+	Error          string  `json:"error"` // the same as Reason, for older scripts
 
 	fields map[string]bool // the keys present in the object
 }
@@ -122,7 +123,35 @@ func (p *ferryProc) wait() result {
 	return r
 }
 
-// parseRecords decodes one JSON object per line; stdout carries nothing else.
+// summaryRecord is the --json object that ends a run of ferry send.
+type summaryRecord struct {
+	Summary   bool    `json:"summary"`
+	Committed int     `json:"committed"`
+	Unchanged int     `json:"unchanged"`
+	Skipped   int     `json:"skipped"`
+	Refused   int     `json:"refused"`
+	Failed    int     `json:"failed"`
+	Files     int     `json:"files"`
+	Bytes     int64   `json:"bytes"`
+	SentBytes int64   `json:"sent_bytes"`
+	Seconds   float64 `json:"seconds"`
+	Rate      float64 `json:"rate"`
+}
+
+// parseSummary returns the summary object of ferry send --json's output,
+// which must be its last line.
+func parseSummary(t *testing.T, stdout string) summaryRecord {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	var sum summaryRecord
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil || !sum.Summary {
+		t.Fatalf("the last --json line is not a summary (%v):\n%s", err, stdout)
+	}
+	return sum
+}
+
+// parseRecords decodes one JSON object per line, the files' records; stdout
+// carries nothing else but the summary object (parseSummary), skipped.
 func parseRecords(t *testing.T, stdout string) []record {
 	t.Helper()
 	var recs []record
@@ -139,6 +168,9 @@ func parseRecords(t *testing.T, stdout string) []record {
 			continue
 		}
 		json.Unmarshal(line, &keys)
+		if _, ok := keys["summary"]; ok {
+			continue // parseSummary's
+		}
 		r.fields = map[string]bool{}
 		for k := range keys {
 			r.fields[k] = true
@@ -177,10 +209,10 @@ func onlyRecord(t *testing.T, r result) record {
 	}
 	rec := recs[0]
 	keys := []string{"path", "remote", "size", "resumed_from", "sent_bytes", "total_sent_bytes", "attempts", "restarted", "seconds", "status"}
-	if rec.Status == "committed" {
+	if rec.Status == "committed" || rec.Status == "unchanged" {
 		keys = append(keys, "blake3")
 	} else {
-		keys = append(keys, "error")
+		keys = append(keys, "reason", "error")
 	}
 	for _, k := range keys {
 		if !rec.fields[k] {
@@ -290,13 +322,14 @@ func b3sumHash(t *testing.T, path string) (hash string, ok bool) {
 	return strings.TrimSpace(string(out)), true
 }
 
-// checkCommitted checks a committed transfer: the file at dst holds
-// exactly src's bytes, and the record's BLAKE3 is the hash ferry hash and
-// b3sum (when installed) print for both.
+// checkCommitted checks a file on the daemon, committed by this run or
+// (status unchanged) before it: the file at dst holds exactly src's bytes,
+// and the record's BLAKE3 is the hash ferry hash and b3sum (when
+// installed) print for both.
 func checkCommitted(t *testing.T, rec record, src, dst string) {
 	t.Helper()
-	if rec.Status != "committed" || rec.Error != "" {
-		t.Fatalf("record status %q error %q, want committed", rec.Status, rec.Error)
+	if (rec.Status != "committed" && rec.Status != "unchanged") || rec.Reason != "" {
+		t.Fatalf("record status %q reason %q, want committed (or unchanged: committed before)", rec.Status, rec.Reason)
 	}
 	sameFile(t, src, dst)
 	want := ferryHash(t, src)

@@ -150,8 +150,8 @@ func TestWalkNamesEscapedOnStderr(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Human output: no --json, so the "sent" lines are printed too.
-	r := runFerry(t, "send", "--to", d.addr, "--backoff", "50ms", filepath.Join(dir, "tree"))
+	// Human output with -v: no --json, and a "sent" line per committed file.
+	r := runFerry(t, "send", "--to", d.addr, "--backoff", "50ms", "-v", filepath.Join(dir, "tree"))
 	wantCode(t, r, exitRefused)
 	if !terminalSafe(r.stderr) {
 		t.Errorf("stderr shows a name unescaped: %q", r.stderr)

@@ -41,7 +41,8 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
-			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"FERRY_VERBOSE"}, Usage: "print a line per file with its outcome"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout as it settles, then a summary object"},
 		},
 		Action: func(c *cli.Context) error {
 			s, err := newSender(c, stdout, stderr)
@@ -53,18 +54,19 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 	}
 }
 
-// sender sends files one after another through one transfer.Sender and
-// reports each on stderr and, with --json, on stdout.
+// sender sends files through one transfer.Sender and reports each on
+// stderr and, with --json, on stdout.
 type sender struct {
-	engine      *transfer.Sender
-	addr        string // as the user typed it, for messages
-	quiet, json bool
-	stdout      io.Writer
-	stderr      io.Writer
-	bars        bool
-	locals      sync.Map // remote name → local path, for retry lines
-	barMu       sync.Mutex
-	activeBar   *progressBar // the one bar drawn, if any
+	engine               *transfer.Sender
+	addr                 string // as the user typed it, for messages
+	quiet, json, verbose bool
+	stdout               io.Writer
+	stderr               io.Writer
+	bars                 bool
+	locals               sync.Map // remote name → local path, for retry lines
+	overall              *overall // the run's progress, and its bar
+	single               bool     // the run names one regular file
+	outMu                sync.Mutex
 }
 
 func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
@@ -90,7 +92,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
 	}
 	s := &sender{
-		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"),
+		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"),
 		stdout: stdout, stderr: stderr,
 	}
 	s.engine = &transfer.Sender{
@@ -168,8 +170,90 @@ type record struct {
 	AlreadyCommitted bool    `json:"already_committed"`
 	BLAKE3           string  `json:"blake3,omitempty"`
 	Seconds          float64 `json:"seconds"`
-	Status           string  `json:"status"`
-	Error            string  `json:"error,omitempty"`
+	// Status is the file's outcome: statusCommitted, statusUnchanged,
+	// statusSkipped, statusRefused or statusFailed.
+	Status string `json:"status"`
+	// Reason says why a file was not committed; empty when it was (or
+	// was already there).
+	Reason string `json:"reason,omitempty"`
+	// Error repeats Reason for scripts written before it existed.
+	Error string `json:"error,omitempty"`
+}
+
+// The outcomes of a file, as --json "status" names them.
+const (
+	statusCommitted = "committed" // sent and committed by this run
+	statusUnchanged = "unchanged" // already on the daemon, confirmed by BLAKE3; nothing sent
+	statusSkipped   = "skipped"   // not a regular file (or a looped directory): not sent, by design
+	statusRefused   = "refused"   // refused by the daemon (exit 3)
+	statusFailed    = "failed"    // anything else that kept it from being committed
+)
+
+// statusOf is the outcome of a file that settled with err.
+func statusOf(rep transfer.Report, err error) string {
+	switch {
+	case err == nil && rep.AlreadyCommitted:
+		return statusUnchanged
+	case err == nil:
+		return statusCommitted
+	case exitCode(err) == exitRefused:
+		return statusRefused
+	}
+	return statusFailed
+}
+
+// summary is the --json object that ends a run, and the numbers of the
+// summary line on stderr.
+type summary struct {
+	Summary   bool    `json:"summary"` // always true: tells this object from a file's
+	Committed int     `json:"committed"`
+	Unchanged int     `json:"unchanged"`
+	Skipped   int     `json:"skipped"`
+	Refused   int     `json:"refused"`
+	Failed    int     `json:"failed"`
+	Files     int     `json:"files"`      // records printed, summary excluded
+	Bytes     int64   `json:"bytes"`      // total size of those files
+	SentBytes int64   `json:"sent_bytes"` // chunk data bytes sent, over all attempts
+	Seconds   float64 `json:"seconds"`    // the run's duration
+	Rate      float64 `json:"rate"`       // SentBytes per second
+}
+
+// add counts rec in the summary.
+func (sum *summary) add(rec record) {
+	sum.Summary = true
+	switch rec.Status {
+	case statusCommitted:
+		sum.Committed++
+	case statusUnchanged:
+		sum.Unchanged++
+	case statusSkipped:
+		sum.Skipped++
+	case statusRefused:
+		sum.Refused++
+	default:
+		sum.Failed++
+	}
+	sum.Files++
+	sum.Bytes += rec.Size
+	sum.SentBytes += rec.TotalSentBytes
+}
+
+// end sets the run's duration, took, and the rate.
+func (sum *summary) end(took time.Duration) {
+	sum.Summary = true
+	sum.Seconds = took.Seconds()
+	sum.Rate = float64(sum.SentBytes) / max(sum.Seconds, 1e-9)
+}
+
+// line is the summary line on stderr.
+func (sum *summary) line() string {
+	files := "files"
+	if sum.Files == 1 {
+		files = "file"
+	}
+	return fmt.Sprintf("ferry: %d %s: %d committed, %d unchanged, %d skipped, %d refused, %d failed; %s of %s sent in %.1fs (%s/s)\n",
+		sum.Files, files, sum.Committed, sum.Unchanged, sum.Skipped, sum.Refused, sum.Failed,
+		human(sum.SentBytes), human(sum.Bytes), sum.Seconds, human(int64(sum.Rate)))
 }
 
 // sendAll walks paths (walk.go) and sends each file as the walk finds it,
@@ -179,10 +263,34 @@ type record struct {
 // run, as the next file would meet it too. What the walk cannot send is
 // reported and counts as a failure, except files skipped by design
 // (symlinks, devices). The exit code is the worst seen.
+//
+// Output: a line per file that was not committed (skipped ones unless
+// --quiet), and with --verbose a line per committed or unchanged file too;
+// a run that names one regular file prints its line whatever the flags,
+// as before trees existed. With --json, a record per file on stdout and a
+// summary record at the end; without it, a run of more than one file ends
+// with a summary line on stderr (not with --quiet). The bar, on a
+// terminal, shows the whole run.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
-	var mu sync.Mutex      // worst and the output, shared by the walk and the engine
+	for _, p := range paths {
+		if _, err := resolvePath(p); err != nil {
+			return err // before the bar: nothing is sent
+		}
+	}
+	if len(paths) == 1 {
+		if fi, err := os.Stat(paths[0]); err == nil && fi.Mode().IsRegular() {
+			s.single = true
+		}
+	}
+	var barOut io.Writer
+	if s.bars {
+		barOut = s.stderr
+	}
+	s.overall = newOverall(barOut, 0)
+	var mu sync.Mutex // worst and sum, shared by the walk and the engine
 	var worst error
+	var sum summary
 	note := func(err error) {
 		if worst == nil || exitCode(err) > exitCode(worst) {
 			worst = err
@@ -195,6 +303,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 	entries := make(chan file, 64)
 	walkErr := make(chan error, 1)
 	visit := func(e entry) error {
+		s.overall.foundFile(e.Size)
 		select {
 		case entries <- file{local: e.Local, remote: e.Remote, entry: e}:
 			return nil
@@ -207,12 +316,15 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		defer mu.Unlock()
 		notice := errors.Is(err, errNotRegular) || errors.Is(err, errLoop)
 		if !notice || !s.quiet {
-			fmt.Fprintf(s.stderr, "ferry: %s: %s\n", escapeName(path), oneLine(err))
+			s.printf("ferry: %s: %s\n", escapeName(path), oneLine(err))
 		}
-		rec := record{Path: path, Status: "failed", Error: oneLine(err)}
+		rec := record{Path: path, Status: statusFailed, Reason: oneLine(err)}
 		if notice {
-			rec.Status = "skipped"
+			rec.Status = statusSkipped
 		}
+		rec.Error = rec.Reason
+		sum.add(rec)
+		s.overall.notSent()
 		if werr := s.emit(rec); werr != nil {
 			note(werr)
 		}
@@ -222,37 +334,41 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 	}
 	go func() {
 		defer close(entries)
+		defer s.overall.walkDone()
 		walkErr <- walkPaths(wctx, paths, dest, visit, warn)
 	}()
+	s.overall.startBar()
 	started := make(map[string]time.Time)
-	bars := make(map[string]*progressBar)
+	progs := make(map[string]*fileProgress)
 	next := func() (transfer.File, bool) {
 		f, ok := <-entries
 		if !ok {
 			return transfer.File{}, false
 		}
-		bar := s.newBar(f)
+		fp := s.newFileProgress(f)
 		s.locals.Store(f.remote, f.local)
 		mu.Lock()
 		started[f.remote] = time.Now()
-		bars[f.remote] = bar
+		progs[f.remote] = fp
 		mu.Unlock()
-		return transfer.File{Name: f.remote, Path: f.local, Progress: bar.update,
+		return transfer.File{Name: f.remote, Path: f.local, Progress: fp.update,
 			Open: func() (*os.File, error) { return openEntry(f.entry) }}, true
 	}
 	stopped := false
 	done := func(tf transfer.File, rep transfer.Report, err error) {
 		mu.Lock()
 		defer mu.Unlock()
-		bar := bars[tf.Name]
-		delete(bars, tf.Name)
+		fp := progs[tf.Name]
+		delete(progs, tf.Name)
 		start := started[tf.Name]
 		delete(started, tf.Name)
 		s.locals.Delete(tf.Name)
-		bar.finish(err == nil)
-		if err := s.report(bar.f, rep, err, time.Since(start)); err != nil {
-			note(err)
-			if exitCode(err) != exitRefused && !perFile(err) && !stopped {
+		fp.finish()
+		rec, rerr := s.report(fp.f, rep, err, time.Since(start))
+		sum.add(rec)
+		if rerr != nil {
+			note(rerr)
+			if exitCode(rerr) != exitRefused && !perFile(rerr) && !stopped {
 				stopped = true
 				stopWalk() // a failure that retries could not fix: the next file would meet it too
 			}
@@ -263,6 +379,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 	for range entries { // the walk closes entries on every exit
 	}
 	werr := <-walkErr
+	s.overall.finish()
 	mu.Lock()
 	defer mu.Unlock()
 	if err != nil && !errors.Is(err, transfer.ErrInvalidConfig) {
@@ -274,6 +391,15 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		note(fmt.Errorf("interrupted: %w", ctx.Err()))
 	default:
 		return werr // a usage error, found before anything was sent
+	}
+	sum.end(time.Since(s.overall.start))
+	if s.json {
+		b, _ := json.Marshal(sum) // numbers only
+		if _, err := fmt.Fprintf(s.stdout, "%s\n", b); err != nil {
+			note(fmt.Errorf("writing --json summary: %w", err))
+		}
+	} else if !s.quiet && !s.single {
+		s.printf("%s", sum.line())
 	}
 	return worst
 }
@@ -288,39 +414,52 @@ func perFile(err error) bool {
 		errors.Is(err, transfer.ErrSourceChanged)
 }
 
-// report prints how a file settled on stderr and, with --json, on stdout.
-func (s *sender) report(f file, rep transfer.Report, err error, took time.Duration) error {
+// report prints how a file settled on stderr and, with --json, on stdout;
+// it returns the file's record and the error to count in the exit code.
+func (s *sender) report(f file, rep transfer.Report, err error, took time.Duration) (record, error) {
 	rec := record{
 		Path: f.local, Remote: f.remote, Size: rep.Size,
 		ResumedFrom: rep.ResumedFrom, SentBytes: rep.SentBytes, TotalSentBytes: rep.TotalSentBytes,
 		Attempts: rep.Attempts, Restarted: rep.Restarted, AlreadyCommitted: rep.AlreadyCommitted,
-		Seconds: took.Seconds(),
+		Seconds: took.Seconds(), Status: statusOf(rep, err),
 	}
 	if err != nil {
-		rec.Status, rec.Error = "failed", oneLine(err)
-		fmt.Fprintf(s.stderr, "ferry: %s: %s%s\n", escapeName(f.local), s.describe(err), s.advice(err, rep))
+		rec.Reason = oneLine(err)
+		rec.Error = rec.Reason
+		s.printf("ferry: %s: %s%s\n", escapeName(f.local), s.describe(err), s.advice(err, rep))
 		_ = s.emit(rec) // the transfer's error is the one to report
-		return fmt.Errorf("%w: %w", errReported, err)
+		return rec, fmt.Errorf("%w: %w", errReported, err)
 	}
-	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(rep.Hash[:])
+	rec.BLAKE3 = hex.EncodeToString(rep.Hash[:])
 	switch {
 	case s.quiet:
-	case rep.AlreadyCommitted: // a notice, printed with --json too, like the resume notice
-		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
+	case rep.AlreadyCommitted && (s.single || s.verbose): // a notice, printed with --json too, like the resume notice
+		s.printf("ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
 			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
-	case s.json:
-	default:
+	case rep.AlreadyCommitted:
+	case s.verbose, s.single && !s.json:
 		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
-		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
+		s.printf("ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
 			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
 	}
-	return s.emit(rec)
+	return rec, s.emit(rec)
+}
+
+// printf prints a line on stderr, over the bar's line if one is drawn
+// (pb draws it again on its next tick).
+func (s *sender) printf(format string, args ...any) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if s.bars {
+		fmt.Fprint(s.stderr, "\r\x1b[K")
+	}
+	fmt.Fprintf(s.stderr, format, args...)
 }
 
 // retrying reports a failed attempt that the engine is about to retry.
 func (s *sender) retrying(e transfer.RetryEvent) {
 	if !s.quiet {
-		fmt.Fprintf(s.stderr, "ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
+		s.printf("ferry: %s: %s; retrying in %.1fs (retry %d of %d without progress)\n",
 			escapeName(s.local(e.Name)), oneLine(e.Err), e.Wait.Seconds(), e.Failures, e.Retries)
 	}
 }
