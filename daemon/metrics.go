@@ -54,8 +54,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) (*metrics, error) {
 			Help: "Chunks whose BLAKE3 hash did not match their data; each was asked for again and never written."}),
 		fsyncSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_fsync_seconds",
 			Help: "Time to make data durable, in seconds: op=partial is one partial's fsync with its state record, op=commit one group commit.",
-			// 0.1 ms to about 13 s, a factor of 4 apart.
-			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)},
+			// 0.1 ms to 10 s, two buckets a decade.
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 11)},
 			[]string{"op"}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_auth_failures_total",
 			Help: "Sessions refused because their credential was missing or refused."}),
