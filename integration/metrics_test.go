@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// TestMetrics runs a committed, a refused (exists) and an interrupted
-// transfer through a ferryd with --metrics-listen, then checks the
+// TestMetrics runs a committed, a refused (exists), a committed after a
+// chunk failed verification, and an interrupted transfer through a ferryd with --metrics-listen, then checks the
 // scraped counters and that `promtool check metrics` finds nothing to
 // report. promtool (Debian's prometheus package) is required under CI
 // (any non-empty CI, as in diskfull_test.go) and skipped with a message
@@ -38,6 +38,14 @@ func TestMetrics(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "data.bin")
 	writeRandom(t, other, faultFileSize, 22)
 	wantCode(t, runFerry(t, sendArgs(d.addr, other)...), exitRefused)
+
+	// Committed after a chunk failed verification and was sent again.
+	flip := filepath.Join(t.TempDir(), "flip.bin")
+	writeRandom(t, flip, faultFileSize, 24)
+	w := probeWire(t, flip, faultFileSize)
+	fp := newProxy(t, d.addr)
+	fp.FlipByte(w.chunkFrame(1) + w.chunkHeader + 100)
+	wantCode(t, runFerry(t, sendArgs(fp.Addr(), flip)...), exitOK)
 
 	// Interrupted: every connection is cut inside the first chunk, so no
 	// attempt makes progress and --retries 0 gives up after one.
@@ -63,12 +71,12 @@ func TestMetrics(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	want := map[string]float64{
-		`ferry_transfers_total{outcome="committed",reason=""}`:     1,
+		`ferry_transfers_total{outcome="committed",reason=""}`:     2,
 		`ferry_transfers_total{outcome="refused",reason="exists"}`: 1,
 		`ferry_transfers_total{outcome="interrupted",reason=""}`:   1,
 		`ferry_transfers_total{outcome="expired",reason=""}`:       0,
 		`ferry_transfers_total{outcome="unchanged",reason=""}`:     0,
-		"ferry_chunk_verify_failures_total":                        0,
+		"ferry_chunk_verify_failures_total":                        1,
 		"ferry_auth_failures_total":                                0,
 		"ferry_sessions_active":                                    0,
 		"ferry_transfers_active":                                   0,
@@ -82,10 +90,10 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got, v)
 		}
 	}
-	// The committed file's bytes, and the refused one's that came before
-	// its refusal, at most.
-	if got := m["ferry_received_bytes_total"]; got < faultFileSize || got > 3*faultFileSize {
-		t.Errorf("ferry_received_bytes_total = %v, want between %d and %d", got, faultFileSize, 3*faultFileSize)
+	// The committed files' bytes with the chunk sent again, and at most
+	// the refused and the cut ones' on top.
+	if got := m["ferry_received_bytes_total"]; got < 2*faultFileSize+chunkSize || got > 4*faultFileSize+chunkSize {
+		t.Errorf("ferry_received_bytes_total = %v, want between %d and %d", got, 2*faultFileSize+chunkSize, 4*faultFileSize+chunkSize)
 	}
 	if got := m[`ferry_fsync_seconds_count{op="commit"}`]; got < 1 {
 		t.Errorf(`ferry_fsync_seconds_count{op="commit"} = %v, want at least 1`, got)
