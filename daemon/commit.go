@@ -96,7 +96,9 @@ func (c *committer) commit(group []*rxTransfer) {
 	for i, t := range group {
 		ps[i] = t.p
 	}
+	start := time.Now()
 	errs := store.CommitGroup(ps)
+	ss.srv.met.synced("commit", start)
 	var done []*rxTransfer
 	var refused []error
 	for i, t := range group {
@@ -115,6 +117,7 @@ func (c *committer) commit(group []*rxTransfer) {
 		}
 		t.log.Info("committed", attrs...)
 		ss.stats.committed.Add(1)
+		ss.srv.met.ended(outcomeCommitted)
 		done = append(done, t)
 		refused = append(refused, nil)
 	}

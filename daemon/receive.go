@@ -66,6 +66,7 @@ func (ss *session) serve() error {
 	// Whatever ended the session, verified data is made durable: open
 	// transfers flush, and the files whose trailers verified commit.
 	for _, t := range ss.transfers {
+		ss.srv.met.ended(outcomeInterrupted)
 		ss.dropTransfer(t, err)
 	}
 	ss.commits.close()
@@ -401,6 +402,7 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 	}
 	t.log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)
 	ss.stats.committed.Add(1)
+	ss.srv.met.ended(outcomeUnchanged)
 	_ = ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready, Size: o.Size, Hash: h}) // a failed write ends the session
 }
 
@@ -417,6 +419,7 @@ func (ss *session) refuseTransfer(t *rxTransfer, err error) {
 		log = ss.log
 	}
 	log.Warn("refused", "code", code, "reason", msg)
+	ss.srv.met.refused(code)
 	switch code {
 	case transfer.CodeInternal, transfer.CodeIntegrity, transfer.CodeNoSpace:
 		ss.stats.failed.Add(1)
@@ -503,6 +506,7 @@ func newReceiver(ss *session, t *rxTransfer) *receiver {
 	rx := &receiver{ss: ss, t: t, p: p, o: t.o, stack: st.Stack, next: st.DurableOffset,
 		resumedFrom: st.DurableOffset, lastSync: time.Now()}
 	rx.sync = newSyncer(p, rx.point(), rx.ack)
+	rx.sync.met = ss.srv.met
 	return rx
 }
 
@@ -538,6 +542,7 @@ func (rx *receiver) ack(d int64) {
 func (rx *receiver) chunk(c *transfer.Chunk) error {
 	n := int64(len(c.Data))
 	rx.received += n
+	rx.ss.srv.met.received(n)
 	if c.Offset != rx.next {
 		return fmt.Errorf("%w: chunk at offset %d, expected %d", transfer.ErrProtocol, c.Offset, rx.next)
 	}
@@ -546,6 +551,7 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 	}
 	if !c.Verify(rx.o.Size) {
 		rx.bad++
+		rx.ss.srv.met.chunkRejected()
 		rx.t.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
 		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
 			return fmt.Errorf("%w: %d chunks failed verification", transfer.ErrIntegrity, rx.bad)

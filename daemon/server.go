@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferry-dev/ferry/transfer"
 )
 
@@ -71,6 +73,10 @@ type Config struct {
 	// its session starts: ferryd throttles each session's reads with it
 	// (--max-rate). The wrapper must keep deadlines and Close working.
 	WrapConn func(net.Conn) net.Conn
+	// Metrics, if set, receives the server's Prometheus metrics (ferry_*;
+	// README.md lists them). Give each Server its own registry: a second
+	// Server registering on the same one fails NewServer. Nil records none.
+	Metrics prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {
@@ -138,23 +144,32 @@ type Server struct {
 	reserved  int64               // bytes promised to transfers in progress
 	pools     map[int]*transfer.BufferPool
 	wg        sync.WaitGroup
+	met       *metrics // nil without Config.Metrics
 }
 
-// NewServer returns a Server for cfg.
+// NewServer returns a Server for cfg. It fails when Store is nil or the
+// metrics cannot be registered on Config.Metrics (already registered).
 func NewServer(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("daemon: Config.Store is nil")
 	}
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Server{
+	s := &Server{
 		cfg: cfg, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		holders:   make(map[string]*session),
 		perIP:     make(map[string]int),
 		pools:     make(map[int]*transfer.BufferPool),
-	}, nil
+	}
+	met, err := newMetrics(s, cfg.Metrics)
+	if err != nil {
+		cancel(nil)
+		return nil, fmt.Errorf("registering metrics: %w", err)
+	}
+	s.met = met
+	return s, nil
 }
 
 // Serve accepts sessions on ln until Shutdown, then returns ErrServerClosed.

@@ -826,3 +826,33 @@ func mkdirs(fs FS, dir string, perm os.FileMode) error {
 	}
 	return fs.SyncDir(parentDir(dir))
 }
+
+// PartialBytes returns the bytes held by partials: the sizes of their
+// data files, including those a commit is finishing. It returns 0 on an
+// FS that is not a DirReader, and the error of listing or of a Lstat
+// other than of a partial that went away meanwhile.
+func (s *DirStore) PartialBytes() (int64, error) {
+	rd, ok := s.fs.(DirReader)
+	if !ok {
+		return 0, nil
+	}
+	names, err := rd.ReadDir(partialsDir)
+	if err != nil {
+		return 0, fmt.Errorf("listing %s: %w", partialsDir, err)
+	}
+	var n int64
+	for _, name := range names {
+		if !strings.HasSuffix(name, ".data") {
+			continue
+		}
+		fi, err := s.fs.Lstat(path.Join(partialsDir, name))
+		if isNotExist(err) {
+			continue // committed or discarded since the listing
+		}
+		if err != nil {
+			return n, err
+		}
+		n += fi.Size()
+	}
+	return n, nil
+}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"sync"
+	"time"
 
 	"github.com/ferry-dev/ferry/transfer"
 )
@@ -22,6 +23,7 @@ type syncPoint struct {
 type syncer struct {
 	p   Partial
 	ack func(durable int64)
+	met *metrics // observes each sync; may be nil
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -69,7 +71,9 @@ func (s *syncer) loop() {
 	for s.err == nil && s.want.offset > s.done.offset {
 		pt := s.want
 		s.mu.Unlock()
+		start := time.Now()
 		err := s.p.Sync(&pt.stack)
+		s.met.synced("partial", start)
 		if err == nil {
 			s.ack(pt.offset)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-dev/ferry/daemon"
@@ -124,6 +125,8 @@ func flags() []cli.Flag {
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
+		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FERRY_METRICS_LISTEN"},
+			Usage: "serve Prometheus metrics at http://`ADDR`/metrics (HOST:PORT; :0 for any port); none unless set"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
 			Usage: "`LEVEL`: debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
@@ -169,9 +172,15 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		*code = exitUsage
 		return err
 	}
+	var reg *prometheus.Registry
+	var metricsReg prometheus.Registerer // a nil *Registry would not be a nil interface
+	if c.String("metrics-listen") != "" {
+		reg = newMetricsRegistry()
+		metricsReg = reg
+	}
 	srv, err := daemon.NewServer(daemon.Config{
-		WrapConn: wrap,
-		Store:    store, Logger: log, Agent: "ferryd/" + version,
+		WrapConn: wrap, Metrics: metricsReg,
+		Store: store, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
 		SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MaxSessions: c.Int("max-sessions"),
@@ -196,7 +205,16 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	errc := make(chan error, len(inherited)+len(lns))
+	errc := make(chan error, len(inherited)+len(lns)+1)
+	var ms *metricsServer
+	if reg != nil {
+		if ms, err = listenMetrics(c.String("metrics-listen"), reg, log); err != nil {
+			closeAll(inherited)
+			closeAll(lns)
+			return err
+		}
+		defer ms.close()
+	}
 	for _, ln := range inherited {
 		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd")
 		go func() { errc <- srv.Serve(ln) }()
@@ -204,6 +222,15 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	for _, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
 		go func() { errc <- srv.Serve(ln) }()
+	}
+	if ms != nil {
+		// After the listening lines: whoever waits for the first of
+		// those reads the session address.
+		go func() {
+			if err := ms.serve(); err != nil {
+				errc <- err
+			}
+		}()
 	}
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		log.Warn("notifying systemd", "state", "ready", "err", err)

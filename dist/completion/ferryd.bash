@@ -2,7 +2,7 @@
 # Install: copy to /usr/share/bash-completion/completions/ferryd, or source it.
 _ferryd() {
 	local cur=${COMP_WORDS[COMP_CWORD]} cmd= i
-	local flags='--listen --root --sync-bytes --sync-interval --idle-timeout --max-size --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --log-level --log-format --help --version'
+	local flags='--listen --root --sync-bytes --sync-interval --idle-timeout --max-size --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --log-level --log-format --help --version'
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
 	fi
