@@ -71,6 +71,19 @@ type Config struct {
 	// its session starts: ferryd throttles each session's reads with it
 	// (--max-rate). The wrapper must keep deadlines and Close working.
 	WrapConn func(net.Conn) net.Conn
+	// PartialTTL is how long a partial may stay untouched (neither its
+	// data nor its state record written) before it is removed, in the
+	// background, with one log line each; a partial a session uses is
+	// never removed. It needs a Store that is a PartialKeeper. 0, the
+	// default, disables expiry (ferryd's --partial-ttl defaults to 7 days).
+	PartialTTL time.Duration
+	// PurgeRequests, when set, makes the server carry out purge requests
+	// (RequestPurge) found under ROOT/.ferry/requests, polled every
+	// second. It needs a DirStore.
+	PurgeRequests bool
+	// Now returns the time partial ages are measured at. Defaults to
+	// time.Now; tests inject a clock.
+	Now func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -112,6 +125,9 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.Agent == "" {
 		c.Agent = "ferryd"
 	}
@@ -147,14 +163,16 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Server{
+	s := &Server{
 		cfg: cfg, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		holders:   make(map[string]*session),
 		perIP:     make(map[string]int),
 		pools:     make(map[int]*transfer.BufferPool),
-	}, nil
+	}
+	s.startExpiry()
+	return s, nil
 }
 
 // Serve accepts sessions on ln until Shutdown, then returns ErrServerClosed.
