@@ -11,7 +11,10 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
 )
 
 // PurgeRequest says which partials to remove: those named (by destination
@@ -194,7 +197,7 @@ func (s *Server) answerRequests(k PartialKeeper, fs FS) {
 				"durable_offset", p.DurableOffset)
 		}
 		b, _ := json.Marshal(res) //nolint:errchkjson // plain strings and numbers
-		if err := writeFileAtomic(fs, path.Join(requestsDir, id+answerSuffix), b); err != nil {
+		if err := writeFileAtomic(fs, path.Join(requestsDir, id+answerSuffix), b, nil); err != nil {
 			s.cfg.Logger.Warn("answering purge request", "err", err)
 		}
 		if err := fs.Remove(reqPath); err != nil && !isNotExist(err) {
@@ -219,8 +222,9 @@ func readSmall(fs FS, name string) ([]byte, error) {
 }
 
 // writeFileAtomic writes name by a temp file and a rename, so that a
-// reader never sees it half written.
-func writeFileAtomic(fs FS, name string, b []byte) error {
+// reader never sees it half written; prepare, if not nil, is called with
+// the temp file's name before the rename.
+func writeFileAtomic(fs FS, name string, b []byte, prepare func(name string)) error {
 	tmp := name + ".tmp"
 	f, err := fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -229,6 +233,9 @@ func writeFileAtomic(fs FS, name string, b []byte) error {
 	_, err = f.WriteAt(b, 0)
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && prepare != nil {
+		prepare(tmp)
 	}
 	if err == nil {
 		err = fs.Rename(tmp, name)
@@ -244,12 +251,23 @@ var ErrNoAnswer = errors.New("no answer from ferryd")
 
 // RequestPurge asks the daemon running on fs's root to carry out req and
 // waits up to timeout for its answer. Without an answer it withdraws the
-// request and returns an error wrapping ErrNoAnswer.
-func RequestPurge(fs FS, req PurgeRequest, timeout time.Duration) (PurgeResult, error) {
+// request and returns an error wrapping ErrNoAnswer. Run by root, it gives
+// the request to the owner of ROOT/.ferry (the daemon's user, such as
+// systemd's DynamicUser), so that the daemon can read and remove it.
+func RequestPurge(fs *OSFS, req PurgeRequest, timeout time.Duration) (PurgeResult, error) {
 	var res PurgeResult
 	if err := mkdirs(fs, requestsDir, 0o700); err != nil {
 		return res, fmt.Errorf("creating %s: %w", requestsDir, err)
 	}
+	giveToDaemon := func(name string) {}
+	if fi, err := fs.Lstat(transfer.ReservedDir); err == nil && os.Geteuid() == 0 {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			giveToDaemon = func(name string) {
+				_ = fs.root.Lchown(name, int(st.Uid), int(st.Gid)) // best effort: without it the request times out
+			}
+		}
+	}
+	giveToDaemon(requestsDir)
 	var idb [8]byte
 	_, _ = rand.Read(idb[:]) // never fails (crypto/rand)
 	id := hex.EncodeToString(idb[:])
@@ -258,7 +276,7 @@ func RequestPurge(fs FS, req PurgeRequest, timeout time.Duration) (PurgeResult, 
 		return res, fmt.Errorf("encoding purge request: %w", err)
 	}
 	reqPath, ansPath := path.Join(requestsDir, id+requestSuffix), path.Join(requestsDir, id+answerSuffix)
-	if err := writeFileAtomic(fs, reqPath, b); err != nil {
+	if err := writeFileAtomic(fs, reqPath, b, giveToDaemon); err != nil {
 		return res, fmt.Errorf("writing purge request: %w", err)
 	}
 	deadline := time.Now().Add(timeout)
