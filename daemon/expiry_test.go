@@ -51,6 +51,7 @@ func interruptedPartial(t *testing.T, s *daemon.DirStore, key, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.(daemon.RemoteRecorder).SetRemote("192.0.2.1:4000")
 	if err := p.WriteAt(data[:testChunk], 0); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,8 @@ func TestListPartials(t *testing.T) {
 		t.Fatalf("got %+v", parts)
 	}
 	a, o := parts[0], parts[1]
-	if a.Key != testKey || a.Name != "a/b" || a.Size != 5*testChunk || a.DurableOffset != testChunk || a.DataBytes != testChunk {
+	if a.Key != testKey || a.Name != "a/b" || a.Size != 5*testChunk || a.DurableOffset != testChunk || a.DataBytes != testChunk ||
+		a.Remote != "192.0.2.1:4000" {
 		t.Errorf("partial: %+v", a)
 	}
 	if o.Key != otherKey || o.Name != "" || o.DataBytes != 3 {

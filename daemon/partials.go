@@ -89,7 +89,7 @@ func (s *DirStore) partialInfo(key string) (PartialInfo, bool, error) {
 		return PartialInfo{}, false, fmt.Errorf("reading partial %s: %w", key, err)
 	}
 	if found {
-		info.Name, info.Size, info.DurableOffset = st.Name, st.Size, st.DurableOffset
+		info.Name, info.Size, info.DurableOffset, info.Remote = st.Name, st.Size, st.DurableOffset, st.Remote
 	}
 	return info, true, nil
 }
@@ -133,3 +133,18 @@ var _ PartialKeeper = (*DirStore)(nil)
 // requestsDir holds purge requests from `ferryd partials purge` to a
 // running daemon, relative to the root.
 var requestsDir = path.Join(transfer.ReservedDir, "requests")
+
+// RemoteRecorder is implemented by a Partial that records the address of
+// the sender writing it; the session calls SetRemote after Store.Open,
+// before any write, and the next Sync records it with the durable offset.
+type RemoteRecorder interface {
+	SetRemote(addr string)
+}
+
+// truncateRemote cuts addr to MaxRemoteLen bytes.
+func truncateRemote(addr string) string {
+	if len(addr) > MaxRemoteLen {
+		return addr[:MaxRemoteLen]
+	}
+	return addr
+}

@@ -125,12 +125,14 @@ func TestPartialsToolLiveDaemon(t *testing.T) {
 
 	got := listPartials(t, root)
 	if len(got) != 1 || got[0].Name != "data.bin" || got[0].Size != killSize || got[0].DurableOffset <= 0 ||
-		got[0].DurableOffset > killSize || got[0].Token != "" || got[0].AgeSeconds < 0 || len(got[0].Key) < 16 {
+		got[0].DurableOffset > killSize || got[0].Token != "" || got[0].AgeSeconds < 0 || len(got[0].Key) < 16 ||
+		!strings.HasPrefix(got[0].Remote, "127.0.0.1:") {
 		t.Fatalf("ferryd partials --json: %+v", got)
 	}
 	text := runFerryd(t, "partials", "--root", root)
 	if text.code != exitOK || !strings.Contains(text.stdout, "NAME") ||
-		!strings.Contains(text.stdout, "data.bin") || !strings.Contains(text.stdout, fmt.Sprint(got[0].DurableOffset)) {
+		!strings.Contains(text.stdout, "data.bin") || !strings.Contains(text.stdout, fmt.Sprint(got[0].DurableOffset)) ||
+		!strings.Contains(text.stdout, got[0].Remote) {
 		t.Errorf("ferryd partials: %s", text)
 	}
 
