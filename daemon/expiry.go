@@ -165,6 +165,7 @@ func (s *Server) ExpirePartials(k PartialKeeper) int {
 const (
 	requestSuffix = ".purge"
 	answerSuffix  = ".done"
+	staleRequest  = time.Minute // age of an unread answer or temp file the daemon removes
 )
 
 // answerRequests carries out every pending purge request.
@@ -180,6 +181,11 @@ func (s *Server) answerRequests(k PartialKeeper, fs FS) {
 	for _, n := range names {
 		id, ok := strings.CutSuffix(n, requestSuffix)
 		if !ok {
+			// An answer no tool read (it was killed), or a temp file
+			// left by a crash: gone after a minute.
+			if fi, err := fs.Lstat(path.Join(requestsDir, n)); err == nil && time.Since(fi.ModTime()) > staleRequest {
+				_ = fs.Remove(path.Join(requestsDir, n)) // best effort; tried again next second
+			}
 			continue
 		}
 		reqPath := path.Join(requestsDir, n)
