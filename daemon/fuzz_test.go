@@ -49,7 +49,17 @@ func checkState(t *testing.T, b []byte) {
 	if err := transfer.ValidateName(st.Name); err != nil {
 		t.Fatalf("accepted state with name %v", err)
 	}
-	if enc := mustEncode(t, st); !bytes.Equal(enc, b) {
+	enc := mustEncode(t, st)
+	if b[5] == 2 {
+		// A version 2 record re-encodes as the current version, which
+		// decodes to the same state.
+		again, err := daemon.DecodeState(enc)
+		if err != nil || *again != *st {
+			t.Fatalf("version 2 state %+v re-encodes to %+v, %v", st, again, err)
+		}
+		return
+	}
+	if !bytes.Equal(enc, b) {
 		t.Fatalf("state %+v re-encodes to\n% x\nnot\n% x", st, enc, b)
 	}
 }

@@ -257,6 +257,9 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		t.log.Error("opening partial", "err", err)
 		return fmt.Errorf("%w: opening partial: %v", transfer.ErrInternal, err)
 	}
+	if r, ok := p.(RemoteRecorder); ok {
+		r.SetRemote(ss.conn.RemoteAddr().String())
+	}
 	st := p.State()
 	// New directories are counted as a block each, so that names cannot
 	// fill the disk past the reservation either.

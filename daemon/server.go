@@ -77,6 +77,19 @@ type Config struct {
 	// README.md lists them). Give each Server its own registry: a second
 	// Server registering on the same one fails NewServer. Nil records none.
 	Metrics prometheus.Registerer
+	// PartialTTL is how long a partial may stay untouched (neither its
+	// data nor its state record written) before it is removed, in the
+	// background, with one log line each; a partial a session uses is
+	// never removed. It needs a Store that is a PartialKeeper. 0, the
+	// default, disables expiry (ferryd's --partial-ttl defaults to 7 days).
+	PartialTTL time.Duration
+	// PurgeRequests, when set, makes the server carry out purge requests
+	// (RequestPurge) found under ROOT/.ferry/requests, polled every
+	// second. It needs a DirStore.
+	PurgeRequests bool
+	// Now returns the time partial ages are measured at. Defaults to
+	// time.Now; tests inject a clock.
+	Now func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -117,6 +130,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Agent == "" {
 		c.Agent = "ferryd"
@@ -169,6 +185,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s.met = met
+	s.startExpiry()
 	return s, nil
 }
 

@@ -30,7 +30,14 @@ type State struct {
 	// partial's chunk size, which every later chunk of the transfer
 	// keeps. Its last chaining value is the tail chunk's hash (Tail).
 	Stack transfer.MergeStack
+	// Remote is the address ("host:port") of the sender that last wrote
+	// the partial, at most MaxRemoteLen bytes; "" when not recorded
+	// (records of version 2).
+	Remote string
 }
+
+// MaxRemoteLen is the longest State.Remote in bytes.
+const MaxRemoteLen = 255
 
 // Tail returns the tail chunk [offset, DurableOffset) and its chunk hash
 // (transfer.ChunkHash), read off the merge stack; 0 and the zero hash at
@@ -42,10 +49,11 @@ func (st *State) Tail() (offset int64, hash transfer.Hash) {
 
 // stateMagic and stateVersion open every state record. Version 1 records
 // (plain BLAKE3 tail hashes, no merge stack) no longer decode: their
-// partials start over.
+// partials start over. Version 2 records, without the sender's address,
+// still decode, with Remote "".
 var stateMagic = [4]byte{'F', 'R', 'Y', 'S'}
 
-const stateVersion = 2
+const stateVersion = 3
 
 // ErrBadState is returned by DecodeState for a record that is truncated,
 // of another version, inconsistent, or whose checksum does not match.
@@ -58,11 +66,15 @@ func (st *State) sameSource(o *transfer.Offer) bool {
 }
 
 // EncodeState returns the record for st: magic, version, fields in
-// big-endian order, name, merge stack, then a BLAKE3 checksum of
-// everything before it (docs/PROTOCOL.md, "State record"). It returns an
-// error for a State without a merge stack (a zero Stack).
+// big-endian order, name, merge stack, sender's address, then a BLAKE3
+// checksum of everything before it (docs/PROTOCOL.md, "State record"). It
+// returns an error for a State without a merge stack (a zero Stack) or
+// with a Remote longer than MaxRemoteLen.
 func EncodeState(st *State) ([]byte, error) {
-	b := make([]byte, 0, stateFixed+len(st.Name)+2+transfer.MaxMergeStackSize+transfer.HashSize)
+	if len(st.Remote) > MaxRemoteLen {
+		return nil, fmt.Errorf("encoding state record: remote address of %d bytes", len(st.Remote))
+	}
+	b := make([]byte, 0, stateFixed+len(st.Name)+2+transfer.MaxMergeStackSize+1+len(st.Remote)+transfer.HashSize)
 	b = append(b, stateMagic[:]...)
 	b = binary.BigEndian.AppendUint16(b, stateVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.Size))
@@ -80,6 +92,8 @@ func EncodeState(st *State) ([]byte, error) {
 		return nil, fmt.Errorf("encoding state record: %w", err)
 	}
 	binary.BigEndian.PutUint16(b[at:], uint16(len(b)-at-2))
+	b = append(b, byte(len(st.Remote)))
+	b = append(b, st.Remote...)
 	sum := transfer.HashBytes(b)
 	return append(b, sum[:]...), nil
 }
@@ -91,8 +105,9 @@ const stateFixed = 4 + 2 + 8 + 4 + 8 + 8 + 32 + 8 + 2
 
 // MaxStateSize is the largest state record in bytes: the fixed fields, a
 // name of MaxNameLen, the merge stack's length and its largest encoding,
-// and the checksum (5914).
-const MaxStateSize = stateFixed + transfer.MaxNameLen + 2 + transfer.MaxMergeStackSize + transfer.HashSize
+// the sender's address of MaxRemoteLen with its length, and the checksum
+// (6170).
+const MaxStateSize = stateFixed + transfer.MaxNameLen + 2 + transfer.MaxMergeStackSize + 1 + MaxRemoteLen + transfer.HashSize
 
 // DecodeState parses a record written by EncodeState. It returns an error
 // wrapping ErrBadState unless the checksum matches and the fields are
@@ -106,7 +121,8 @@ func DecodeState(b []byte) (*State, error) {
 	if h := transfer.HashBytes(body); !bytes.Equal(h[:], sum) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadState)
 	}
-	if !bytes.Equal(body[:4], stateMagic[:]) || binary.BigEndian.Uint16(body[4:]) != stateVersion {
+	version := binary.BigEndian.Uint16(body[4:])
+	if !bytes.Equal(body[:4], stateMagic[:]) || version != stateVersion && version != 2 {
 		return nil, fmt.Errorf("%w: magic or version", ErrBadState)
 	}
 	p := body[6:]
@@ -128,8 +144,16 @@ func DecodeState(b []byte) (*State, error) {
 	p = p[n:]
 	m := int(binary.BigEndian.Uint16(p))
 	p = p[2:]
-	if len(p) != m {
+	if version == 2 && len(p) != m || version != 2 && len(p) < m+1 {
 		return nil, fmt.Errorf("%w: merge stack length %d, %d bytes left", ErrBadState, m, len(p))
+	}
+	p, rest := p[:m], p[m:]
+	if version != 2 {
+		r := int(rest[0])
+		if len(rest) != 1+r {
+			return nil, fmt.Errorf("%w: merge stack length %d and remote address length %d, %d bytes left", ErrBadState, m, r, len(rest)+m)
+		}
+		st.Remote = string(rest[1:])
 	}
 	if err := st.Stack.UnmarshalBinary(p); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadState, err)

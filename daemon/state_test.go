@@ -42,7 +42,7 @@ func sampleStates() []struct {
 		{"fresh", daemon.State{Name: "f", Size: 100, Mode: 0o644, MtimeNs: 1, Inode: 2, PrefixID: h, Stack: stackAt(mib, 0, 0)}},
 		{"empty file", daemon.State{Name: "empty", Mode: 0o600, Stack: stackAt(transfer.MinChunkSize, 0, 0)}},
 		{"mid-transfer", daemon.State{Name: "dir/f.bin", Size: 10 << 20, Mode: 0o640, MtimeNs: 1700000000123456789, Inode: 1<<64 - 1,
-			PrefixID: h, DurableOffset: 3 << 20, Stack: *daemon.StackOf(make([]byte, 3<<20), 10<<20, mib)}},
+			PrefixID: h, DurableOffset: 3 << 20, Stack: *daemon.StackOf(make([]byte, 3<<20), 10<<20, mib), Remote: "[2001:db8::1]:40000"}},
 		{"complete, short tail", daemon.State{Name: "f", Size: 1000, DurableOffset: 1000, Stack: *daemon.StackOf(make([]byte, 1000), 1000, mib)}},
 		{"largest stack", daemon.State{Name: "f", Size: transfer.MaxFileSize, DurableOffset: transfer.MaxFileSize,
 			Stack: stackAt(transfer.MinChunkSize, transfer.MaxFileSize, 0xcc)}},
@@ -51,7 +51,30 @@ func sampleStates() []struct {
 		{"negative mtime", daemon.State{Name: "old", Size: 1, MtimeNs: -5, Stack: stackAt(mib, 0, 0)}},
 		{"unicode name", daemon.State{Name: "Fähre/日本語 ⛴", Size: 1, Stack: stackAt(mib, 0, 0)}},
 		{"longest name", daemon.State{Name: strings.Repeat(strings.Repeat("n", 200)+"/", 20) + strings.Repeat("n", 76), Size: 1,
-			Stack: stackAt(mib, 0, 0)}},
+			Stack: stackAt(mib, 0, 0), Remote: strings.Repeat("r", daemon.MaxRemoteLen)}},
+	}
+}
+
+// TestDecodeStateVersion2 decodes a record written before the sender's
+// address was recorded: a partial survives the upgrade, with Remote "".
+func TestDecodeStateVersion2(t *testing.T) {
+	st := sampleStates()[2].st
+	st.Remote = ""
+	b := mustEncode(t, &st)
+	v2 := slices.Clone(b[:len(b)-transfer.HashSize-1]) // without the remote address length and checksum
+	binary.BigEndian.PutUint16(v2[4:], 2)
+	sum := transfer.HashBytes(v2)
+	got, err := daemon.DecodeState(append(v2, sum[:]...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got != st {
+		t.Fatalf("decoded %+v, want %+v", got, st)
+	}
+	long := st
+	long.Remote = strings.Repeat("r", daemon.MaxRemoteLen+1)
+	if _, err := daemon.EncodeState(&long); err == nil {
+		t.Error("encoded a remote address longer than MaxRemoteLen")
 	}
 }
 
@@ -69,7 +92,7 @@ func TestStateRoundTrip(t *testing.T) {
 	for _, tt := range sampleStates() {
 		t.Run(tt.name, func(t *testing.T) {
 			b := mustEncode(t, &tt.st)
-			want := 76 + len(tt.st.Name) + 2 + 10 + tt.st.Stack.Len()*32 + 32
+			want := 76 + len(tt.st.Name) + 2 + 10 + tt.st.Stack.Len()*32 + 1 + len(tt.st.Remote) + 32
 			if len(b) != want || len(b) > daemon.MaxStateSize {
 				t.Fatalf("record of %d bytes, want %d (at most %d)", len(b), want, daemon.MaxStateSize)
 			}
@@ -94,7 +117,7 @@ func TestStateSize(t *testing.T) {
 	if transfer.MaxMergeStackSize != 1738 {
 		t.Fatalf("MaxMergeStackSize %d, want 1738", transfer.MaxMergeStackSize)
 	}
-	if daemon.MaxStateSize != 76+transfer.MaxNameLen+2+1738+32 {
+	if daemon.MaxStateSize != 76+transfer.MaxNameLen+2+1738+1+255+32 {
 		t.Fatalf("MaxStateSize %d", daemon.MaxStateSize)
 	}
 }
@@ -107,7 +130,7 @@ func TestStateLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := daemon.State{Name: "ab", Size: 0x30000, Mode: 0o755, MtimeNs: 0x0304, Inode: 0x0506,
-		PrefixID: transfer.Hash{0: 0xa1, 31: 0xa2}, DurableOffset: 0x20000, Stack: stack}
+		PrefixID: transfer.Hash{0: 0xa1, 31: 0xa2}, DurableOffset: 0x20000, Stack: stack, Remote: "1.2.3.4:5"}
 	b := mustEncode(t, &st)
 	be16, be32, be64 := binary.BigEndian.Uint16, binary.BigEndian.Uint32, binary.BigEndian.Uint64
 	checks := []struct {
@@ -115,7 +138,7 @@ func TestStateLayout(t *testing.T) {
 		got, want uint64
 	}{
 		{"magic", uint64(be32(b[0:])), uint64(be32([]byte("FRYS")))},
-		{"version at 4", uint64(be16(b[4:])), 2},
+		{"version at 4", uint64(be16(b[4:])), 3},
 		{"size at 6", be64(b[6:]), 0x30000},
 		{"mode at 14", uint64(be32(b[14:])), 0o755},
 		{"mtime at 18", be64(b[18:]), 0x0304},
@@ -130,14 +153,16 @@ func TestStateLayout(t *testing.T) {
 		{"chaining values at 89", uint64(b[89]), 2},
 		{"first chaining value at 90", uint64(b[90])<<8 | uint64(b[121]), 0xc0c0},
 		{"tail chunk's chaining value at 122", uint64(b[122])<<8 | uint64(b[153]), 0xc1c1},
-		{"length", uint64(len(b)), 154 + 32},
+		{"remote address length at 154", uint64(b[154]), 9},
+		{"remote address at 155", uint64(b[155])<<8 | uint64(b[163]), '1'<<8 | '5'},
+		{"length", uint64(len(b)), 164 + 32},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, c.got, c.want)
 		}
 	}
-	if sum := transfer.HashBytes(b[:154]); !bytes.Equal(sum[:], b[154:]) {
+	if sum := transfer.HashBytes(b[:164]); !bytes.Equal(sum[:], b[164:]) {
 		t.Error("checksum is not BLAKE3 of the bytes before it")
 	}
 	if off, h := st.Tail(); off != 0x10000 || !bytes.Equal(h[:], cv1) {
@@ -207,7 +232,7 @@ func TestDecodeStateRejectsInconsistentFields(t *testing.T) {
 		{"stack chunk size not a power of two", nil, func(b []byte) []byte { b[83] = 13; return b }, "chunk size"},
 		{"wrong magic", nil, func(b []byte) []byte { b[0] = 'X'; return b }, "magic"},
 		{"version 1", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 1); return b }, "version"},
-		{"version 3", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 3); return b }, "version"},
+		{"version 4", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 4); return b }, "version"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -551,6 +551,9 @@ type dirPartial struct {
 
 func (p *dirPartial) State() State { return p.st }
 
+// SetRemote implements RemoteRecorder.
+func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr) }
+
 func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
 
 func (p *dirPartial) Sync(stack *transfer.MergeStack) error {

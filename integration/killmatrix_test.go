@@ -226,14 +226,19 @@ func durableOnDisk(t *testing.T, root string) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Version 2: the name (length at 74) is followed by the merge stack
-	// (u16 length, then its encoding) and the checksum.
-	if len(b) < 76+2+10+32 || string(b[:4]) != "FRYS" || binary.BigEndian.Uint16(b[4:]) != 2 {
-		t.Fatalf("%s is not a state record of version 2 (%d bytes)", states[0], len(b))
+	// Version 3: the name (length at 74) is followed by the merge stack
+	// (u16 length, then its encoding), the sender's address (u8 length,
+	// then the address) and the checksum.
+	if len(b) < 76+2+10+1+32 || string(b[:4]) != "FRYS" || binary.BigEndian.Uint16(b[4:]) != 3 {
+		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
 	}
 	stack := 76 + int(binary.BigEndian.Uint16(b[74:]))
-	if len(b) < stack+2 || len(b) != stack+2+int(binary.BigEndian.Uint16(b[stack:]))+32 {
-		t.Fatalf("%s is not a state record of version 2 (%d bytes)", states[0], len(b))
+	if len(b) < stack+2 {
+		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
+	}
+	remote := stack + 2 + int(binary.BigEndian.Uint16(b[stack:]))
+	if len(b) < remote+1 || len(b) != remote+1+int(b[remote])+32 {
+		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
 	}
 	return int64(binary.BigEndian.Uint64(b[66:]))
 }

@@ -71,6 +71,7 @@ func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.Ap
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags:     flags(),
+		Commands:  []*cli.Command{partialsCommand(stdout, st)},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			st.code = exitUsage
 			return err
@@ -127,6 +128,8 @@ func flags() []cli.Flag {
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FERRY_METRICS_LISTEN"},
 			Usage: "serve Prometheus metrics at http://`ADDR`/metrics (HOST:PORT; :0 for any port); none unless set"},
+		&cli.DurationFlag{Name: "partial-ttl", Value: 7 * 24 * time.Hour, EnvVars: []string{"FERRY_PARTIAL_TTL"},
+			Usage: "remove partials untouched this long, in the background, one log line each; a partial a session uses is kept (0: never)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
 			Usage: "`LEVEL`: debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
@@ -167,6 +170,10 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	if err != nil {
 		return fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
 	}
+	if c.Duration("partial-ttl") < 0 {
+		*code = exitUsage
+		return fmt.Errorf("--partial-ttl %v: want a duration of 0 (never) or more", c.Duration("partial-ttl"))
+	}
 	wrap, err := maxRate(c)
 	if err != nil {
 		*code = exitUsage
@@ -187,6 +194,7 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
 		MinRate:          orNegative(sizeflag.Get(c, "min-rate")), MinRateWindow: c.Duration("min-rate-window"),
 		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
+		PartialTTL: c.Duration("partial-ttl"), PurgeRequests: true,
 	})
 	if err != nil {
 		return err
