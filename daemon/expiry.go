@@ -135,6 +135,10 @@ func (s *Server) take(key string) bool { return s.hold(key, expirer) }
 // for each: msg="partial expired" with its name, key, size, durable
 // offset and age. It returns how many it removed.
 func (s *Server) ExpirePartials(k PartialKeeper) int {
+	// One pass at a time: the background loop and a caller's pass would
+	// otherwise both remove, log and count one partial.
+	s.expiryMu.Lock()
+	defer s.expiryMu.Unlock()
 	now := s.cfg.Now()
 	res := Purge(k, PurgeRequest{OlderThan: s.cfg.PartialTTL}, now, func(key string) bool {
 		if !s.take(key) {

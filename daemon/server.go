@@ -145,9 +145,10 @@ var ErrServerClosed = errors.New("daemon: server closed")
 // Server receives transfers on any number of listeners, like net/http's
 // Server: Serve per listener, Shutdown to drain. Safe for concurrent use.
 type Server struct {
-	cfg    Config
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	expiryMu sync.Mutex // serialises ExpirePartials passes
+	cfg      Config
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
 
 	mu        sync.Mutex
 	closed    bool
