@@ -90,7 +90,8 @@ func (s *Server) reserve(data, extra int64) *reservation {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ok {
-		if free := ds.FreeSpace(); free >= 0 && free-s.reserved < data+extra {
+		// MinFree stays free after every promise is kept (--min-free).
+		if free := ds.FreeSpace(); free >= 0 && free-s.reserved-s.cfg.MinFree < data+extra {
 			return nil
 		}
 	}

@@ -269,6 +269,10 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		if err := p.Close(); err != nil {
 			t.log.Error("closing partial", "err", err)
 		}
+		if mf := ss.srv.cfg.MinFree; mf > 0 {
+			return fmt.Errorf("%w: %d bytes needed for %s would leave less than the daemon's minimum of %d bytes free",
+				transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name), mf)
+		}
 		return fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name))
 	}
 	t.p, t.res = p, res

@@ -73,6 +73,11 @@ type Config struct {
 	// its session starts: ferryd throttles each session's reads with it
 	// (--max-rate). The wrapper must keep deadlines and Close working.
 	WrapConn func(net.Conn) net.Conn
+	// MinFree is the free disk space in bytes an offer must leave once
+	// every transfer in progress has written what it was promised; an offer
+	// that would leave less is refused with CodeNoSpace at admission
+	// (--min-free). 0, the default, only refuses what does not fit.
+	MinFree int64
 	// Metrics, if set, receives the server's Prometheus metrics (ferry_*;
 	// README.md lists them). Give each Server its own registry: a second
 	// Server registering on the same one fails NewServer. Nil records none.
