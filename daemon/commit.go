@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/hex"
 	"errors"
 	"sync"
 	"time"
@@ -102,8 +103,9 @@ func (c *committer) commit(group []*rxTransfer) {
 	var done []*rxTransfer
 	var refused []error
 	for i, t := range group {
+		secs := time.Since(t.start).Seconds()
 		attrs := []any{"resumed_from", t.rx.resumedFrom, "received_bytes", t.rx.received,
-			"seconds", time.Since(t.start).Seconds(), "group", len(group)}
+			"seconds", secs, "rate", int64(float64(t.rx.received) / max(secs, 1e-9)), "group", len(group)}
 		if err := errs[i]; err != nil {
 			if !errors.Is(err, transfer.ErrExists) && !errors.Is(err, transfer.ErrBadName) {
 				err = storageError("commit", err)
@@ -115,7 +117,7 @@ func (c *committer) commit(group []*rxTransfer) {
 			refused = append(refused, err)
 			continue
 		}
-		t.log.Info("committed", attrs...)
+		t.log.Info("committed", append(attrs, "blake3", hex.EncodeToString(t.hash[:]))...)
 		ss.stats.committed.Add(1)
 		ss.srv.met.ended(outcomeCommitted)
 		done = append(done, t)

@@ -47,7 +47,7 @@ func TestJSONLogs(t *testing.T) {
 	}{
 		{"listening", []string{"addr", "root"}},
 		{"transfer started", []string{"name", "size", "remote", "resumed_from"}},
-		{"committed", []string{"name", "size", "remote", "received_bytes", "seconds"}},
+		{"committed", []string{"name", "size", "remote", "resumed_from", "received_bytes", "seconds", "rate", "blake3"}},
 		{"refused", []string{"remote", "code", "reason"}},
 		{"session ended", []string{"remote", "transfers", "seconds"}},
 		{"stopped", nil},
@@ -67,9 +67,12 @@ func TestJSONLogs(t *testing.T) {
 	if got := byMsg["committed"]; len(got) == 1 && (got[0]["name"] != "small.bin" || got[0]["size"] != 4096.0) {
 		t.Errorf("committed line names %v of %v bytes, want small.bin of 4096", got[0]["name"], got[0]["size"])
 	}
-	// The refusal line does not name the file yet: refusals at offer time
-	// are logged by the session, not the transfer (issue 12 leaves that to
-	// the session rework).
+	if got := byMsg["committed"]; len(got) == 1 && got[0]["blake3"] != fileHash(t, small) {
+		t.Errorf("committed line has blake3 %v, want the file's %s", got[0]["blake3"], fileHash(t, small))
+	}
+	if got := byMsg["refused"]; len(got) != 1 || got[0]["name"] != "big.bin" || got[0]["reason"] == nil {
+		t.Errorf("refused lines %v, want one naming big.bin with the reason the sender saw", got)
+	}
 	if got := byMsg["shutting down"]; len(got) == 1 && got[0]["timeout"] != "30s" {
 		t.Errorf("shutting down timeout = %v, want \"30s\"", got[0]["timeout"])
 	}
@@ -120,4 +123,14 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// fileHash returns the BLAKE3 of the file at path in hex, as ferry hash
+// prints it.
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	r := runFerry(t, "hash", path)
+	wantCode(t, r, exitOK)
+	h, _, _ := strings.Cut(r.stdout, " ")
+	return h
 }
