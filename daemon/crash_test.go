@@ -131,7 +131,7 @@ func (m *crashMachine) send(srv *daemon.Server) crashAttempt {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var a crashAttempt
-	cl, err := transfer.Handshake(ctx, c, transfer.ClientOptions{ChunkSize: m.cc.chunk, Agent: "crash-test"})
+	cl, err := transfer.Handshake(ctx, c, transfer.ClientOptions{ChunkSize: m.cc.chunk, Agent: "crash-test", Checksum: true})
 	if err != nil {
 		a.err = err
 		return a

@@ -189,7 +189,9 @@ func (ss *session) offer(o *transfer.Offer) error {
 		if errors.Is(err, errSessionBroken) {
 			return nil // the write failed; the next read ends the session
 		}
-		ss.refuseTransfer(t, err)
+		if !errors.Is(err, errUnchanged) {
+			ss.refuseTransfer(t, err)
+		}
 		ss.settled(t)
 		t.skip = true
 		return nil
@@ -200,6 +202,10 @@ func (ss *session) offer(o *transfer.Offer) error {
 	}
 	return nil
 }
+
+// errUnchanged says the offer was answered Committed{CommittedUnchanged}:
+// nothing more to do for it (a speculative run's frames are skipped).
+var errUnchanged = errors.New("unchanged")
 
 // errSessionBroken says an answer could not be written: the connection is
 // closed, and the receive loop ends at its next read.
@@ -245,6 +251,9 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		return err
 	}
 	if exists {
+		if o.Flags&transfer.OfferChecksum == 0 {
+			return ss.unchanged(t)
+		}
 		t.confirm = true
 		if speculative {
 			return nil // its chunks are dropped; its trailer is compared
@@ -287,6 +296,22 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		return errSessionBroken
 	}
 	return nil
+}
+
+// unchanged answers an offer without OfferChecksum for a file already
+// committed under its name with the offered size and mtime (rsync's quick
+// check): Committed{CommittedAlready|CommittedUnchanged} at once, without
+// reading the file. The daemon applied the sender's mtime at the commit,
+// so a retry after a commit whose Committed was lost matches too. Logged
+// at debug level only: a re-run of a large tree logs no line per file.
+func (ss *session) unchanged(t *rxTransfer) error {
+	t.log.Debug("unchanged", "received_bytes", 0)
+	ss.stats.committed.Add(1)
+	if err := ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready | transfer.CommittedUnchanged,
+		Size: t.o.Size}); err != nil {
+		return errSessionBroken
+	}
+	return errUnchanged
 }
 
 // acceptCommitted answers an offer (not speculative) for a file already

@@ -72,6 +72,11 @@ const (
 	// partial of the name, or refuses it and skips the run's frames. The
 	// sender uses it for files of at most one chunk.
 	OfferData OfferFlags = 1 << 1
+	// OfferChecksum asks the daemon to tell an already committed file of
+	// the offered size and mtime by its BLAKE3 rather than by size and
+	// mtime alone: it answers AcceptCommitted and compares the Trailer's
+	// hash (see CommittedUnchanged for the default, rsync's quick check).
+	OfferChecksum OfferFlags = 1 << 2
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.
@@ -147,9 +152,17 @@ type Committed struct {
 // CommittedFlags describe a Committed.
 type CommittedFlags uint32
 
-// CommittedAlready says the file was already committed under the name
-// with this content; nothing was written.
-const CommittedAlready CommittedFlags = 1 << 0
+const (
+	// CommittedAlready says the file was already committed under the name
+	// with this content; nothing was written.
+	CommittedAlready CommittedFlags = 1 << 0
+	// CommittedUnchanged, with CommittedAlready, answers an Offer without
+	// OfferChecksum at once (no Accept, before any Trailer): the name holds
+	// a committed file of the offered size and mtime (rsync's quick check),
+	// which the daemon did not read. Hash is all zeros; the sender does
+	// not hash its file.
+	CommittedUnchanged CommittedFlags = 1 << 1
+)
 
 // Data opens a data run of an accepted transfer: the chunks that follow,
 // up to the Trailer with the same ID, belong to transfer ID and start at

@@ -223,6 +223,7 @@ func (f *flight) result() Result {
 		r.Hash = f.committed.Hash
 		r.AlreadyCommitted = f.committed.Flags&CommittedAlready != 0 ||
 			(f.acc != nil && f.acc.Flags&AcceptCommitted != 0 && f.sent == 0)
+		r.Unchanged = f.committed.Flags&CommittedUnchanged != 0
 		if r.AlreadyCommitted {
 			r.ResumedFrom = r.Size // the daemon had all of it
 		}
@@ -364,6 +365,9 @@ func (w *window) start(job *Job) error {
 		return nil
 	}
 	offer.ID = f.id
+	if w.c.checksum {
+		offer.Flags |= OfferChecksum
+	}
 	// A file of at most one chunk goes out with its offer, unless the
 	// daemon has lately been finding the files already committed (a send
 	// run again): then its offer goes alone, and its data only if the
@@ -748,6 +752,22 @@ func (w *window) handle(m Message) error {
 		f.rerun = m.Offset
 		w.signal()
 	case *Committed:
+		if m.Flags&CommittedUnchanged != 0 && !w.c.checksum && f.acc == nil && !f.restarted {
+			// Quick check: the daemon matched size and mtime; nothing to
+			// hash. A speculative data run still being written is dropped
+			// by the daemon.
+			if m.Size != f.job.Src.Size {
+				return fmt.Errorf("%w: unchanged at %d bytes, offered %d", ErrProtocol, m.Size, f.job.Src.Size)
+			}
+			f.committed = m
+			if f.speculative {
+				w.c.confirming = true
+			}
+			w.progress = true
+			w.report(f)
+			w.settleLocked(f, nil)
+			return nil
+		}
 		if !f.trailer || !f.hashed {
 			return fmt.Errorf("%w: committed before the trailer of transfer %d", ErrProtocol, id)
 		}

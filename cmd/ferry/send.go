@@ -40,6 +40,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, a power of two from 16KiB to 16MiB (the daemon may lower it)"),
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
+			&cli.BoolFlag{Name: "checksum", EnvVars: []string{"FERRY_CHECKSUM"}, Usage: "tell a file already on the daemon by its BLAKE3 (both sides read it), not by size and mtime"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -97,7 +98,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Network: network, Addr: addr,
 		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
-		Window:  c.Int("window"),
+		Window: c.Int("window"), Checksum: c.Bool("checksum"),
 		OnRetry: s.retrying,
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
@@ -166,7 +167,7 @@ type record struct {
 	Attempts         int     `json:"attempts"`
 	Restarted        bool    `json:"restarted"`
 	AlreadyCommitted bool    `json:"already_committed"`
-	BLAKE3           string  `json:"blake3,omitempty"`
+	BLAKE3           *string `json:"blake3,omitempty"` // "" for a file found unchanged by size and mtime, which nobody hashed
 	Seconds          float64 `json:"seconds"`
 	Status           string  `json:"status"`
 	Error            string  `json:"error,omitempty"`
@@ -302,17 +303,24 @@ func (s *sender) report(f file, rep transfer.Report, err error, took time.Durati
 		_ = s.emit(rec) // the transfer's error is the one to report
 		return fmt.Errorf("%w: %w", errReported, err)
 	}
-	rec.Status, rec.BLAKE3 = "committed", hex.EncodeToString(rep.Hash[:])
+	var b3 string
+	if !rep.Unchanged {
+		b3 = hex.EncodeToString(rep.Hash[:])
+	}
+	rec.Status, rec.BLAKE3 = "committed", &b3
 	switch {
 	case s.quiet:
+	case rep.Unchanged: // same size and mtime on the daemon: not read on either side
+		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, same size and mtime)\n",
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size))
 	case rep.AlreadyCommitted: // a notice, printed with --json too, like the resume notice
 		fmt.Fprintf(s.stderr, "ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
-			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), b3)
 	case s.json:
 	default:
 		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
 		fmt.Fprintf(s.stderr, "ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
-			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), b3)
 	}
 	return s.emit(rec)
 }

@@ -1,0 +1,133 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// countingReader counts the bytes read from a source.
+type countingReader struct {
+	r io.ReaderAt
+	n *atomic.Int64
+}
+
+func (c countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// countingStore counts the committed files the daemon opens to read.
+type countingStore struct {
+	daemon.Store
+	opened atomic.Int64
+}
+
+func (s *countingStore) OpenCommitted(name string) (daemon.CommittedFile, error) {
+	s.opened.Add(1)
+	return s.Store.OpenCommitted(name)
+}
+
+// lockedBuffer is a log sink safe for the daemon's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRerunQuickCheck (issue 9): sending a committed tree again settles
+// every file as unchanged by size and mtime alone. No chunk is sent, the
+// sender reads no more of each file than its offer's identity prefix, the
+// daemon opens no committed file, and the daemon's log has no INFO line
+// per file (the files are logged at debug level).
+func TestRerunQuickCheck(t *testing.T) {
+	var log lockedBuffer
+	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var store *countingStore
+	srv := newServerWrapped(t, t.TempDir(), daemon.Config{Logger: logger}, func(s daemon.Store) daemon.Store {
+		store = &countingStore{Store: s}
+		return store
+	})
+	// Small files (speculative, at most one chunk) and large ones.
+	small, smallData := jobs(40, 1000, "small")
+	large, largeData := jobs(4, 3*transfer.IdentityPrefix+17, "large")
+	all := append(small, large...)
+	data := append(smallData, largeData...)
+	send := func(js []*transfer.Job) {
+		t.Helper()
+		c := srv.connect(t)
+		defer c.Close()
+		unsettled, _, err := c.SendAll(context.Background(), feed(js), func(j *transfer.Job, err error) {
+			if err != nil {
+				t.Errorf("%s: %v", j.Name, err)
+			}
+		}, transfer.WindowOptions{})
+		if err != nil || len(unsettled) != 0 {
+			t.Fatalf("SendAll: %v, %d unsettled", err, len(unsettled))
+		}
+	}
+	send(all)
+	firstLog := len(log.String())
+
+	var read atomic.Int64
+	again := make([]*transfer.Job, len(all))
+	for i, j := range all {
+		src := source(data[i])
+		src.R = countingReader{r: src.R, n: &read}
+		again[i] = &transfer.Job{Name: j.Name, Src: src}
+	}
+	send(again)
+	var sent int64
+	var prefixes int64
+	for i, j := range again {
+		if !j.Last.AlreadyCommitted || !j.Last.Unchanged {
+			t.Errorf("%s: already committed %v, unchanged %v; want both", j.Name, j.Last.AlreadyCommitted, j.Last.Unchanged)
+		}
+		sent += j.Last.SentBytes
+		prefixes += min(int64(len(data[i])), transfer.IdentityPrefix)
+		srv.checkCommitted(t, j.Name, data[i], j.Last)
+	}
+	if sent != 0 {
+		t.Errorf("re-run sent %d bytes of chunk data, want 0", sent)
+	}
+	if r := read.Load(); r > prefixes {
+		t.Errorf("the sender read %d bytes of its files, want at most the identity prefixes (%d)", r, prefixes)
+	}
+	if n := store.opened.Load(); n != 0 {
+		t.Errorf("the daemon opened %d committed files to answer, want 0", n)
+	}
+	rerun := log.String()[firstLog:]
+	var info, debug int
+	for _, line := range strings.Split(rerun, "\n") {
+		switch {
+		case strings.Contains(line, "level=INFO") && strings.Contains(line, "name="):
+			info++
+			t.Errorf("INFO line for a file on a re-run: %s", line)
+		case strings.Contains(line, "level=DEBUG") && strings.Contains(line, "msg=unchanged"):
+			debug++
+		}
+	}
+	if debug != len(all) {
+		t.Errorf("%d debug lines for unchanged files, want %d", debug, len(all))
+	}
+}
