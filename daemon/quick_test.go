@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferry-dev/ferry/daemon"
 	"github.com/ferry-dev/ferry/transfer"
@@ -129,5 +130,60 @@ func TestRerunQuickCheck(t *testing.T) {
 	}
 	if debug != len(all) {
 		t.Errorf("%d debug lines for unchanged files, want %d", debug, len(all))
+	}
+}
+
+// TestQuickCheckNeedsMinor1: a sender of protocol 2.0 knows no
+// CommittedUnchanged, so it still gets AcceptCommitted (and confirms by
+// its trailer); a sender of 2.1 gets Committed{Already, Unchanged} at once,
+// with no Accept, unless it asks for OfferChecksum.
+func TestQuickCheckNeedsMinor1(t *testing.T) {
+	root := t.TempDir()
+	data := randomData(3*testChunk+5, 141)
+	srv := newServerAt(t, root, daemon.Config{})
+	srv.sendRetryBusy(t, source(data), "f")
+
+	p := srv.raw(t)
+	p.hello() // minor 0
+	p.write(msgFrame(offerFor("f", data)))
+	if acc := expect[*transfer.Accept](p); acc.Flags&transfer.AcceptCommitted == 0 {
+		t.Fatalf("2.0 sender: accept flags %b, want AcceptCommitted", acc.Flags)
+	}
+	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
+	if c := expect[*transfer.Committed](p); c.Flags != transfer.CommittedAlready || c.Hash != transfer.HashBytes(data) {
+		t.Fatalf("2.0 sender: %+v, want CommittedAlready with the file's hash", c)
+	}
+
+	for i := 0; i < 2; i++ {
+		checksum := i == 1
+		p = srv.raw(t)
+		p.write(msgFrame(&transfer.Hello{Major: transfer.ProtocolMajor, Minor: 1, ChunkSize: testChunk, Agent: "raw"}))
+		expect[*transfer.Hello](p)
+		o := offerFor("f", data)
+		if checksum {
+			o = checksumOffer(o)
+		}
+		p.write(msgFrame(o))
+		m, err := p.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if re, ok := m.(*transfer.RemoteError); ok && re.Code == transfer.CodeBusy {
+			i-- // the previous session still holds the name for a moment
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		switch m := m.(type) {
+		case *transfer.Committed:
+			if checksum || m.Flags != transfer.CommittedAlready|transfer.CommittedUnchanged || m.Size != int64(len(data)) {
+				t.Fatalf("2.1 sender, checksum %v: %+v", checksum, m)
+			}
+		case *transfer.Accept:
+			if !checksum || m.Flags&transfer.AcceptCommitted == 0 {
+				t.Fatalf("2.1 sender, checksum %v: %+v", checksum, m)
+			}
+		default:
+			t.Fatalf("2.1 sender, checksum %v: %T %+v", checksum, m, m)
+		}
 	}
 }

@@ -251,7 +251,9 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		return err
 	}
 	if exists {
-		if o.Flags&transfer.OfferChecksum == 0 {
+		// A 2.0 sender expects AcceptCommitted and sends its trailer:
+		// the quick check is for senders of minor 1 on.
+		if o.Flags&transfer.OfferChecksum == 0 && ss.peerMinor >= 1 {
 			return ss.unchanged(t)
 		}
 		t.confirm = true

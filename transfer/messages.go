@@ -15,10 +15,11 @@ type Hash [HashSize]byte
 
 // ProtocolMajor and ProtocolMinor are the protocol version this package
 // speaks. Peers with a different major version refuse each other; minor
-// versions only add optional fields and flags.
+// versions only add optional fields and flags. Minor 1 adds the quick
+// check (OfferChecksum, CommittedUnchanged).
 const (
 	ProtocolMajor = 2
-	ProtocolMinor = 0
+	ProtocolMinor = 1
 )
 
 // helloMagic opens every Hello payload, so that a stray client (HTTP, TLS)
@@ -156,11 +157,12 @@ const (
 	// CommittedAlready says the file was already committed under the name
 	// with this content; nothing was written.
 	CommittedAlready CommittedFlags = 1 << 0
-	// CommittedUnchanged, with CommittedAlready, answers an Offer without
-	// OfferChecksum at once (no Accept, before any Trailer): the name holds
-	// a committed file of the offered size and mtime (rsync's quick check),
-	// which the daemon did not read. Hash is all zeros; the sender does
-	// not hash its file.
+	// CommittedUnchanged is set, with CommittedAlready, in the answer to
+	// an Offer without OfferChecksum from a sender of minor version 1 or
+	// later, sent at once (no Accept, before any Trailer): the name holds
+	// a committed file of the offered size and mtime (rsync's quick
+	// check), which the daemon did not read. Hash is all zeros; the
+	// sender does not hash its file.
 	CommittedUnchanged CommittedFlags = 1 << 1
 )
 
