@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -186,4 +187,34 @@ func TestQuickCheckNeedsMinor1(t *testing.T) {
 			t.Fatalf("2.1 sender, checksum %v: %T %+v", checksum, m, m)
 		}
 	}
+}
+
+// TestTouchedFileConfirmedByHash: a committed file offered again with
+// another mtime but the same size (touched on the sender) fails the quick
+// check and is compared by BLAKE3 instead: the same content is confirmed
+// without data, other content is refused as exists, and the committed file
+// stays as it was.
+func TestTouchedFileConfirmedByHash(t *testing.T) {
+	data := randomData(4*testChunk+77, 151)
+	srv := newServer(t, daemon.Config{})
+	c := srv.connect(t)
+	if _, err := c.Send(context.Background(), source(data), "f", transfer.SendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	touched := source(data)
+	touched.ModTime = touched.ModTime.Add(time.Second)
+	res, err := c.Send(context.Background(), touched, "f", transfer.SendOptions{})
+	if err != nil {
+		t.Fatalf("touched file: %v, want it confirmed", err)
+	}
+	if !res.AlreadyCommitted || res.Unchanged || res.SentBytes != 0 || res.Hash != transfer.HashBytes(data) {
+		t.Errorf("touched file: %+v; want already committed by hash, no data sent", res)
+	}
+	other := randomData(len(data), 152)
+	otherSrc := source(other)
+	otherSrc.ModTime = touched.ModTime
+	if _, err := c.Send(context.Background(), otherSrc, "f", transfer.SendOptions{}); !errors.Is(err, transfer.ErrExists) {
+		t.Fatalf("touched file with other content: %v, want ErrExists", err)
+	}
+	srv.checkCommitted(t, "f", data, transfer.Result{Size: int64(len(data)), Hash: transfer.HashBytes(data)})
 }

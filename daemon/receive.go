@@ -246,14 +246,15 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	if finished {
 		t.log.Info("interrupted commit finished")
 	}
-	exists, err := ss.checkExists(o)
+	exists, sameMtime, err := ss.checkExists(o)
 	if err != nil {
 		return err
 	}
 	if exists {
 		// A 2.0 sender expects AcceptCommitted and sends its trailer:
-		// the quick check is for senders of minor 1 on.
-		if o.Flags&transfer.OfferChecksum == 0 && ss.peerMinor >= 1 {
+		// the quick check is for senders of minor 1 on. A file of the
+		// same size but another mtime (touched) is compared by hash.
+		if sameMtime && o.Flags&transfer.OfferChecksum == 0 && ss.peerMinor >= 1 {
 			return ss.unchanged(t)
 		}
 		t.confirm = true
@@ -426,7 +427,7 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 		ss.refuseTransfer(t, existsError(o.Name))
 		return
 	}
-	t.log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)
+	t.log.Debug("already committed", "resumed_from", o.Size, "received_bytes", 0) // unchanged: no INFO line per file on a re-run
 	ss.stats.committed.Add(1)
 	_ = ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready, Size: o.Size, Hash: h}) // a failed write ends the session
 }
