@@ -160,13 +160,27 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 		return false, false, err
 	}
 	if o.Flags&transfer.OfferRestart != 0 {
+		if o.Flags&transfer.OfferUpdate != 0 {
+			if _, _, err := store.Stat(o.Name); err == nil {
+				return false, false, nil // replaced, as below
+			}
+		}
 		return false, false, existsError(o.Name) // the sender's file differs from the committed one
 	}
 	size, mtime, err := store.Stat(o.Name)
-	if err != nil || size != o.Size {
+	if err != nil {
+		return false, false, existsError(o.Name) // not a regular file: never replaced
+	}
+	same := size == o.Size && mtime.UnixNano() == o.MtimeNs
+	if o.Flags&transfer.OfferUpdate != 0 && !same {
+		// --update: received as a new file, renamed over the old one
+		// at its commit (Partial.Commit).
+		return false, false, nil
+	}
+	if size != o.Size {
 		return false, false, existsError(o.Name)
 	}
-	return true, mtime.UnixNano() == o.MtimeNs, nil
+	return true, same, nil
 }
 
 // existsError refuses a name that a committed file of other content holds.

@@ -218,3 +218,70 @@ func TestTouchedFileConfirmedByHash(t *testing.T) {
 	}
 	srv.checkCommitted(t, "f", data, transfer.Result{Size: int64(len(data)), Hash: transfer.HashBytes(data)})
 }
+
+// TestUpdateReplaces (issue 9): a committed file of other content is
+// refused (ErrExists) unless the sender asks for an update; then the new
+// content is received into a partial and renamed over the old file at its
+// commit, with the new mode and mtime and no partial left. An update of a
+// file that is unchanged (same size and mtime) sends nothing.
+func TestUpdateReplaces(t *testing.T) {
+	tests := []struct {
+		name string
+		size int
+	}{
+		{"larger", 5*testChunk + 11},
+		{"smaller, one chunk", 100},
+		{"empty", 0},
+		{"same size, new mtime", 3*testChunk + 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newServer(t, daemon.Config{})
+			old := randomData(3*testChunk+7, 161)
+			srv.sendRetryBusy(t, source(old), "d/f")
+			now := randomData(tt.size, 162)
+			src := source(now)
+			src.ModTime = src.ModTime.Add(time.Hour)
+			src.Mode = 0o600
+
+			if _, err := srv.sendOpts(t, transfer.ClientOptions{ChunkSize: testChunk}, src, "d/f"); !errors.Is(err, transfer.ErrExists) {
+				t.Fatalf("without update: %v, want ErrExists", err)
+			}
+			checkUnchanged(t, srv.root, "d/f", old, "after a refused send")
+
+			update := transfer.ClientOptions{ChunkSize: testChunk, Update: true}
+			res, err := srv.sendOpts(t, update, src, "d/f")
+			if err != nil {
+				t.Fatalf("with update: %v", err)
+			}
+			if res.AlreadyCommitted || res.SentBytes != int64(len(now)) {
+				t.Errorf("update: %+v; want the new content sent", res)
+			}
+			srv.checkCommittedFrom(t, "d/f", src, now, res)
+			srv.checkNoPartials(t)
+
+			// Again: unchanged by the quick check, nothing sent.
+			res, err = srv.sendOpts(t, update, src, "d/f")
+			if err != nil || !res.Unchanged || res.SentBytes != 0 {
+				t.Fatalf("update of an unchanged file: %+v, %v; want unchanged", res, err)
+			}
+		})
+	}
+}
+
+// sendOpts sends src as name in a new session with opts, retrying while
+// the daemon says the name is busy (a previous session still holds it for
+// a moment); it returns any other outcome.
+func (s *testServer) sendOpts(t *testing.T, opts transfer.ClientOptions, src transfer.Source, name string) (transfer.Result, error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := handshakeOpts(t, s.dial(t), opts)
+		res, err := c.Send(context.Background(), src, name, transfer.SendOptions{})
+		c.Close()
+		if !errors.Is(err, transfer.ErrBusy) || time.Now().After(deadline) {
+			return res, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

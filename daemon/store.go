@@ -372,9 +372,11 @@ func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bo
 	if err != nil {
 		return nil, false, err
 	}
+	replace := o.Flags&transfer.OfferUpdate != 0
 	if found && st.sameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
 		if err == nil {
+			p.replace = replace
 			return p, false, nil
 		}
 		if !errors.Is(err, errDamaged) {
@@ -384,7 +386,11 @@ func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bo
 		}
 	}
 	p, err := s.create(key, o, chunkSize)
-	return p, found, err
+	if err != nil {
+		return nil, found, err
+	}
+	p.replace = replace
+	return p, found, nil
 }
 
 // errDamaged marks a partial that cannot be resumed and is discarded: its
@@ -547,6 +553,9 @@ type dirPartial struct {
 	directTried bool
 	st          State // durable state; written only by Sync, read by the session
 	fresh       bool  // the data file's directory entry may not be durable yet
+	// replace says the commit renames the data file over a committed file
+	// at the name (OfferUpdate) instead of linking it beside none.
+	replace bool
 }
 
 func (p *dirPartial) State() State { return p.st }
@@ -669,6 +678,18 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 		}
 		for _, d := range made {
 			dirs[parentDir(d)] = append(dirs[parentDir(d)], i)
+		}
+		if p.replace {
+			// --update: atomic, and only now that the data is durable,
+			// so that the name holds the old content or the new one.
+			// The data file leaves the partials directory; Tidy removes
+			// the state record.
+			if err := s.fs.Rename(dataPath, name); err != nil {
+				errs[i] = fmt.Errorf("renaming into place: %w", err)
+				continue
+			}
+			dirs[parentDir(name)] = append(dirs[parentDir(name)], i)
+			continue
 		}
 		if err := s.fs.Link(dataPath, name); err != nil {
 			if !errors.Is(err, os.ErrExist) {

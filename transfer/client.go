@@ -30,6 +30,10 @@ type ClientOptions struct {
 	// BLAKE3 (OfferChecksum) instead of by size and mtime: both sides then
 	// hash the file. Default false (rsync's quick check).
 	Checksum bool
+	// Update has the daemon replace a committed file of other content
+	// under the name (OfferUpdate) instead of refusing it with
+	// ErrExists. Default false.
+	Update bool
 }
 
 // RehashRate is the slowest rate, in bytes per second, at which the sender
@@ -54,6 +58,7 @@ type Client struct {
 	// first Accept of a small file that is not there clears it.
 	confirming bool
 	checksum   bool // ClientOptions.Checksum
+	update     bool // ClientOptions.Update
 	reading    atomic.Bool
 }
 
@@ -106,7 +111,7 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	if err := WriteMessage(rwc, hello); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), checksum: opts.Checksum, confirming: true}
+	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), checksum: opts.Checksum, update: opts.Update, confirming: true}
 	m, err := ReadMessage(c.r)
 	if errors.Is(err, ErrProtocol) {
 		// The first bytes are no Hello and no Refuse: whatever listens

@@ -78,6 +78,12 @@ const (
 	// mtime alone: it answers AcceptCommitted and compares the Trailer's
 	// hash (see CommittedUnchanged for the default, rsync's quick check).
 	OfferChecksum OfferFlags = 1 << 2
+	// OfferUpdate asks the daemon to replace a committed file of other
+	// content under the name instead of refusing it (CodeExists): the
+	// file is received into a partial as any other, and at its commit
+	// renamed over the old one, which stays until the new one is durable.
+	// Protocol 2.1; a 2.0 daemon ignores it and refuses.
+	OfferUpdate OfferFlags = 1 << 3
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.

@@ -60,6 +60,9 @@ type Sender struct {
 	// rather than by size and mtime (ClientOptions.Checksum). Default
 	// false.
 	Checksum bool
+	// Update has the daemon replace a committed file of other content
+	// (ClientOptions.Update). Default false.
+	Update bool
 	// MaxRestarts is how many times one Send may start a file over
 	// because the source changed (it was modified during an attempt, or
 	// differs from the one the previous attempt sent). One more change
@@ -458,7 +461,7 @@ func (s *Sender) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
 	}
-	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum})
+	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum, Update: s.Update})
 	if err != nil {
 		_ = conn.Close() // the handshake's error is the one to report
 		return fmt.Errorf("handshake with %s: %w", s.Addr, err)

@@ -41,6 +41,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "checksum", EnvVars: []string{"FERRY_CHECKSUM"}, Usage: "tell a file already on the daemon by its BLAKE3 (both sides read it), not by size and mtime"},
+			&cli.BoolFlag{Name: "update", EnvVars: []string{"FERRY_UPDATE"}, Usage: "replace a file already on the daemon with other content, atomically, instead of refusing it"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout"},
 		},
@@ -98,7 +99,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Network: network, Addr: addr,
 		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
-		Window: c.Int("window"), Checksum: c.Bool("checksum"),
+		Window: c.Int("window"), Checksum: c.Bool("checksum"), Update: c.Bool("update"),
 		OnRetry: s.retrying,
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
