@@ -682,8 +682,16 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 		if p.replace {
 			// --update: atomic, and only now that the data is durable,
 			// so that the name holds the old content or the new one.
-			// The data file leaves the partials directory; Tidy removes
-			// the state record.
+			// The state record goes first, so that no record outlives
+			// its data file; until the partials directory is synced, a
+			// crash may leave both, as after a link that was cut short
+			// (FinishCommit). The data file leaves the partials
+			// directory; Tidy syncs it.
+			_, statePath, _ := s.paths(p.key)
+			if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+				errs[i] = fmt.Errorf("removing state record: %w", err)
+				continue
+			}
 			if err := s.fs.Rename(dataPath, name); err != nil {
 				errs[i] = fmt.Errorf("renaming into place: %w", err)
 				continue
