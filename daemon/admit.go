@@ -185,6 +185,6 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 
 // existsError refuses a name that a committed file of other content holds.
 func existsError(name string) error {
-	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest, remove it, or send with --update",
 		transfer.ErrExists, transfer.QuoteName(name))
 }

@@ -363,3 +363,32 @@ func TestSendAgainIsConfirmed(t *testing.T) {
 		t.Errorf("committed BLAKE3 %s, source %s", got, want)
 	}
 }
+
+// TestSendUpdate (issue 9): a file of other content under a committed
+// name is refused (exit 3) and left alone; with --update it replaces the
+// committed file, and the daemon keeps no partial.
+func TestSendUpdate(t *testing.T) {
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "data.bin")
+	writeRandom(t, src, 2<<20+5, 21)
+	wantCode(t, runFerry(t, sendArgs(d.addr, src)...), exitOK)
+	old, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, src, 3<<20+9, 22)
+	r := runFerry(t, sendArgs(d.addr, src)...)
+	wantCode(t, r, exitRefused)
+	if !strings.Contains(r.stderr, "--update") {
+		t.Errorf("the refusal does not mention --update:\n%s", r.stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "data.bin")); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("the refused send changed the committed file (%v)", err)
+	}
+	r = runFerry(t, sendArgs(d.addr, "--update", src)...)
+	wantCode(t, r, exitOK)
+	checkCommitted(t, onlyRecord(t, r), src, filepath.Join(root, "data.bin"))
+	checkNoPartials(t, root)
+}
