@@ -6,11 +6,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-dev/ferry/daemon"
 	"github.com/ferry-dev/ferry/transfer"
@@ -283,5 +287,80 @@ func (s *testServer) sendOpts(t *testing.T, opts transfer.ClientOptions, src tra
 			return res, err
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// countingCommitted is a committed file that counts the bytes read from it; it
+// embeds the *os.File, so that the daemon still sees an OS file (xattrs).
+type countingCommitted struct {
+	*os.File
+	n *atomic.Int64
+}
+
+func (f countingCommitted) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.File.ReadAt(p, off)
+	f.n.Add(int64(n))
+	return n, err
+}
+
+// readCountingStore counts the bytes the daemon reads from committed files.
+type readCountingStore struct {
+	daemon.Store
+	read atomic.Int64
+}
+
+func (s *readCountingStore) OpenCommitted(name string) (daemon.CommittedFile, error) {
+	f, err := s.Store.OpenCommitted(name)
+	if of, ok := f.(*os.File); ok && err == nil {
+		return countingCommitted{File: of, n: &s.read}, nil
+	}
+	return f, err
+}
+
+// TestChecksumUsesStoredHash (issue 9): the daemon records each committed
+// file's BLAKE3 with its size and mtime (an extended attribute), so that
+// --checksum on an unchanged file is answered without reading its data;
+// other content of the same size and mtime is still refused. A file whose
+// record no longer matches (its mtime moved on the daemon) is re-hashed.
+func TestChecksumUsesStoredHash(t *testing.T) {
+	var store *readCountingStore
+	root := t.TempDir()
+	srv := newServerWrapped(t, root, daemon.Config{}, func(s daemon.Store) daemon.Store {
+		store = &readCountingStore{Store: s}
+		return store
+	})
+	data := randomData(6*testChunk+99, 171)
+	srv.sendRetryBusy(t, source(data), "f")
+	if n, err := unix.Getxattr(filepath.Join(root, "f"), "user.ferry.blake3", make([]byte, 64)); err != nil || n != 48 {
+		t.Skipf("no user xattr on the committed file (%d bytes, %v): the file system does not keep them", n, err)
+	}
+	checksum := transfer.ClientOptions{ChunkSize: testChunk, Checksum: true}
+	store.read.Store(0)
+	res, err := srv.sendOpts(t, checksum, source(data), "f")
+	if err != nil || !res.AlreadyCommitted || res.Unchanged || res.Hash != transfer.HashBytes(data) {
+		t.Fatalf("--checksum of the same file: %+v, %v; want confirmed by hash", res, err)
+	}
+	// The tail chunk, for the Accept, is all the daemon may read.
+	if n := store.read.Load(); n > testChunk {
+		t.Errorf("the daemon read %d bytes of the committed file to answer --checksum, want at most the tail chunk (%d)", n, testChunk)
+	}
+	other := randomData(len(data), 172)
+	if _, err := srv.sendOpts(t, checksum, source(other), "f"); !errors.Is(err, transfer.ErrExists) {
+		t.Fatalf("--checksum of other content with the same size and mtime: %v, want ErrExists", err)
+	}
+	// The record is tied to the mtime: after a change on the daemon, the
+	// file is hashed again (and, having the same content, confirmed).
+	later := testMtime.Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(root, "f"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	src := source(data)
+	src.ModTime = later
+	store.read.Store(0)
+	if _, err := srv.sendOpts(t, checksum, src, "f"); err != nil {
+		t.Fatal(err)
+	}
+	if n := store.read.Load(); n < int64(len(data)) {
+		t.Errorf("the daemon read %d bytes of a file whose record is stale, want all %d", n, len(data))
 	}
 }

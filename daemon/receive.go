@@ -417,8 +417,13 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 		return
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	// The one case where the daemon re-reads a whole file, in parallel.
-	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	// The BLAKE3 recorded at its commit, if it still describes the file;
+	// otherwise the one case where the daemon re-reads a whole file, in
+	// parallel.
+	h, ok := storedHash(f, o.Size, o.MtimeNs)
+	if !ok {
+		h, err = transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	}
 	if err != nil {
 		ss.refuseTransfer(t, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return

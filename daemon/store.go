@@ -556,7 +556,13 @@ type dirPartial struct {
 	// replace says the commit renames the data file over a committed file
 	// at the name (OfferUpdate) instead of linking it beside none.
 	replace bool
+	hash    transfer.Hash // the whole file's BLAKE3, once SetHash was called
+	hashed  bool
 }
+
+// SetHash gives the partial its verified whole-file BLAKE3, which the
+// commit records with the file (setStoredHash).
+func (p *dirPartial) SetHash(h transfer.Hash) { p.hash, p.hashed = h, true }
 
 func (p *dirPartial) State() State { return p.st }
 
@@ -651,6 +657,9 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 		if err := s.fs.Chtimes(dataPath, mtime, mtime); err != nil {
 			errs[i] = fmt.Errorf("setting mtime: %w", err)
 			continue
+		}
+		if p.hashed {
+			setStoredHash(p.f, p.hash, p.st.Size, p.st.MtimeNs) // durable with the data's fsync below
 		}
 		files = append(files, p.f)
 		idx = append(idx, i)

@@ -27,8 +27,10 @@ type ClientOptions struct {
 	// deadlines.
 	Timeout time.Duration
 	// Checksum has the daemon tell an already committed file by its
-	// BLAKE3 (OfferChecksum) instead of by size and mtime: both sides then
-	// hash the file. Default false (rsync's quick check).
+	// BLAKE3 (OfferChecksum) instead of by size and mtime: the sender
+	// hashes its file, the daemon answers from the hash it recorded at
+	// the commit or re-hashes its file. Default false (rsync's quick
+	// check).
 	Checksum bool
 	// Update has the daemon replace a committed file of other content
 	// under the name (OfferUpdate) instead of refusing it with
