@@ -56,9 +56,16 @@ type Client struct {
 	lastID    uint32 // the last transfer ID used in this session
 	// confirming is set while the daemon answers small files with
 	// "already committed": their offers then go without data. A session
-	// starts with it set, so that a re-run sends no data at all; the
-	// first Accept of a small file that is not there clears it.
+	// starts with it set, so that a re-run sends no data at all. The
+	// first Accept of a small file that is not there clears it, unless
+	// the daemon already answered some file of this session "already
+	// committed" (sawAlready): then it stays set for the session, so that
+	// the holes a cut run left in a tree do not send the committed files
+	// after them again (the daemon's answers lag the offers by a round
+	// trip and the data in flight). Offers without data cost a pipelined
+	// round trip, not one per file.
 	confirming bool
+	sawAlready bool
 	checksum   bool // ClientOptions.Checksum
 	update     bool // ClientOptions.Update
 	reading    atomic.Bool

@@ -345,6 +345,18 @@ func (w *window) settleLocked(f *flight, err error) {
 	w.signal()
 }
 
+// sawSmall notes whether the daemon already had a file (of at most one
+// chunk, or any file answered as already committed); see
+// Client.confirming. Called with w.mu held.
+func (c *Client) sawSmall(already bool) {
+	switch {
+	case already:
+		c.confirming, c.sawAlready = true, true
+	case !c.sawAlready:
+		c.confirming = false
+	}
+}
+
 // start offers job: with its data at once when it fits in one chunk,
 // otherwise alone, to be streamed once accepted.
 func (w *window) start(job *Job) error {
@@ -722,7 +734,7 @@ func (w *window) handle(m Message) error {
 			f.restarted, f.progress.Restarted = true, true
 		}
 		if f.job.Src.Size <= int64(w.c.chunkSize) {
-			w.c.confirming = m.Flags&AcceptCommitted != 0
+			w.c.sawSmall(m.Flags&AcceptCommitted != 0)
 		}
 		f.acc = m
 		w.ready = append(w.ready, f)
@@ -763,9 +775,7 @@ func (w *window) handle(m Message) error {
 				return fmt.Errorf("%w: unchanged at %d bytes, offered %d", ErrProtocol, m.Size, f.job.Src.Size)
 			}
 			f.committed = m
-			if f.speculative {
-				w.c.confirming = true
-			}
+			w.c.sawSmall(true)
 			w.progress = true
 			w.report(f)
 			w.settleLocked(f, nil)
@@ -780,8 +790,8 @@ func (w *window) handle(m Message) error {
 			return nil
 		}
 		f.committed = m
-		if f.speculative && m.Flags&CommittedAlready != 0 {
-			w.c.confirming = true
+		if m.Flags&CommittedAlready != 0 {
+			w.c.sawSmall(true)
 		}
 		w.progress = true
 		f.progress.DurableOffset = m.Size
