@@ -148,28 +148,44 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 
 // checkExists refuses an offer whose name is taken by something that is
 // not this very file. It reports exists=true when a committed file of the
-// offer's size and mtime holds the name: likely this file, committed by an
-// earlier session whose Committed never reached the sender (a crash or cut
-// right after the commit), or a send run again. confirmCommitted then
-// proves it by hash instead of refusing.
-func (ss *session) checkExists(o *transfer.Offer) (exists bool, err error) {
+// offer's size holds the name: likely this file, committed by an earlier
+// session whose Committed never reached the sender (a crash or cut right
+// after the commit), a send run again, or the same content touched on the
+// sender. sameMtime says its mtime matches too (rsync's quick check: taken
+// as unchanged without reading it); otherwise confirmCommitted proves it by
+// hash instead of refusing.
+func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err error) {
 	store := ss.srv.cfg.Store
 	taken, err := store.Exists(o.Name)
 	if err != nil || !taken {
-		return false, err
+		return false, false, err
 	}
 	if o.Flags&transfer.OfferRestart != 0 {
-		return false, existsError(o.Name) // the sender's file differs from the committed one
+		if o.Flags&transfer.OfferUpdate != 0 {
+			if _, _, err := store.Stat(o.Name); err == nil {
+				return false, false, nil // replaced, as below
+			}
+		}
+		return false, false, existsError(o.Name) // the sender's file differs from the committed one
 	}
 	size, mtime, err := store.Stat(o.Name)
-	if err != nil || size != o.Size || mtime.UnixNano() != o.MtimeNs {
-		return false, existsError(o.Name)
+	if err != nil {
+		return false, false, existsError(o.Name) // not a regular file: never replaced
 	}
-	return true, nil
+	same := size == o.Size && mtime.UnixNano() == o.MtimeNs
+	if o.Flags&transfer.OfferUpdate != 0 && !same {
+		// --update: received as a new file, renamed over the old one
+		// at its commit (Partial.Commit).
+		return false, false, nil
+	}
+	if size != o.Size {
+		return false, false, existsError(o.Name)
+	}
+	return true, same, nil
 }
 
 // existsError refuses a name that a committed file of other content holds.
 func existsError(name string) error {
-	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest or remove it",
+	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest, remove it, or send with --update",
 		transfer.ErrExists, transfer.QuoteName(name))
 }

@@ -96,6 +96,9 @@ func (c *committer) commit(group []*rxTransfer) {
 	ps := make([]Partial, len(group))
 	for i, t := range group {
 		ps[i] = t.p
+		if hp, ok := t.p.(interface{ SetHash(transfer.Hash) }); ok {
+			hp.SetHash(t.hash)
+		}
 	}
 	start := time.Now()
 	errs := store.CommitGroup(ps)

@@ -55,17 +55,20 @@ type crashCase struct {
 	size      int   // file size in bytes
 	syncBytes int64 // Config.SyncBytes
 	remote    string
+	// replace puts a committed file of other content at remote, durable,
+	// before the sweep, and sends with ClientOptions.Update (--update).
+	replace bool
 }
 
 var crashCases = []crashCase{
-	{"16KiB chunks, fsync every chunk", 16 << 10, 8*(16<<10) + 1000, 16 << 10, "crash/a.bin"},
-	{"16KiB chunks, fsync every 2", 16 << 10, 12*(16<<10) + 77, 32 << 10, "b.bin"},
-	{"64KiB chunks, fsync every 3", 64 << 10, 16 * (64 << 10), 3 * (64 << 10), "deep/er/c.bin"},
+	{"16KiB chunks, fsync every chunk", 16 << 10, 8*(16<<10) + 1000, 16 << 10, "crash/a.bin", false},
+	{"16KiB chunks, fsync every 2", 16 << 10, 12*(16<<10) + 77, 32 << 10, "b.bin", false},
+	{"64KiB chunks, fsync every 3", 64 << 10, 16 * (64 << 10), 3 * (64 << 10), "deep/er/c.bin", false},
 }
 
 var crashLongCases = []crashCase{
-	{"16KiB chunks, fsync every 5, 40 chunks", 16 << 10, 40*(16<<10) + 5, 5 * (16 << 10), "x/y/z/d.bin"},
-	{"16KiB chunks, fsync every chunk, 16 chunks", 16 << 10, 16 * (16 << 10), 1, "e.bin"},
+	{"16KiB chunks, fsync every 5, 40 chunks", 16 << 10, 40*(16<<10) + 5, 5 * (16 << 10), "x/y/z/d.bin", false},
+	{"16KiB chunks, fsync every chunk, 16 chunks", 16 << 10, 16 * (16 << 10), 1, "e.bin", false},
 }
 
 var crashPartials = path.Join(transfer.ReservedDir, "partials")
@@ -78,14 +81,41 @@ type crashMachine struct {
 	data   []byte
 	src    transfer.Source
 	canary bool
+	old    []byte // the content replace installed at remote, or nil
 }
 
 func newCrashMachine(cc crashCase, canary bool) *crashMachine {
 	data := randomData(cc.size, byte(cc.size))
-	return &crashMachine{
+	m := &crashMachine{
 		fs: crashfs.New(), cc: cc, data: data, canary: canary,
 		src: transfer.Source{R: bytes.NewReader(data), Size: int64(len(data)), Mode: 0o640, ModTime: testMtime, Inode: 42},
 	}
+	if cc.replace {
+		m.old = randomData(cc.size/2+3, byte(cc.size)+1)
+		if err := m.install(m.old); err != nil {
+			panic(fmt.Sprintf("installing the old file: %v", err))
+		}
+	}
+	return m
+}
+
+// install puts content at the machine's remote name (top level), durable,
+// as an earlier commit would have.
+func (m *crashMachine) install(content []byte) error {
+	f, err := m.fs.OpenFile(m.cc.remote, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(content, 0); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return m.fs.SyncDir(".")
 }
 
 // with returns a machine like m on another file system.
@@ -131,7 +161,7 @@ func (m *crashMachine) send(srv *daemon.Server) crashAttempt {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var a crashAttempt
-	cl, err := transfer.Handshake(ctx, c, transfer.ClientOptions{ChunkSize: m.cc.chunk, Agent: "crash-test"})
+	cl, err := transfer.Handshake(ctx, c, transfer.ClientOptions{ChunkSize: m.cc.chunk, Agent: "crash-test", Checksum: true, Update: m.cc.replace})
 	if err != nil {
 		a.err = err
 		return a
@@ -212,8 +242,13 @@ func (m *crashMachine) inspect() (durableView, []string) {
 	got, err := m.fs.ReadFile(m.cc.remote)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if m.old != nil {
+			badf("%s is gone: neither the old content nor the new one is in place", m.cc.remote)
+		}
 	case err != nil:
 		badf("reading %s: %v", m.cc.remote, err)
+	case m.old != nil && bytes.Equal(got, m.old):
+		// --update: the old content stays until the new one is durable.
 	case !bytes.Equal(got, m.data):
 		badf("%s is in place with %d wrong bytes (first difference at offset %d of %d)", m.cc.remote, len(got), firstDiff(got, m.data), len(m.data))
 	default:
@@ -437,4 +472,22 @@ func TestPowerLossSweepCanary(t *testing.T) {
 		t.Fatalf("the sweep found no lost commit without the directory fsync; violations: %q", rep.violations)
 	}
 	t.Logf("canary: %d crash points lost a file the sender was told is committed", lost)
+}
+
+// TestPowerLossSweepReplace runs the power-loss sweep on --update: the
+// name holds a committed file of other content, which the transfer
+// replaces. At every crash point the name holds the old content or the
+// new one, complete, never a mix or nothing, and the recovery ends with
+// the new content.
+func TestPowerLossSweepReplace(t *testing.T) {
+	cc := crashCase{"replace, 16KiB chunks, fsync every 2", 16 << 10, 6*(16<<10) + 77, 32 << 10, "r.bin", true}
+	rep := crashSweep(t, cc, false, true)
+	rep.log(t, cc.name)
+	for i, v := range rep.violations {
+		if i == 20 {
+			t.Errorf("… and %d more", len(rep.violations)-i)
+			break
+		}
+		t.Error(v)
+	}
 }

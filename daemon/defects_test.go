@@ -225,7 +225,7 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 
 	p := srv.raw(t)
 	p.hello()
-	p.write(msgFrame(offerFor("f", data)))
+	p.write(msgFrame(checksumOffer(offerFor("f", data))))
 	expect[*transfer.Accept](p)
 	p.write(msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.Hash{1}})) // wrong
 	expect[*transfer.RemoteError](p)
@@ -238,7 +238,7 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	for {
 		p = srv.raw(t)
 		p.hello()
-		p.write(msgFrame(offerFor("f", data)))
+		p.write(msgFrame(checksumOffer(offerFor("f", data))))
 		m, err := p.read()
 		if err != nil {
 			t.Fatal(err)
@@ -476,4 +476,12 @@ func TestMinRateDropsTrickler(t *testing.T) {
 		t.Errorf("the dropped transfer resumed from %d, want its verified chunk (%d)", res.ResumedFrom, testChunk)
 	}
 	srv.checkCommitted(t, "slow", slow, res)
+}
+
+// checksumOffer sets OfferChecksum on o: the daemon then confirms an
+// already committed file by hash (AcceptCommitted and the trailer)
+// instead of by size and mtime alone.
+func checksumOffer(o *transfer.Offer) *transfer.Offer {
+	o.Flags |= transfer.OfferChecksum
+	return o
 }

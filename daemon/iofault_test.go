@@ -291,7 +291,7 @@ func TestIOFaultDurableOffsetOfferedIsDurable(t *testing.T) {
 	c, d := net.Pipe()
 	defer c.Close()
 	srv.ServeConn(d)
-	cl, err := transfer.Handshake(context.Background(), c, transfer.ClientOptions{ChunkSize: iofCase.chunk})
+	cl, err := transfer.Handshake(context.Background(), c, transfer.ClientOptions{ChunkSize: iofCase.chunk, Checksum: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -190,7 +190,9 @@ func (ss *session) offer(o *transfer.Offer) error {
 		if errors.Is(err, errSessionBroken) {
 			return nil // the write failed; the next read ends the session
 		}
-		ss.refuseTransfer(t, err)
+		if !errors.Is(err, errUnchanged) {
+			ss.refuseTransfer(t, err)
+		}
 		ss.settled(t)
 		t.skip = true
 		return nil
@@ -201,6 +203,10 @@ func (ss *session) offer(o *transfer.Offer) error {
 	}
 	return nil
 }
+
+// errUnchanged says the offer was answered Committed{CommittedUnchanged}:
+// nothing more to do for it (a speculative run's frames are skipped).
+var errUnchanged = errors.New("unchanged")
 
 // errSessionBroken says an answer could not be written: the connection is
 // closed, and the receive loop ends at its next read.
@@ -241,11 +247,17 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	if finished {
 		t.log.Info("interrupted commit finished")
 	}
-	exists, err := ss.checkExists(o)
+	exists, sameMtime, err := ss.checkExists(o)
 	if err != nil {
 		return err
 	}
 	if exists {
+		// A 2.0 sender expects AcceptCommitted and sends its trailer:
+		// the quick check is for senders of minor 1 on. A file of the
+		// same size but another mtime (touched) is compared by hash.
+		if sameMtime && o.Flags&transfer.OfferChecksum == 0 && ss.peerMinor >= 1 {
+			return ss.unchanged(t)
+		}
 		t.confirm = true
 		if speculative {
 			return nil // its chunks are dropped; its trailer is compared
@@ -295,6 +307,22 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		return errSessionBroken
 	}
 	return nil
+}
+
+// unchanged answers an offer without OfferChecksum for a file already
+// committed under its name with the offered size and mtime (rsync's quick
+// check): Committed{CommittedAlready|CommittedUnchanged} at once, without
+// reading the file. The daemon applied the sender's mtime at the commit,
+// so a retry after a commit whose Committed was lost matches too. Logged
+// at debug level only: a re-run of a large tree logs no line per file.
+func (ss *session) unchanged(t *rxTransfer) error {
+	t.log.Debug("unchanged", "received_bytes", 0)
+	ss.stats.committed.Add(1)
+	if err := ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready | transfer.CommittedUnchanged,
+		Size: t.o.Size}); err != nil {
+		return errSessionBroken
+	}
+	return errUnchanged
 }
 
 // acceptCommitted answers an offer (not speculative) for a file already
@@ -397,8 +425,13 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 		return
 	}
 	defer f.Close() //nolint:errcheck // opened read-only
-	// The one case where the daemon re-reads a whole file, in parallel.
-	h, err := transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	// The BLAKE3 recorded at its commit, if it still describes the file;
+	// otherwise the one case where the daemon re-reads a whole file, in
+	// parallel.
+	h, ok := storedHash(f, o.Size, o.MtimeNs)
+	if !ok {
+		h, err = transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	}
 	if err != nil {
 		ss.refuseTransfer(t, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
 		return
@@ -407,7 +440,7 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 		ss.refuseTransfer(t, existsError(o.Name))
 		return
 	}
-	t.log.Info("already committed", "resumed_from", o.Size, "received_bytes", 0)
+	t.log.Debug("already committed", "resumed_from", o.Size, "received_bytes", 0) // unchanged: no INFO line per file on a re-run
 	ss.stats.committed.Add(1)
 	ss.srv.met.ended(outcomeUnchanged)
 	_ = ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready, Size: o.Size, Hash: h}) // a failed write ends the session

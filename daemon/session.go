@@ -30,6 +30,7 @@ type session struct {
 	wmu  sync.Mutex // serialises frames written to conn
 
 	chunkSize int
+	peerMinor uint16 // the sender's protocol minor version, from its Hello
 	buf       []byte // one chunk frame, from the server's pool during a transfer
 
 	intMu       sync.Mutex
@@ -176,6 +177,7 @@ func (ss *session) handshake() error {
 	// subtree, and a multiple of DirectAlign, so that every chunk but a
 	// file's last can be written with direct I/O.
 	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
+	ss.peerMinor = h.Minor
 	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,

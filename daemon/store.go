@@ -372,9 +372,11 @@ func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bo
 	if err != nil {
 		return nil, false, err
 	}
+	replace := o.Flags&transfer.OfferUpdate != 0
 	if found && st.sameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
 		if err == nil {
+			p.replace = replace
 			return p, false, nil
 		}
 		if !errors.Is(err, errDamaged) {
@@ -384,7 +386,11 @@ func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bo
 		}
 	}
 	p, err := s.create(key, o, chunkSize)
-	return p, found, err
+	if err != nil {
+		return nil, found, err
+	}
+	p.replace = replace
+	return p, found, nil
 }
 
 // errDamaged marks a partial that cannot be resumed and is discarded: its
@@ -547,7 +553,16 @@ type dirPartial struct {
 	directTried bool
 	st          State // durable state; written only by Sync, read by the session
 	fresh       bool  // the data file's directory entry may not be durable yet
+	// replace says the commit renames the data file over a committed file
+	// at the name (OfferUpdate) instead of linking it beside none.
+	replace bool
+	hash    transfer.Hash // the whole file's BLAKE3, once SetHash was called
+	hashed  bool
 }
+
+// SetHash gives the partial its verified whole-file BLAKE3, which the
+// commit records with the file (setStoredHash).
+func (p *dirPartial) SetHash(h transfer.Hash) { p.hash, p.hashed = h, true }
 
 func (p *dirPartial) State() State { return p.st }
 
@@ -646,6 +661,9 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 			errs[i] = fmt.Errorf("setting mtime: %w", err)
 			continue
 		}
+		if p.hashed {
+			setStoredHash(p.f, p.hash, p.st.Size, p.st.MtimeNs) // durable with the data's fsync below
+		}
 		files = append(files, p.f)
 		idx = append(idx, i)
 	}
@@ -672,6 +690,26 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 		}
 		for _, d := range made {
 			dirs[parentDir(d)] = append(dirs[parentDir(d)], i)
+		}
+		if p.replace {
+			// --update: atomic, and only now that the data is durable,
+			// so that the name holds the old content or the new one.
+			// The state record goes first, so that no record outlives
+			// its data file; until the partials directory is synced, a
+			// crash may leave both, as after a link that was cut short
+			// (FinishCommit). The data file leaves the partials
+			// directory; Tidy syncs it.
+			_, statePath, _ := s.paths(p.key)
+			if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+				errs[i] = fmt.Errorf("removing state record: %w", err)
+				continue
+			}
+			if err := s.fs.Rename(dataPath, name); err != nil {
+				errs[i] = fmt.Errorf("renaming into place: %w", err)
+				continue
+			}
+			dirs[parentDir(name)] = append(dirs[parentDir(name)], i)
+			continue
 		}
 		if err := s.fs.Link(dataPath, name); err != nil {
 			if !errors.Is(err, os.ErrExist) {

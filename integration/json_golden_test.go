@@ -51,6 +51,7 @@ func TestJSONRecordsGolden(t *testing.T) {
 	}{
 		{"fresh tree", []string{"send", "--to", d.addr, "--json", tree}},
 		{"same tree again", []string{"send", "--to", d.addr, "--json", tree}},
+		{"same tree again, --checksum", []string{"send", "--to", d.addr, "--json", "--checksum", tree}},
 		{"taken name", []string{"send", "--to", d.addr, "--json", "--dest", "tree", filepath.Join(other, "a.txt")}},
 	}
 	var got strings.Builder

@@ -61,9 +61,13 @@ func TestTreeOutcomes(t *testing.T) {
 			t.Errorf("%s: status %q, want %q", name, rec.Status, status)
 		}
 		switch status {
-		case "committed", "unchanged":
+		case "committed":
 			if rec.Reason != "" || rec.fields["reason"] || rec.BLAKE3 == "" {
 				t.Errorf("%s: reason %q, blake3 %q; want no reason and a hash", name, rec.Reason, rec.BLAKE3)
+			}
+		case "unchanged": // found by size and mtime (the quick check): nobody hashed it
+			if rec.Reason != "" || rec.fields["reason"] || !rec.fields["blake3"] {
+				t.Errorf("%s: reason %q, blake3 present %v; want no reason and the key", name, rec.Reason, rec.fields["blake3"])
 			}
 		default:
 			if rec.Reason == "" || rec.Error != rec.Reason {

@@ -322,9 +322,11 @@ func runIn(t *testing.T, dir, stdin, name string, args ...string) string {
 	return string(out)
 }
 
-// TestSendAgainIsConfirmed runs the same ferry send twice. The second run
-// finds the file committed, proves it by BLAKE3 without sending data, and
-// exits 0, as a retry must when the first run's Committed was lost.
+// TestSendAgainIsConfirmed runs the same ferry send twice, then once more
+// with --checksum. The second run finds the file committed by size and
+// mtime (quick check), the third proves it by BLAKE3; neither sends data,
+// and both exit 0, as a retry must when the first run's Committed was
+// lost.
 func TestSendAgainIsConfirmed(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root)
@@ -344,11 +346,49 @@ func TestSendAgainIsConfirmed(t *testing.T) {
 	if !strings.Contains(r.stderr, "already on the daemon") {
 		t.Errorf("no notice that the file was already there:\n%s", r.stderr)
 	}
+	if !rec.AlreadyCommitted || rec.BLAKE3 != "" {
+		t.Errorf("second run: already_committed %v blake3 %q; want true and none (not hashed)", rec.AlreadyCommitted, rec.BLAKE3)
+	}
+	r = runFerry(t, sendArgs(d.addr, "--checksum", src)...)
+	wantCode(t, r, exitOK)
+	rec = onlyRecord(t, r)
+	if rec.Status != "unchanged" || !rec.AlreadyCommitted || rec.SentBytes != 0 || rec.BLAKE3 != ferryHash(t, src) {
+		t.Errorf("--checksum run: %+v; want unchanged, already, 0 bytes sent, the source's blake3", rec)
+	}
 	after, err := os.Stat(filepath.Join(root, "data.bin"))
 	if err != nil || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
-		t.Errorf("committed file replaced or touched by the second run: %v", err)
+		t.Errorf("committed file replaced or touched by a later run: %v", err)
 	}
 	if got, want := ferryHash(t, filepath.Join(root, "data.bin")), ferryHash(t, src); got != want {
 		t.Errorf("committed BLAKE3 %s, source %s", got, want)
 	}
+}
+
+// TestSendUpdate (issue 9): a file of other content under a committed
+// name is refused (exit 3) and left alone; with --update it replaces the
+// committed file, and the daemon keeps no partial.
+func TestSendUpdate(t *testing.T) {
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "data.bin")
+	writeRandom(t, src, 2<<20+5, 21)
+	wantCode(t, runFerry(t, sendArgs(d.addr, src)...), exitOK)
+	old, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, src, 3<<20+9, 22)
+	r := runFerry(t, sendArgs(d.addr, src)...)
+	wantCode(t, r, exitRefused)
+	if !strings.Contains(r.stderr, "--update") {
+		t.Errorf("the refusal does not mention --update:\n%s", r.stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "data.bin")); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("the refused send changed the committed file (%v)", err)
+	}
+	r = runFerry(t, sendArgs(d.addr, "--update", src)...)
+	wantCode(t, r, exitOK)
+	checkCommitted(t, onlyRecord(t, r), src, filepath.Join(root, "data.bin"))
+	checkNoPartials(t, root)
 }

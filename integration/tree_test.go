@@ -78,7 +78,7 @@ func checkTree(t *testing.T, src, root string, names []string, recs []record) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("%s: committed %d bytes, want %d (%v)", n, len(got), len(want), err)
 		}
-		if h := hashes[filepath.Join(src, n)]; rec.BLAKE3 != h {
+		if h := hashes[filepath.Join(src, n)]; rec.BLAKE3 != h && (rec.BLAKE3 != "" || !rec.AlreadyCommitted) {
 			t.Fatalf("%s: record blake3 %s, ferry hash %s", n, rec.BLAKE3, h)
 		}
 	}
@@ -206,5 +206,52 @@ func TestTreeOverLongLink(t *testing.T) {
 	t.Logf("200 files over a %v round trip in %v: %.1f round trips (process start included)", rtt, elapsed.Round(time.Millisecond), float64(elapsed)/float64(rtt))
 	if elapsed > 40*rtt {
 		t.Fatalf("200 files took %v, more than 40 round trips of %v", elapsed, rtt)
+	}
+}
+
+// TestTreeRerunSendsNothing (issue 9) sends a tree, then the same tree
+// again: the re-run finds every file unchanged by size and mtime (rsync's
+// quick check), sends no data (the records' sent_bytes sum to 0, blake3
+// empty: nobody hashed them), exits 0, and ferryd logs no INFO line per
+// file, only the session's. A touched file (same content, new mtime) is
+// confirmed by hash on the next run, still without data.
+func TestTreeRerunSendsNothing(t *testing.T) {
+	slow(t)
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	src := t.TempDir()
+	tree, names := writeTree(t, src, 500, 4096, 8<<20)
+	wantCode(t, runFerry(t, sendArgs(d.addr, tree)...), exitOK)
+	mark := len(d.log.snapshot())
+	start := time.Now()
+	r := runFerry(t, sendArgs(d.addr, tree)...)
+	t.Logf("re-run of %d files in %v", len(names), time.Since(start).Round(time.Millisecond))
+	wantCode(t, r, exitOK)
+	recs := parseRecords(t, r.stdout)
+	checkTree(t, src, root, names, recs)
+	var sent int64
+	for _, rec := range recs {
+		sent += rec.SentBytes
+		if !rec.AlreadyCommitted || rec.BLAKE3 != "" || !rec.fields["blake3"] {
+			t.Errorf("%s: already_committed %v blake3 %q; want true and \"\"", rec.Remote, rec.AlreadyCommitted, rec.BLAKE3)
+		}
+	}
+	if sent != 0 {
+		t.Errorf("the re-run sent %d bytes of data, want 0", sent)
+	}
+	for _, l := range d.lines(mark, "level=INFO", "name=") {
+		t.Errorf("INFO line for a file on a re-run: %s", l)
+	}
+
+	touched := filepath.Join(src, names[0])
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(touched, later, later); err != nil {
+		t.Fatal(err)
+	}
+	r = runFerry(t, sendArgs(d.addr, "--dest", filepath.ToSlash(filepath.Dir(names[0])), touched)...)
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if !rec.AlreadyCommitted || rec.SentBytes != 0 || rec.BLAKE3 != ferryHash(t, touched) {
+		t.Errorf("touched file: %+v; want confirmed by hash, no data sent", rec)
 	}
 }

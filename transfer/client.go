@@ -26,6 +26,16 @@ type ClientOptions struct {
 	// must re-read data to hash it (see RehashRate). Zero means no
 	// deadlines.
 	Timeout time.Duration
+	// Checksum has the daemon tell an already committed file by its
+	// BLAKE3 (OfferChecksum) instead of by size and mtime: the sender
+	// hashes its file, the daemon answers from the hash it recorded at
+	// the commit or re-hashes its file. Default false (rsync's quick
+	// check).
+	Checksum bool
+	// Update has the daemon replace a committed file of other content
+	// under the name (OfferUpdate) instead of refusing it with
+	// ErrExists. Default false.
+	Update bool
 }
 
 // RehashRate is the slowest rate, in bytes per second, at which the sender
@@ -45,8 +55,19 @@ type Client struct {
 	broken    error  // set once the session can carry no more transfers
 	lastID    uint32 // the last transfer ID used in this session
 	// confirming is set while the daemon answers small files with
-	// "already committed": their offers then go without data.
+	// "already committed": their offers then go without data. A session
+	// starts with it set, so that a re-run sends no data at all. The
+	// first Accept of a small file that is not there clears it, unless
+	// the daemon already answered some file of this session "already
+	// committed" (sawAlready): then it stays set for the session, so that
+	// the holes a cut run left in a tree do not send the committed files
+	// after them again (the daemon's answers lag the offers by a round
+	// trip and the data in flight). Offers without data cost a pipelined
+	// round trip, not one per file.
 	confirming bool
+	sawAlready bool
+	checksum   bool // ClientOptions.Checksum
+	update     bool // ClientOptions.Update
 	reading    atomic.Bool
 }
 
@@ -99,7 +120,7 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	if err := WriteMessage(rwc, hello); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10)}
+	c := &Client{rwc: rwc, r: bufio.NewReaderSize(rwc, 64<<10), checksum: opts.Checksum, update: opts.Update, confirming: true}
 	m, err := ReadMessage(c.r)
 	if errors.Is(err, ErrProtocol) {
 		// The first bytes are no Hello and no Refuse: whatever listens
@@ -169,7 +190,11 @@ type Result struct {
 	// name (AcceptCommitted) and confirmed it by its BLAKE3: no chunk was
 	// sent.
 	AlreadyCommitted bool
-	Hash             Hash // whole-file BLAKE3, as b3sum prints it
+	// Unchanged, with AlreadyCommitted, says the daemon found a committed
+	// file of the same size and mtime (CommittedUnchanged) and neither
+	// side hashed it: Hash is all zeros.
+	Unchanged bool
+	Hash      Hash // whole-file BLAKE3, as b3sum prints it; zero when Unchanged
 
 	accepted bool // the daemon accepted the offer: DurableOffset is known
 }

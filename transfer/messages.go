@@ -15,10 +15,11 @@ type Hash [HashSize]byte
 
 // ProtocolMajor and ProtocolMinor are the protocol version this package
 // speaks. Peers with a different major version refuse each other; minor
-// versions only add optional fields and flags.
+// versions only add optional fields and flags. Minor 1 adds the quick
+// check (OfferChecksum, CommittedUnchanged).
 const (
 	ProtocolMajor = 2
-	ProtocolMinor = 0
+	ProtocolMinor = 1
 )
 
 // helloMagic opens every Hello payload, so that a stray client (HTTP, TLS)
@@ -72,6 +73,17 @@ const (
 	// partial of the name, or refuses it and skips the run's frames. The
 	// sender uses it for files of at most one chunk.
 	OfferData OfferFlags = 1 << 1
+	// OfferChecksum asks the daemon to tell an already committed file of
+	// the offered size and mtime by its BLAKE3 rather than by size and
+	// mtime alone: it answers AcceptCommitted and compares the Trailer's
+	// hash (see CommittedUnchanged for the default, rsync's quick check).
+	OfferChecksum OfferFlags = 1 << 2
+	// OfferUpdate asks the daemon to replace a committed file of other
+	// content under the name instead of refusing it (CodeExists): the
+	// file is received into a partial as any other, and at its commit
+	// renamed over the old one, which stays until the new one is durable.
+	// Protocol 2.1; a 2.0 daemon ignores it and refuses.
+	OfferUpdate OfferFlags = 1 << 3
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.
@@ -147,9 +159,18 @@ type Committed struct {
 // CommittedFlags describe a Committed.
 type CommittedFlags uint32
 
-// CommittedAlready says the file was already committed under the name
-// with this content; nothing was written.
-const CommittedAlready CommittedFlags = 1 << 0
+const (
+	// CommittedAlready says the file was already committed under the name
+	// with this content; nothing was written.
+	CommittedAlready CommittedFlags = 1 << 0
+	// CommittedUnchanged is set, with CommittedAlready, in the answer to
+	// an Offer without OfferChecksum from a sender of minor version 1 or
+	// later, sent at once (no Accept, before any Trailer): the name holds
+	// a committed file of the offered size and mtime (rsync's quick
+	// check), which the daemon did not read. Hash is all zeros; the
+	// sender does not hash its file.
+	CommittedUnchanged CommittedFlags = 1 << 1
+)
 
 // Data opens a data run of an accepted transfer: the chunks that follow,
 // up to the Trailer with the same ID, belong to transfer ID and start at

@@ -56,6 +56,13 @@ type Sender struct {
 	// this often; see ClientOptions.Timeout for the wait for Committed).
 	// Defaults to DefaultTimeout (60s).
 	Timeout time.Duration
+	// Checksum has the daemon tell an already committed file by BLAKE3
+	// rather than by size and mtime (ClientOptions.Checksum). Default
+	// false.
+	Checksum bool
+	// Update has the daemon replace a committed file of other content
+	// (ClientOptions.Update). Default false.
+	Update bool
 	// MaxRestarts is how many times one Send may start a file over
 	// because the source changed (it was modified during an attempt, or
 	// differs from the one the previous attempt sent). One more change
@@ -117,7 +124,10 @@ type Report struct {
 	// AlreadyCommitted says the daemon already held this file under the
 	// name and confirmed it by BLAKE3; no data was sent.
 	AlreadyCommitted bool
-	Hash             Hash // whole-file BLAKE3, set when Send returns nil
+	// Unchanged, with AlreadyCommitted, says the daemon matched the file
+	// by size and mtime alone (rsync's quick check): Hash is all zeros.
+	Unchanged bool
+	Hash      Hash // whole-file BLAKE3, set when Send returns nil (zero when Unchanged)
 }
 
 // Send sends f until the daemon commits it, retrying as the Sender's
@@ -303,7 +313,7 @@ func (s *Sender) SendAll(ctx context.Context, next func() (File, bool), done fun
 				_ = p.fh.Close() // opened read-only
 				p.fh = nil
 			}
-			p.rep.AlreadyCommitted, p.rep.Hash = j.Last.AlreadyCommitted, j.Last.Hash
+			p.rep.AlreadyCommitted, p.rep.Unchanged, p.rep.Hash = j.Last.AlreadyCommitted, j.Last.Unchanged, j.Last.Hash
 			finish(p, nil)
 			return
 		}
@@ -451,7 +461,7 @@ func (s *Sender) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
 	}
-	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout})
+	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum, Update: s.Update})
 	if err != nil {
 		_ = conn.Close() // the handshake's error is the one to report
 		return fmt.Errorf("handshake with %s: %w", s.Addr, err)

@@ -223,6 +223,7 @@ func (f *flight) result() Result {
 		r.Hash = f.committed.Hash
 		r.AlreadyCommitted = f.committed.Flags&CommittedAlready != 0 ||
 			(f.acc != nil && f.acc.Flags&AcceptCommitted != 0 && f.sent == 0)
+		r.Unchanged = f.committed.Flags&CommittedUnchanged != 0
 		if r.AlreadyCommitted {
 			r.ResumedFrom = r.Size // the daemon had all of it
 		}
@@ -344,6 +345,18 @@ func (w *window) settleLocked(f *flight, err error) {
 	w.signal()
 }
 
+// sawSmall notes whether the daemon already had a file (of at most one
+// chunk, or any file answered as already committed); see
+// Client.confirming. Called with w.mu held.
+func (c *Client) sawSmall(already bool) {
+	switch {
+	case already:
+		c.confirming, c.sawAlready = true, true
+	case !c.sawAlready:
+		c.confirming = false
+	}
+}
+
 // start offers job: with its data at once when it fits in one chunk,
 // otherwise alone, to be streamed once accepted.
 func (w *window) start(job *Job) error {
@@ -364,6 +377,12 @@ func (w *window) start(job *Job) error {
 		return nil
 	}
 	offer.ID = f.id
+	if w.c.checksum {
+		offer.Flags |= OfferChecksum
+	}
+	if w.c.update {
+		offer.Flags |= OfferUpdate
+	}
 	// A file of at most one chunk goes out with its offer, unless the
 	// daemon has lately been finding the files already committed (a send
 	// run again): then its offer goes alone, and its data only if the
@@ -715,7 +734,7 @@ func (w *window) handle(m Message) error {
 			f.restarted, f.progress.Restarted = true, true
 		}
 		if f.job.Src.Size <= int64(w.c.chunkSize) {
-			w.c.confirming = m.Flags&AcceptCommitted != 0
+			w.c.sawSmall(m.Flags&AcceptCommitted != 0)
 		}
 		f.acc = m
 		w.ready = append(w.ready, f)
@@ -748,6 +767,20 @@ func (w *window) handle(m Message) error {
 		f.rerun = m.Offset
 		w.signal()
 	case *Committed:
+		if m.Flags&CommittedUnchanged != 0 && !w.c.checksum && f.acc == nil && !f.restarted {
+			// Quick check: the daemon matched size and mtime; nothing to
+			// hash. A speculative data run still being written is dropped
+			// by the daemon.
+			if m.Size != f.job.Src.Size {
+				return fmt.Errorf("%w: unchanged at %d bytes, offered %d", ErrProtocol, m.Size, f.job.Src.Size)
+			}
+			f.committed = m
+			w.c.sawSmall(true)
+			w.progress = true
+			w.report(f)
+			w.settleLocked(f, nil)
+			return nil
+		}
 		if !f.trailer || !f.hashed {
 			return fmt.Errorf("%w: committed before the trailer of transfer %d", ErrProtocol, id)
 		}
@@ -757,8 +790,8 @@ func (w *window) handle(m Message) error {
 			return nil
 		}
 		f.committed = m
-		if f.speculative && m.Flags&CommittedAlready != 0 {
-			w.c.confirming = true
+		if m.Flags&CommittedAlready != 0 {
+			w.c.sawSmall(true)
 		}
 		w.progress = true
 		f.progress.DurableOffset = m.Size

@@ -40,6 +40,8 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			sizeflag.Flag("chunk-size", transfer.DefaultChunkSize, "FERRY_CHUNK_SIZE", "chunk `SIZE` to propose, a power of two from 16KiB to 16MiB (the daemon may lower it)"),
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
+			&cli.BoolFlag{Name: "checksum", EnvVars: []string{"FERRY_CHECKSUM"}, Usage: "tell a file already on the daemon by its BLAKE3 (read and hashed here), not by size and mtime"},
+			&cli.BoolFlag{Name: "update", EnvVars: []string{"FERRY_UPDATE"}, Usage: "replace a file already on the daemon with other content, atomically, instead of refusing it"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"FERRY_VERBOSE"}, Usage: "print a line per file with its outcome"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout as it settles, then a summary object"},
@@ -99,7 +101,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Network: network, Addr: addr,
 		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
-		Window:  c.Int("window"),
+		Window: c.Int("window"), Checksum: c.Bool("checksum"), Update: c.Bool("update"),
 		OnRetry: s.retrying,
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
@@ -168,7 +170,7 @@ type record struct {
 	Attempts         int     `json:"attempts"`
 	Restarted        bool    `json:"restarted"`
 	AlreadyCommitted bool    `json:"already_committed"`
-	BLAKE3           string  `json:"blake3,omitempty"`
+	BLAKE3           *string `json:"blake3,omitempty"` // "" for a file found unchanged by size and mtime, which nobody hashed
 	Seconds          float64 `json:"seconds"`
 	// Status is the file's outcome: statusCommitted, statusUnchanged,
 	// statusSkipped, statusRefused or statusFailed.
@@ -430,17 +432,24 @@ func (s *sender) report(f file, rep transfer.Report, err error, took time.Durati
 		_ = s.emit(rec) // the transfer's error is the one to report
 		return rec, fmt.Errorf("%w: %w", errReported, err)
 	}
-	rec.BLAKE3 = hex.EncodeToString(rep.Hash[:])
+	var b3 string
+	if !rep.Unchanged {
+		b3 = hex.EncodeToString(rep.Hash[:])
+	}
+	rec.BLAKE3 = &b3
 	switch {
 	case s.quiet:
+	case rep.Unchanged && (s.single || s.verbose): // same size and mtime on the daemon: not read on either side
+		s.printf("ferry: %s is already on the daemon as %s, unchanged (%s, same size and mtime)\n",
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size))
 	case rep.AlreadyCommitted && (s.single || s.verbose): // a notice, printed with --json too, like the resume notice
 		s.printf("ferry: %s is already on the daemon as %s, unchanged (%s, blake3 %s)\n",
-			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), b3)
 	case rep.AlreadyCommitted:
 	case s.verbose, s.single && !s.json:
 		rate := float64(rep.Size-rep.ResumedFrom) / max(rec.Seconds, 1e-9)
 		s.printf("ferry: sent %s → %s: %s in %.1fs (%s/s) blake3 %s\n",
-			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), rec.BLAKE3)
+			escapeName(f.local), transfer.QuoteName(f.remote), human(rep.Size), rec.Seconds, human(int64(rate)), b3)
 	}
 	return rec, s.emit(rec)
 }
