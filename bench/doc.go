@@ -153,5 +153,7 @@
 // loopback socket, with a CPU profile to bench/out/cpu.prof. Sender and
 // daemon share the process there, much as they share the two cores in the
 // benchmark. Read it with `go tool pprof -top bin/ferrybench
-// bench/out/cpu.prof`.
+// bench/out/cpu.prof`. With -trace FILE it also writes an execution trace
+// of the transfer, which shows where each side's goroutines wait (`go tool
+// trace FILE`: goroutine analysis, network and syscall blocking).
 package main

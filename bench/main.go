@@ -90,6 +90,7 @@ type config struct {
 	profile     bool
 	profileSize size
 	cpuProfile  string
+	execTrace   string
 
 	restart     bool
 	restartSize size
@@ -128,6 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.profile, "profile", false, "instead of the benchmark, profile one in-process transfer")
 	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
+	fs.StringVar(&cfg.execTrace, "trace", "", "execution trace written by -profile (go tool trace), none if empty")
 	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
 	var restartSize string
 	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")

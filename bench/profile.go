@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 	"time"
 
@@ -43,12 +44,19 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	stopTrace, err := startTrace(cfg.execTrace)
+	if err != nil {
+		return err
+	}
 	before := selfCPU()
 	start := time.Now()
 	res, err := sendInProcess(ctx, addr, src.path)
 	wall := time.Since(start)
 	cpu := selfCPU() - before
 	pprof.StopCPUProfile()
+	if terr := stopTrace(); err == nil {
+		err = terr
+	}
 	if cerr := prof.Close(); err == nil {
 		err = cerr
 	}
@@ -121,6 +129,23 @@ func sendInProcess(ctx context.Context, addr, path string) (transfer.Result, err
 	}
 	defer c.Close() //nolint:errcheck // Send has reported the result
 	return c.Send(ctx, src, filepath.Base(path), transfer.SendOptions{})
+}
+
+// startTrace starts the execution tracer writing to path, if path is
+// set, and returns the function that stops it and closes the file.
+func startTrace(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		_ = f.Close() // the error above is the one to report
+		return nil, err
+	}
+	return func() error { trace.Stop(); return f.Close() }, nil
 }
 
 func startCPUProfile(path string) (*os.File, error) {

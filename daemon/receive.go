@@ -46,13 +46,21 @@ func (ss *session) serve() error {
 	ss.transfers = make(map[uint32]*rxTransfer)
 	ss.byKey = make(map[string]*rxTransfer)
 	ss.commits = newCommitter(ss)
-	// The chunk buffer is held while the session runs. Its data part is
-	// aligned for direct I/O (the slack pays for that).
+	// The chunk buffers are held while the session runs. Their data
+	// parts are aligned for direct I/O (the slack pays for that). There
+	// are writeDepth of them, so that one is written while the next is
+	// read (chunkWriter); control frames use the first, once the writer
+	// is drained.
 	n := transfer.ChunkHeaderSize + ss.chunkSize
 	pool := ss.srv.pool(n + DirectAlign)
-	buf := pool.Get()
-	at := alignedAt(*buf, transfer.ChunkHeaderSize)
-	ss.buf = (*buf)[at : at+n : at+n]
+	ss.bufs = make([][]byte, writeDepth)
+	for i := range ss.bufs {
+		buf := pool.Get()
+		defer pool.Put(buf)
+		at := alignedAt(*buf, transfer.ChunkHeaderSize)
+		ss.bufs[i] = (*buf)[at : at+n : at+n]
+	}
+	ss.buf = ss.bufs[0]
 	stopWatch := ss.watchRate(func() bool { return ss.receiving.Load() > 0 })
 	err := ss.loop()
 	stopWatch()
@@ -70,8 +78,10 @@ func (ss *session) serve() error {
 		ss.dropTransfer(t, err)
 	}
 	ss.commits.close()
-	ss.buf = nil
-	pool.Put(buf)
+	if ss.writing != nil { // not reached: the transfer it writes for was open
+		_ = ss.writing.stopWriter()
+	}
+	ss.buf, ss.bufs = nil, nil
 	return err
 }
 
@@ -91,14 +101,26 @@ func (ss *session) loop() error {
 		}
 		switch h.Type {
 		case transfer.FrameChunk:
+			rx := ss.writer()
+			buf := ss.buf
+			if rx != nil {
+				buf = rx.w.buffer()
+			}
 			var c transfer.Chunk
-			if err := transfer.ReadChunk(ss.r, h, ss.buf, &c); err != nil {
+			if err := transfer.ReadChunk(ss.r, h, buf, &c); err != nil {
+				if rx != nil {
+					rx.w.release(buf)
+				}
 				return ss.readFailed(noEOF(err))
 			}
-			if err := ss.chunk(&c); err != nil {
+			if err := ss.chunk(&c, rx, buf); err != nil {
 				return err
 			}
 		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer:
+			// The data run's chunks are written before a control frame
+			// is read into ss.buf, and before a trailer is checked, a
+			// transfer dropped or a partial opened again.
+			ss.stopWriting()
 			m, err := ss.readControl(h)
 			if err != nil {
 				return err
@@ -135,8 +157,46 @@ func (ss *session) readControl(h transfer.FrameHeader) (transfer.Message, error)
 	return m, nil
 }
 
-// chunk hands a chunk to the transfer of the current data run.
-func (ss *session) chunk(c *transfer.Chunk) error {
+// writer returns the receiver of the current data run with its writer
+// started, or nil when the run's chunks are not written (none, refused,
+// or an already committed file).
+func (ss *session) writer() *receiver {
+	t := ss.cur
+	if t == nil || t.skip || t.confirm || t.rx == nil {
+		return nil
+	}
+	rx := t.rx
+	if ss.writing != rx {
+		ss.stopWriting() // not reached: ss.cur changes only at control frames
+		rx.w = newChunkWriter(rx.p, rx.sync, rx.point(), ss.bufs)
+		ss.writing = rx
+	}
+	return rx
+}
+
+// stopWriting waits until the chunks of the current data run are written
+// and ends its writer. A failed write fails its transfer, and the rest of
+// its run is dropped; the session goes on.
+func (ss *session) stopWriting() {
+	rx := ss.writing
+	if rx == nil {
+		return
+	}
+	if err := rx.stopWriter(); err != nil {
+		t := rx.t
+		err = storageError("writing chunk", err)
+		cur := ss.cur == t
+		ss.refuseTransfer(t, err)
+		ss.dropTransfer(t, err)
+		if cur {
+			ss.cur = &rxTransfer{id: t.id, skip: true}
+		}
+	}
+}
+
+// chunk hands a chunk, read into buf, to the transfer of the current data
+// run. rx is what writer returned: buf is its writer's, and goes back to it.
+func (ss *session) chunk(c *transfer.Chunk, rx *receiver, buf []byte) error {
 	t := ss.cur
 	if t == nil {
 		err := fmt.Errorf("%w: chunk outside a data run", transfer.ErrProtocol)
@@ -144,9 +204,12 @@ func (ss *session) chunk(c *transfer.Chunk) error {
 		return err
 	}
 	if t.skip || t.confirm || t.rx.awaiting && c.Offset != t.rx.next {
+		if rx != nil {
+			rx.w.release(buf)
+		}
 		return nil // refused, already committed, or in flight before the sender saw a nack
 	}
-	err := t.rx.chunk(c)
+	err := t.rx.chunk(c, buf)
 	switch {
 	case err == nil:
 		return nil
@@ -527,10 +590,14 @@ type receiver struct {
 	o           *transfer.Offer
 	stack       transfer.MergeStack // of the chunks in [0, next): the whole-file hash
 	sync        *syncer
-	next        int64 // offset of the next chunk expected
-	awaiting    bool  // a chunk was nacked; skip chunks until a data run from next
-	bad         int   // chunks that failed verification
-	received    int64 // chunk data bytes read from the wire
+	w           *chunkWriter // writes verified chunks behind the reads during a data run; nil between runs
+	written     syncPoint    // every chunk up to here was written, once w is stopped
+	werr        error        // the first failed write
+	asked       int64        // offset of the last sync point handed to w
+	next        int64        // offset of the next chunk expected
+	awaiting    bool         // a chunk was nacked; skip chunks until a data run from next
+	bad         int          // chunks that failed verification
+	received    int64        // chunk data bytes read from the wire
 	resumedFrom int64
 	lastSync    time.Time
 
@@ -544,7 +611,8 @@ func newReceiver(ss *session, t *rxTransfer) *receiver {
 	// prefix: no byte of it is read again (croc#1029 waited hours for a
 	// re-read).
 	rx := &receiver{ss: ss, t: t, p: p, o: t.o, stack: st.Stack, next: st.DurableOffset,
-		resumedFrom: st.DurableOffset, lastSync: time.Now()}
+		asked: st.DurableOffset, resumedFrom: st.DurableOffset, lastSync: time.Now()}
+	rx.written = rx.point()
 	rx.sync = newSyncer(p, rx.point(), rx.ack)
 	rx.sync.met = ss.srv.met
 	return rx
@@ -553,13 +621,36 @@ func newReceiver(ss *session, t *rxTransfer) *receiver {
 // point returns the sync point of the chunks received so far.
 func (rx *receiver) point() syncPoint { return syncPoint{offset: rx.next, stack: rx.stack} }
 
-// stop ends the transfer's background work: its syncer, after a last
-// flush of the verified data.
+// stopWriter waits until every queued chunk is written and ends the
+// writer of the data run, if one runs. It returns the first write error
+// of the transfer; only the data before it is ever made durable.
+func (rx *receiver) stopWriter() error {
+	if rx.w != nil {
+		written, err := rx.w.stop()
+		rx.w = nil
+		if rx.ss.writing == rx {
+			rx.ss.writing = nil
+		}
+		rx.written = written
+		if rx.werr == nil {
+			rx.werr = err
+		}
+	}
+	return rx.werr
+}
+
+// stop ends the transfer's background work: its writer, then its syncer,
+// after a last flush of the data written.
 func (rx *receiver) stop() {
 	// The sender may have stopped reading, so an ack could block this
 	// flush until the write deadline: no more acks.
 	rx.failed.Store(true)
-	if ferr := rx.sync.flush(rx.point()); ferr != nil {
+	// Only what was written may become durable: after a failed write
+	// the verified chunks behind it were not.
+	if err := rx.stopWriter(); err != nil {
+		rx.ss.log.Error("writing chunk", "err", err)
+	}
+	if ferr := rx.sync.flush(rx.written); ferr != nil {
 		rx.ss.log.Error("fsync after interruption", "err", ferr)
 	}
 	_ = rx.sync.stop() // reported by the flush
@@ -577,9 +668,16 @@ func (rx *receiver) ack(d int64) {
 	}
 }
 
-// chunk verifies one chunk and writes it. A chunk that fails verification
-// is never written: the sender is told to resend from its offset.
-func (rx *receiver) chunk(c *transfer.Chunk) error {
+// chunk verifies one chunk, read into buf, and queues it to be written;
+// buf goes back to rx.w either way. A chunk that fails verification is
+// never written: the sender is told to resend from its offset.
+func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
+	queued := false
+	defer func() {
+		if !queued {
+			rx.w.release(buf)
+		}
+	}()
 	n := int64(len(c.Data))
 	rx.received += n
 	rx.ss.srv.met.received(n)
@@ -602,7 +700,7 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 		}
 		return nil
 	}
-	if err := rx.p.WriteAt(c.Data, c.Offset); err != nil {
+	if err := rx.w.failed(); err != nil {
 		return storageError("writing chunk", err)
 	}
 	if err := rx.sync.failed(); err != nil {
@@ -612,23 +710,33 @@ func (rx *receiver) chunk(c *transfer.Chunk) error {
 		return fmt.Errorf("%w: %v", transfer.ErrInternal, err)
 	}
 	rx.next += n
-	// The bytes now occupy disk, so free space reflects them: stop
-	// promising them too.
+	// The bytes are about to occupy disk, so free space reflects them:
+	// stop promising them too.
 	rx.t.res.consume(n)
+	j := writeJob{buf: buf, data: c.Data, off: c.Offset, pt: rx.point()}
 	cfg := &rx.ss.srv.cfg
 	// A file that arrives whole in one run needs no state record: the
 	// group commit makes it durable. Only a longer transfer syncs on
-	// its way, so that a cut resumes.
-	if rx.next < rx.o.Size && (rx.next-rx.sync.requested() >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval) {
-		rx.sync.request(rx.point())
+	// its way, so that a cut resumes. The writer hands the sync point to
+	// the syncer once the chunk is written.
+	if rx.next < rx.o.Size && (rx.next-rx.asked >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval) {
+		j.sync = true
+		rx.asked = rx.next
 		rx.lastSync = time.Now()
 	}
+	queued = true
+	rx.w.write(j)
 	return nil
 }
 
 // finish checks the whole-file hash at the trailer. On a mismatch the
 // partial's durable offset is reset to 0, so the next attempt starts over.
 func (rx *receiver) finish(t *transfer.Trailer) error {
+	// The session stopped the writer before it read the trailer: every
+	// chunk is in the partial before the group commit's fsync.
+	if err := rx.stopWriter(); err != nil {
+		return storageError("writing chunk", err)
+	}
 	if err := rx.sync.stop(); err != nil {
 		return storageError("fsync", err)
 	}

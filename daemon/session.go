@@ -18,7 +18,8 @@ import (
 )
 
 // session is one connection: a Hello, then any number of transfers one
-// after another. Its goroutine reads frames and writes verified chunks; a
+// after another. Its goroutine reads frames and verifies chunks; a writer
+// goroutine writes the chunks of the current data run (chunkWriter) and a
 // syncer goroutine per transfer fsyncs and acknowledges.
 type session struct {
 	srv  *Server
@@ -30,8 +31,10 @@ type session struct {
 	wmu  sync.Mutex // serialises frames written to conn
 
 	chunkSize int
-	peerMinor uint16 // the sender's protocol minor version, from its Hello
-	buf       []byte // one chunk frame, from the server's pool during a transfer
+	peerMinor uint16    // the sender's protocol minor version, from its Hello
+	buf       []byte    // one chunk frame, from the server's pool during a transfer; bufs[0]
+	bufs      [][]byte  // the chunk buffers a writer cycles through (writeDepth of them)
+	writing   *receiver // the receiver whose writer holds bufs, or nil
 
 	intMu       sync.Mutex
 	interrupted bool

@@ -100,13 +100,6 @@ func (s *syncer) flush(pt syncPoint) error {
 	return s.err
 }
 
-// requested returns the newest offset asked for.
-func (s *syncer) requested() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.want.offset
-}
-
 // durable returns the last offset made durable.
 func (s *syncer) durable() int64 {
 	s.mu.Lock()

@@ -170,6 +170,16 @@ func HashWorkers(chunkSize int) int {
 	return max(1, min(runtime.GOMAXPROCS(0), 8, (64<<20)/max(chunkSize, 1)))
 }
 
+// SendHashWorkers returns how many goroutines a sender hashes the chunks
+// it sends on: half of HashWorkers, at least 1. The sender's main
+// goroutine writes to the socket while they hash, and on loopback the
+// daemon's reads and verification share the same cores; one worker on 2
+// cores already hashes several GB/s, faster than the daemon verifies,
+// so a second only takes a core from the daemon (issue 10's bench).
+func SendHashWorkers(chunkSize int) int {
+	return max(1, HashWorkers(chunkSize)/2)
+}
+
 // HashAt returns the BLAKE3 hash, the value b3sum prints, of the first size
 // bytes of r, built from chunk chaining values of chunkSize bytes hashed on
 // workers goroutines (HashChunks) and merged with a MergeStack. Errors are

@@ -569,14 +569,15 @@ func (w *window) writeChunk(f *flight, c *Chunk) error {
 // session's failure ends a data run early.
 var errCut = errors.New("data run cut short")
 
-// stream sends f's chunks from off, hashed on HashWorkers goroutines ahead
-// of the socket (HashChunks), with at most HashWorkers+1 chunk buffers. It
+// stream sends f's chunks from off, hashed on SendHashWorkers goroutines
+// ahead of the socket (HashChunks), with at most SendHashWorkers+1 chunk
+// buffers. It
 // reports cut when a nack for f, f's settlement or the session's failure
 // ended it early.
 func (w *window) stream(f *flight, off int64) (cut bool, err error) {
 	src := f.job.Src
 	var werr error // the session's: writing to the daemon failed
-	err = HashChunks(w.ctx, sourceReader{src}, off, src.Size, f.chunkSize, HashWorkers(f.chunkSize), func(o int64, data []byte, cv CV) error {
+	err = HashChunks(w.ctx, sourceReader{src}, off, src.Size, f.chunkSize, SendHashWorkers(f.chunkSize), func(o int64, data []byte, cv CV) error {
 		f.whole.push(o, int64(len(data)), cv)
 		if err := w.writeChunk(f, &Chunk{Offset: o, Hash: Hash(cv), Data: data}); err != nil {
 			werr = err

@@ -1,0 +1,116 @@
+package daemon
+
+import (
+	"sync"
+)
+
+// writeDepth is how many chunk buffers a transfer cycles through: one
+// being written to the partial while the session reads and verifies the
+// next. More buffers only add memory: the network and the disk run at
+// steady rates, so one chunk of slack hides each from the other.
+const writeDepth = 2
+
+// writeJob is one verified chunk on its way to the partial.
+type writeJob struct {
+	buf  []byte    // the chunk buffer, handed back once written
+	data []byte    // the chunk's data, within buf
+	off  int64     // offset of data in the file
+	pt   syncPoint // the sync point that holds once data is written
+	sync bool      // ask the syncer for pt once data is written
+}
+
+// chunkWriter writes verified chunks to a partial on its own goroutine,
+// in order, so that the session reads and verifies the next chunk while
+// the disk takes this one (on an O_DIRECT write the session would
+// otherwise wait for the device). A sync point reaches the syncer only
+// after every byte it covers was written, so the durable offset still
+// moves only over written, fsync'ed data. Once a write fails, later
+// chunks are not written and failed reports the error.
+type chunkWriter struct {
+	p    Partial
+	sync *syncer
+	jobs chan writeJob
+	free chan []byte // buffers not being written
+	n    int         // buffers in all
+	done chan struct{}
+
+	mu      sync.Mutex
+	err     error
+	written syncPoint // every chunk up to here was written
+}
+
+// newChunkWriter starts a writer for p with the given chunk buffers;
+// written is the point at which p's data ends now. stop must be called.
+func newChunkWriter(p Partial, s *syncer, written syncPoint, bufs [][]byte) *chunkWriter {
+	w := &chunkWriter{p: p, sync: s, jobs: make(chan writeJob, len(bufs)), free: make(chan []byte, len(bufs)),
+		n: len(bufs), done: make(chan struct{}), written: written}
+	for _, b := range bufs {
+		w.free <- b
+	}
+	go w.loop()
+	return w
+}
+
+func (w *chunkWriter) loop() {
+	defer close(w.done)
+	for j := range w.jobs {
+		if w.failed() == nil {
+			err := w.p.WriteAt(j.data, j.off)
+			w.mu.Lock()
+			if err != nil {
+				w.err = err
+			} else {
+				w.written = j.pt
+			}
+			w.mu.Unlock()
+			if err == nil && j.sync {
+				w.sync.request(j.pt)
+			}
+		}
+		w.free <- j.buf
+	}
+}
+
+// buffer returns a chunk buffer to read the next chunk into, waiting for
+// a write in progress when every buffer is taken.
+func (w *chunkWriter) buffer() []byte { return <-w.free }
+
+// release returns a buffer that buffer handed out and that is not to be
+// written.
+func (w *chunkWriter) release(b []byte) { w.free <- b }
+
+// write queues a verified chunk; j.buf goes back to the free buffers once
+// it is written.
+func (w *chunkWriter) write(j writeJob) { w.jobs <- j }
+
+// drain waits until every queued chunk is written (or skipped after a
+// failure) and returns the point up to which all were written and the
+// first write error.
+func (w *chunkWriter) drain() (syncPoint, error) {
+	bufs := make([][]byte, 0, w.n)
+	for range w.n {
+		bufs = append(bufs, <-w.free)
+	}
+	for _, b := range bufs {
+		w.free <- b
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.written, w.err
+}
+
+// failed returns the error of a failed write, if any.
+func (w *chunkWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// stop drains the writer and ends its goroutine; it returns what drain
+// returns. The writer is not used after stop.
+func (w *chunkWriter) stop() (syncPoint, error) {
+	pt, err := w.drain()
+	close(w.jobs)
+	<-w.done
+	return pt, err
+}

@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/ferry-dev/ferry/transfer"
+)
+
+// gatedPartial is a Partial whose writes wait for a gate and whose syncs
+// are recorded, to watch the order chunkWriter keeps.
+type gatedPartial struct {
+	Partial // nil: only WriteAt and Sync are called
+	gate    chan error
+
+	mu     sync.Mutex
+	writes []int64
+	syncs  []int64
+}
+
+func (p *gatedPartial) WriteAt(b []byte, off int64) error {
+	if err := <-p.gate; err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.writes = append(p.writes, off)
+	return nil
+}
+
+func (p *gatedPartial) Sync(stack *transfer.MergeStack) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.syncs = append(p.syncs, stack.Offset())
+	return nil
+}
+
+func (p *gatedPartial) recorded() (writes, syncs []int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]int64(nil), p.writes...), append([]int64(nil), p.syncs...)
+}
+
+// pointAt returns a sync point whose merge stack covers n chunks of cs bytes.
+func pointAt(t *testing.T, cs, n int) syncPoint {
+	t.Helper()
+	s, err := transfer.NewMergeStack(cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if err := s.Push(transfer.CV{}, int64(cs)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return syncPoint{offset: s.Offset(), stack: *s}
+}
+
+// TestChunkWriterSyncsOnlyWrittenData: a sync point reaches the syncer
+// only once every chunk it covers is written, so the durable offset never
+// runs ahead of the data (DESIGN.md, durability).
+func TestChunkWriterSyncsOnlyWrittenData(t *testing.T) {
+	const cs = 16 << 10
+	p := &gatedPartial{gate: make(chan error)}
+	start := pointAt(t, cs, 0)
+	s := newSyncer(p, start, func(int64) {})
+	bufs := [][]byte{make([]byte, cs), make([]byte, cs)}
+	w := newChunkWriter(p, s, start, bufs)
+
+	b := w.buffer()
+	w.write(writeJob{buf: b, data: b, off: 0, pt: pointAt(t, cs, 1)})
+	b = w.buffer() // the second buffer: free while the first is written
+	w.write(writeJob{buf: b, data: b, off: cs, pt: pointAt(t, cs, 2), sync: true})
+	if _, syncs := p.recorded(); len(syncs) != 0 {
+		t.Fatalf("synced %v before any chunk was written", syncs)
+	}
+	p.gate <- nil // first chunk
+	if _, syncs := p.recorded(); len(syncs) != 0 {
+		t.Fatalf("synced %v before the chunk its point covers was written", syncs)
+	}
+	p.gate <- nil // second chunk
+	written, err := w.stop()
+	if err != nil || written.offset != 2*cs {
+		t.Fatalf("stop = %d, %v; want %d, nil", written.offset, err, 2*cs)
+	}
+	if err := s.flush(written); err != nil {
+		t.Fatal(err)
+	}
+	writes, syncs := p.recorded()
+	if len(writes) != 2 || writes[0] != 0 || writes[1] != cs {
+		t.Errorf("writes at %v, want [0 %d]", writes, cs)
+	}
+	if len(syncs) == 0 || syncs[len(syncs)-1] != 2*cs {
+		t.Errorf("syncs at %v, want the last at %d", syncs, 2*cs)
+	}
+}
+
+// TestChunkWriterStopsAtFailedWrite: after a failed write no later chunk
+// is written, and the written point stays before the failed chunk, so
+// the session makes durable only what reached the file.
+func TestChunkWriterStopsAtFailedWrite(t *testing.T) {
+	const cs = 16 << 10
+	p := &gatedPartial{gate: make(chan error, 2)}
+	start := pointAt(t, cs, 1)
+	s := newSyncer(p, start, func(int64) {})
+	w := newChunkWriter(p, s, start, [][]byte{make([]byte, cs), make([]byte, cs)})
+
+	broken := errors.New("disk on fire")
+	p.gate <- broken
+	p.gate <- nil
+	b := w.buffer()
+	w.write(writeJob{buf: b, data: b, off: cs, pt: pointAt(t, cs, 2), sync: true})
+	b = w.buffer()
+	w.write(writeJob{buf: b, data: b, off: 2 * cs, pt: pointAt(t, cs, 3), sync: true})
+	written, err := w.stop()
+	if !errors.Is(err, broken) || written.offset != cs {
+		t.Fatalf("stop = %d, %v; want %d, %v", written.offset, err, cs, broken)
+	}
+	if !errors.Is(w.failed(), broken) {
+		t.Errorf("failed = %v, want %v", w.failed(), broken)
+	}
+	if writes, syncs := p.recorded(); len(writes) != 0 || len(syncs) != 0 {
+		t.Errorf("after a failed write: writes %v, syncs %v; want none", writes, syncs)
+	}
+}
