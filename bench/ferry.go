@@ -112,7 +112,7 @@ func (b *bench) ferrySenders(ctx context.Context, j job, to, logs string) (usage
 // checkRecord checks that the daemon committed exactly the source.
 func checkRecord(out []byte, src source) error {
 	var rec sendRecord
-	if err := json.Unmarshal(out, &rec); err != nil {
+	if err := json.Unmarshal(firstLine(out), &rec); err != nil { // a summary object follows
 		return fmt.Errorf("ferry send --json output %q: %w", out, err)
 	}
 	if rec.Status != "committed" || rec.Size != src.size.bytes || rec.BLAKE3 != src.blake3 {

@@ -194,6 +194,7 @@ func (b *bench) treeMeasure(ctx context.Context, r int, tool string, src treeSou
 
 // treeRecord is the part of a `ferry send --json` line a tree run checks.
 type treeRecord struct {
+	Summary   bool   `json:"summary"` // the run's summary object, after the files' records
 	Size      int64  `json:"size"`
 	SentBytes int64  `json:"sent_bytes"`
 	Status    string `json:"status"`
@@ -241,7 +242,10 @@ func (b *bench) runFerryTree(ctx context.Context, src treeSource, root, logs str
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			return treeSample{}, fmt.Errorf("ferry send --json line %q: %w", sc.Bytes(), err)
 		}
-		if rec.Status != "committed" {
+		if rec.Summary {
+			continue
+		}
+		if rec.Status != "committed" && rec.Status != "unchanged" {
 			return treeSample{}, fmt.Errorf("ferry send: a file %s: %s", rec.Status, rec.Error)
 		}
 		s.files++

@@ -220,7 +220,9 @@ func report(waitErr error, stdout string) error {
 		Status      string `json:"status"`
 		Error       string `json:"error"`
 	}
-	if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &rec); err != nil {
+	// The file's record is the first line; a summary object follows it.
+	first, _, _ := strings.Cut(strings.TrimSpace(stdout), "\n")
+	if err := json.Unmarshal([]byte(first), &rec); err != nil {
 		return fmt.Errorf("sender exited (%w) without a --json record: %q", waitErr, stdout)
 	}
 	if waitErr != nil || rec.Status != "committed" {
