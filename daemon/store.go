@@ -846,26 +846,16 @@ func mkdirsNoSync(fs FS, dir string, perm os.FileMode, made *[]string) error {
 // mkdirs creates dir and its missing parents one at a time, fsyncing each
 // new directory's parent so that the entry survives a crash.
 func mkdirs(fs FS, dir string, perm os.FileMode) error {
-	if dir == "." || dir == "" {
-		return nil
+	var made []string
+	if err := mkdirsNoSync(fs, dir, perm, &made); err != nil {
+		return err
 	}
-	fi, err := fs.Lstat(dir)
-	if err == nil {
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory", transfer.QuoteName(dir))
+	for _, d := range made { // parents first, as mkdirsNoSync made them
+		if err := fs.SyncDir(parentDir(d)); err != nil {
+			return err
 		}
-		return nil
 	}
-	if !isNotExist(err) {
-		return err
-	}
-	if err := mkdirs(fs, parentDir(dir), perm); err != nil {
-		return err
-	}
-	if err := fs.Mkdir(dir, perm); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	return fs.SyncDir(parentDir(dir))
+	return nil
 }
 
 // PartialBytes returns the bytes held by partials: the sizes of their
