@@ -207,15 +207,22 @@ func (s *Server) Restart() {
 	}
 }
 
-// Client returns a minio-go client for the gateway (path-style, plain HTTP).
-func (s *Server) Client(t testing.TB) *minio.Client {
-	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{
+// Options returns minio-go client options for the gateway: its root
+// credentials, path-style bucket names, plain HTTP. Change them (say,
+// MaxRetries) and pass them to minio.New with s.Endpoint.
+func (s *Server) Options() *minio.Options {
+	return &minio.Options{
 		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
 		Secure:       false,
 		Region:       Region,
 		BucketLookup: minio.BucketLookupPath,
-	})
+	}
+}
+
+// Client returns a minio-go client for the gateway with Options.
+func (s *Server) Client(t testing.TB) *minio.Client {
+	t.Helper()
+	c, err := minio.New(s.Endpoint, s.Options())
 	if err != nil {
 		t.Fatalf("creating S3 client: %v", err)
 	}
