@@ -396,3 +396,57 @@ func TestLeaseKeys(t *testing.T) {
 		}
 	}
 }
+
+// putRecord writes rec as lease object name unconditionally, as a write
+// of ours whose answer was lost would have, and returns its ETag.
+func putRecord(t *testing.T, s *versitygw.Server, name string, rec record) string {
+	t.Helper()
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Client(t).PutObject(testContext(t), bucket, name, bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ETag
+}
+
+// TestLeaseWriteLandedEarlier: a conditional write refused because an
+// earlier try of the same write (same nonce) landed counts as done, with
+// the stored ETag; one refused for a record of someone else does not.
+func TestLeaseWriteLandedEarlier(t *testing.T) {
+	s := gateway(t)
+	a := leaser(t, s, "a", time.Minute, 0)
+	const name = "store/.ferry/leases/f.lease"
+	rec := a.newRecord()
+	stored := putRecord(t, s, name, rec)
+	etag, err := a.write(testContext(t), name, rec, "0123456789abcdef0123456789abcdef")
+	if err != nil || etag != stored {
+		t.Fatalf("write after its earlier try landed: %q, %v; want %q, nil", etag, err, stored)
+	}
+	if _, err := a.write(testContext(t), name, a.newRecord(), "0123456789abcdef0123456789abcdef"); !isPrecondition(err) {
+		t.Fatalf("write refused for another record: %v, want 412", err)
+	}
+}
+
+// TestLeaseUnlockAfterCutRenewal: when Unlock cuts a renewal short whose
+// write landed, Unlock releases that record, not only the one before it.
+func TestLeaseUnlockAfterCutRenewal(t *testing.T) {
+	s := gateway(t)
+	a := leaser(t, s, "a", time.Hour, 0) // no renewal runs during the test
+	const name = "store/.ferry/leases/f.lease"
+	lk, err := a.Lock(testContext(t), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	landed := a.newRecord()
+	putRecord(t, s, name, landed)
+	lk.(*lease).pending = landed.Nonce
+	if err := lk.Unlock(); err != nil {
+		t.Fatalf("Unlock: %v", err)
+	}
+	if rec := readRecord(t, s, name); !rec.Expires.IsZero() {
+		t.Fatalf("lease after Unlock = %+v, want released (zero expiry)", rec)
+	}
+}
