@@ -1,3 +1,6 @@
+// Package s3store keeps partials and committed files in an S3-compatible
+// bucket shared by several daemons; lease.go holds their transfers one
+// daemon at a time (docs/SCALE-OUT-LEASES.md).
 package s3store
 
 import (
@@ -271,8 +274,9 @@ type lease struct {
 
 // Lost is closed when the lease is lost: a renewal was refused because
 // another daemon took the lease over, or no renewal succeeded by TTL/3
-// before the lease's expiry. It is also closed by Unlock. A session stops
-// writing at its next chunk boundary once Lost is closed.
+// before the lease's expiry. It is never closed by Unlock (the
+// daemon.Lock contract). A session stops writing at its next chunk
+// boundary once Lost is closed.
 func (h *lease) Lost() <-chan struct{} { return h.lost }
 
 func (h *lease) lose() { h.loseOnce.Do(func() { close(h.lost) }) }
@@ -321,7 +325,7 @@ func (h *lease) renew(ctx context.Context) {
 // daemon takes it at once instead of after the TTL. minio-go v7.4.1 cannot
 // send If-Match on DeleteObject, and an unconditional delete could remove
 // a lease another daemon has taken over meanwhile; so the released record
-// stays. Unlock closes Lost. It returns nil when the lease is released or
+// stays. It returns nil when the lease is released or
 // already belongs to another daemon, and an error when the store could not
 // be reached, in which case the lease expires after the TTL. Calls after
 // the first return the first's result.
@@ -329,7 +333,6 @@ func (h *lease) Unlock() error {
 	h.unlockOnce.Do(func() {
 		h.stop()
 		<-h.done
-		defer h.lose()
 		ctx, cancel := context.WithTimeout(context.Background(), max(h.l.TTL, 10*time.Second))
 		defer cancel()
 		released := record{Owner: h.l.Owner, Nonce: h.l.newRecord().Nonce} // zero Expires: expired

@@ -168,7 +168,7 @@ func (s *Server) start() error {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("versitygw on %s not answering after %v (last error: %v): %s",
+			return fmt.Errorf("versitygw on %s not answering after %v (last error: %w): %s",
 				s.Endpoint, startTimeout, err, s.log.String())
 		}
 	}
