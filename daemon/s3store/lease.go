@@ -103,7 +103,8 @@ var errNoLease = errors.New("no lease object")
 // separated) for l.Owner and keeps renewing it every TTL/3 until Unlock,
 // or until a renewal is refused or no renewal succeeds before TTL/3 short
 // of the lease's expiry, which closes Lost. ctx bounds taking the lease
-// only; renewals run on their own.
+// only; renewals run on their own goroutine, which only Unlock stops: call
+// it even after Lost.
 //
 // Lock returns an error wrapping daemon.ErrLocked, naming the holder and
 // its expiry, when a live lease of any owner (this one included) exists or
@@ -215,6 +216,10 @@ func (l *Leaser) write(ctx context.Context, name string, rec record, ifMatch str
 	}
 	info, err := l.Core.PutObject(ctx, l.Bucket, name, bytes.NewReader(b), int64(len(b)), "", "", opts)
 	if err == nil {
+		if info.ETag == "" {
+			// Without an ETag the next If-Match could not name this record.
+			return "", errors.New("writing lease: the store returned no ETag; it cannot hold leases")
+		}
 		return info.ETag, nil
 	}
 	if isPrecondition(err) {
