@@ -250,7 +250,7 @@ func (l *Leaser) hold(key, name string, rec record, etag string) *lease {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &lease{
 		l: l, key: key, name: name,
-		etag: etag, expires: rec.Expires, nonce: rec.Nonce,
+		etag: etag, expires: rec.Expires,
 		lost: make(chan struct{}), stop: cancel, done: make(chan struct{}),
 	}
 	go h.renew(ctx)
@@ -265,7 +265,6 @@ type lease struct {
 	// Owned by renew until done is closed, then by Unlock.
 	etag    string    // ETag of the last record written
 	expires time.Time // its expiry, by this daemon's clock
-	nonce   string    // its nonce
 	pending string    // nonce of a renewal whose outcome is unknown
 
 	lost     chan struct{}
@@ -294,6 +293,11 @@ func (h *lease) renew(ctx context.Context) {
 	ttl := h.l.TTL
 	timer := time.NewTimer(ttl / 3)
 	defer timer.Stop()
+	// rec is the renewal being tried. A failed try may have landed with
+	// its answer lost; its retries send the same record (same nonce), so
+	// that write recognises it in the 412 that follows. The retried
+	// record's expiry is its first try's: earlier, so on the safe side.
+	var rec record
 	for {
 		select {
 		case <-ctx.Done():
@@ -306,14 +310,17 @@ func (h *lease) renew(ctx context.Context) {
 			h.lose()
 			return
 		}
-		rec := h.l.newRecord()
-		h.pending = rec.Nonce
+		if rec.Nonce == "" {
+			rec = h.l.newRecord()
+			h.pending = rec.Nonce
+		}
 		wctx, cancel := context.WithTimeout(ctx, left)
 		etag, err := h.l.write(wctx, h.name, rec, h.etag)
 		cancel()
 		switch {
 		case err == nil:
-			h.etag, h.expires, h.nonce, h.pending = etag, rec.Expires, rec.Nonce, ""
+			h.etag, h.expires, h.pending = etag, rec.Expires, ""
+			rec = record{}
 			timer.Reset(ttl / 3)
 		case isPrecondition(err):
 			h.pending = ""

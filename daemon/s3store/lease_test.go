@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -307,7 +308,9 @@ func TestLeaseUnlockAfterTakeover(t *testing.T) {
 // closes Lost, and the lease is still refused to others until it expires.
 func TestLeaseGatewayRestart(t *testing.T) {
 	s := gateway(t)
-	const ttl = 3 * time.Second
+	// Long enough that a loaded machine restarts the gateway well within
+	// the TTL/3 the outage leaves before the lease is given up.
+	const ttl = 6 * time.Second
 	a := leaser(t, s, "a", ttl, 0)
 	// Without minio-go's own retries, a renewal during the outage fails
 	// at once and the Leaser's retries are the ones tested.
@@ -324,9 +327,13 @@ func TestLeaseGatewayRestart(t *testing.T) {
 	// renewal fail; its retries succeed once the gateway is back, before
 	// TTL/3 short of the expiry.
 	waitRenewal(t, s, "store/.ferry/leases/f.lease", 2*ttl)
+	renewed := time.Now()
 	s.Stop()
 	time.Sleep(ttl/3 + 200*time.Millisecond)
 	s.Restart()
+	if back := time.Since(renewed); back > 2*ttl/3-time.Second {
+		t.Fatalf("the gateway took until %v after the last renewal to restart; the test needs it back within %v", back, 2*ttl/3-time.Second)
+	}
 	waitRenewal(t, s, "store/.ferry/leases/f.lease", 2*ttl)
 	if isLost(lk) {
 		t.Fatal("Lost closed by a short gateway outage")
@@ -448,5 +455,64 @@ func TestLeaseUnlockAfterCutRenewal(t *testing.T) {
 	}
 	if rec := readRecord(t, s, name); !rec.Expires.IsZero() {
 		t.Fatalf("lease after Unlock = %+v, want released (zero expiry)", rec)
+	}
+}
+
+// dropResponse is an http.RoundTripper that, once armed, lets the next PUT
+// reach the gateway and then reports a network error instead of its
+// answer: a write that landed with its answer lost.
+type dropResponse struct {
+	next    http.RoundTripper
+	mu      sync.Mutex
+	armed   bool
+	dropped chan struct{}
+}
+
+func (d *dropResponse) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := d.next.RoundTrip(req)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err == nil && d.armed && req.Method == http.MethodPut {
+		d.armed = false
+		_ = resp.Body.Close()
+		close(d.dropped)
+		return nil, errors.New("connection reset (dropped by the test)")
+	}
+	return resp, err
+}
+
+// TestLeaseRenewalAnswerLost: a renewal that landed but whose answer was
+// lost is recognised on the retry (its 412 shows our own record), so the
+// lease is kept rather than reported lost.
+func TestLeaseRenewalAnswerLost(t *testing.T) {
+	s := gateway(t)
+	const ttl = 1500 * time.Millisecond
+	opts := s.Options()
+	opts.MaxRetries = 1 // the Leaser's retry, not minio-go's, is tested
+	drop := &dropResponse{dropped: make(chan struct{})}
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop.next = tr
+	opts.Transport = drop
+	client, err := minio.New(s.Endpoint, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := leaser(t, s, "a", ttl, 0)
+	a.Core = &minio.Core{Client: client}
+	lk := mustLock(t, a, "f")
+	drop.mu.Lock()
+	drop.armed = true
+	drop.mu.Unlock()
+	select {
+	case <-drop.dropped:
+	case <-time.After(3 * ttl):
+		t.Fatal("no renewal within 3 TTLs")
+	}
+	waitRenewal(t, s, "store/.ferry/leases/f.lease", 2*ttl)
+	if isLost(lk) {
+		t.Fatal("Lost closed by a renewal whose answer was lost")
 	}
 }
