@@ -132,7 +132,7 @@ func writeAtomic(name string, b []byte) error {
 	ok := false
 	defer func() {
 		if !ok {
-			_ = f.Close()       // the write's error is the one to report
+			_ = f.Close()      // the write's error is the one to report
 			_ = os.Remove(tmp) // likewise
 		}
 	}()
