@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-dev/ferry/daemon/auth"
 	"github.com/ferry-dev/ferry/transfer"
 )
 
@@ -41,6 +42,12 @@ type session struct {
 	dropped     error // why the session was dropped mid-transfer (MinRate), or nil
 
 	admitted bool // counted as active by the server; guarded by srv.mu
+
+	// tok is the session's token, nil for an anonymous sender; set at the
+	// handshake, read by the token file's poll. cred is its name ("" when
+	// anonymous), which the partial keys bind.
+	tok  atomic.Pointer[auth.Token]
+	cred string
 
 	// The transfers of the session (receive.go): open ones by ID, the
 	// one whose data run the next chunks belong to, and the committer.
@@ -171,6 +178,17 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
+	tok, err := ss.srv.authenticate(ss, string(h.Token))
+	if err != nil {
+		ss.refuse(err)
+		return err
+	}
+	tokenName := "-"
+	if tok != nil {
+		ss.tok.Store(tok)
+		ss.cred, tokenName = tok.Name, tok.Name
+	}
+	ss.log = ss.log.With("token", tokenName)
 	if err := ss.srv.admit(ss); err != nil {
 		ss.refuse(err)
 		return err
@@ -210,7 +228,8 @@ func (ss *session) readFailed(err error) error {
 
 // partialKey names the partial of a transfer: it binds the credential that
 // started it and the destination name, so that one sender cannot write into
-// another's transfer. There are no credentials yet; all share "".
+// another's transfer: credential is the token's name, "" for an anonymous
+// sender (whose keys are those of the daemons before tokens).
 func partialKey(credential, name string) string {
 	h := transfer.HashBytes([]byte("ferry partial v1\x00" + credential + "\x00" + name))
 	return hex.EncodeToString(h[:16])
