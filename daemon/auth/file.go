@@ -95,6 +95,7 @@ func readAll(f *os.File, limit int64) ([]byte, error) {
 // its tokens, and writes what change returns atomically (a temporary file
 // of mode 0600 in the same directory, fsynced, renamed over name, then
 // the directory fsynced). Missing parent directories are created 0700.
+// Run as root, the file is given to the owner of its directory.
 // It returns change's error, Load's, or the error writing the file; the
 // file is unchanged on any error.
 func Update(name string, change func([]Token) ([]Token, error)) error {
@@ -138,6 +139,15 @@ func writeAtomic(name string, b []byte) error {
 	}()
 	if err := f.Chmod(0o600); err != nil {
 		return fmt.Errorf("writing token file: %w", err)
+	}
+	// Run by root (an operator's shell) on the directory of a daemon that
+	// runs as another user (systemd's DynamicUser), the file goes to the
+	// directory's owner, so that the daemon can read it.
+	if os.Geteuid() == 0 {
+		var st unix.Stat_t
+		if err := unix.Stat(dir, &st); err == nil && st.Uid != 0 {
+			_ = f.Chown(int(st.Uid), int(st.Gid)) // best effort: the daemon then says it cannot read the file
+		}
 	}
 	if _, err := f.Write(b); err != nil {
 		return fmt.Errorf("writing token file: %w", err)
