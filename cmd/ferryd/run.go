@@ -37,7 +37,7 @@ const (
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var st runState
-	if err := newApp(ctx, stdout, stderr, &st).Run(args); err != nil {
+	if err := newApp(ctx, stdout, stderr, &st).Run(permuteTokenArgs(args)); err != nil {
 		if st.jsonLog != nil {
 			st.jsonLog.Error("exiting", "err", err.Error())
 		} else {

@@ -193,3 +193,38 @@ func listTokens(c *cli.Context, stdout io.Writer) error {
 	}
 	return tw.Flush()
 }
+
+// permuteTokenArgs moves the NAME of `ferryd token add|revoke NAME
+// [flags]` behind its flags, since urfave/cli v2 stops parsing flags at
+// the first argument: `ferryd token add backup --dest hosts/web1` then
+// reads as written. Other command lines are returned as they are.
+func permuteTokenArgs(args []string) []string {
+	if len(args) < 4 || args[1] != "token" || args[2] != "add" && args[2] != "revoke" {
+		return args
+	}
+	valued := map[string]bool{"root": true, "tokens": true, "dest": true, "max-size": true, "quota": true}
+	var flags, names []string
+	rest := args[3:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			names = append(names, rest[i+1:]...)
+			break
+		}
+		name, hasValue := strings.CutPrefix(strings.TrimPrefix(a, "-"), "-")
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			names = append(names, a)
+			continue
+		}
+		if !hasValue {
+			name = strings.TrimPrefix(a, "-")
+		}
+		flags = append(flags, a)
+		if valued[name] && !strings.Contains(name, "=") && i+1 < len(rest) {
+			flags = append(flags, rest[i+1])
+			i++
+		}
+	}
+	out := append(append([]string(nil), args[:3]...), flags...)
+	return append(out, names...)
+}
