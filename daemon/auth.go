@@ -288,9 +288,10 @@ func (s *Server) checkQuota(tok *auth.Token, key string, size int64) error {
 			}
 		}
 		if used+size > tok.Quota {
-			return fmt.Errorf("%w: token %s's quota: %d bytes committed or held by its partials, and %d offered, exceed its quota of %d bytes; "+
-				"remove files or partials, or ask the daemon's operator for a larger --quota",
-				transfer.ErrNoSpace, tok.Name, used, size, tok.Quota)
+			return &transfer.RemoteError{Code: transfer.CodeNoSpace, Message: fmt.Sprintf(
+				"token %s's quota: %d bytes committed or held by its partials, and %d offered, exceed its quota of %d bytes; "+
+					"remove files or partials, or ask the daemon's operator for a larger --quota",
+				tok.Name, used, size, tok.Quota)}
 		}
 	}
 	a.reserve(tok.Name, key, size)
