@@ -56,7 +56,10 @@ type Hello struct {
 // slog), so that logging a message that holds one never shows it.
 type Secret string
 
-func (Secret) String() string   { return "[secret]" }
+// String returns "[secret]", never the secret.
+func (Secret) String() string { return "[secret]" }
+
+// GoString returns "[secret]" for %#v, never the secret.
 func (Secret) GoString() string { return "[secret]" }
 
 // MaxTokenLen is the longest Hello.Token in bytes.
