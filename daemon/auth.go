@@ -158,10 +158,29 @@ func (s *Server) reloadTokens(force bool) {
 	}
 	s.mu.Unlock()
 	for _, ss := range gone {
-		tok := ss.tok.Load()
-		ss.drop(fmt.Errorf("%w: token %s was revoked; the verified data of its transfers is kept; "+
-			"ask the daemon's operator for a new token", transfer.ErrUnauthorized, tok.Name))
+		ss.drop(revokedError(ss.tok.Load()))
 	}
+}
+
+// revokedError ends a session whose token was revoked.
+func revokedError(tok *auth.Token) error {
+	return fmt.Errorf("%w: token %s was revoked; the verified data of its transfers is kept; "+
+		"ask the daemon's operator for a new token", transfer.ErrUnauthorized, tok.Name)
+}
+
+// checkToken returns revokedError unless the token file still holds tok.
+func (s *Server) checkToken(tok *auth.Token) error {
+	a := s.auth
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	tokens := a.tokens
+	a.mu.Unlock()
+	if !stillValid(tokens, tok) {
+		return revokedError(tok)
+	}
+	return nil
 }
 
 // stillValid reports whether tokens still hold tok (same name, same secret).

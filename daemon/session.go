@@ -185,13 +185,22 @@ func (ss *session) handshake() error {
 	}
 	tokenName := "-"
 	if tok != nil {
-		ss.tok.Store(tok)
 		ss.cred, tokenName = tok.Name, tok.Name
 	}
-	ss.log = ss.log.With("token", tokenName)
+	ss.log = ss.log.With("token", tokenName, "agent", h.Agent)
 	if err := ss.srv.admit(ss); err != nil {
 		ss.refuse(err)
 		return err
+	}
+	if tok != nil {
+		// Published after the last write of ss.log, which the token
+		// file's poll reads (drop) once it sees the token. A token
+		// revoked since authenticate is caught here.
+		ss.tok.Store(tok)
+		if err := ss.srv.checkToken(tok); err != nil {
+			ss.refuse(err)
+			return err
+		}
 	}
 	// Both are powers of two (the Hello decoder and setDefaults see to
 	// it), so the smaller is one too: every chunk is a complete BLAKE3
@@ -199,7 +208,6 @@ func (ss *session) handshake() error {
 	// file's last can be written with direct I/O.
 	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
 	ss.peerMinor = h.Minor
-	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
 		ChunkSize: uint32(ss.chunkSize), Agent: ss.srv.cfg.Agent,
