@@ -79,6 +79,8 @@ func TestTokenRefusals(t *testing.T) {
 	r = runFerry(t, "send", "--to", d.addr, "--token-file", good, src)
 	wantCode(t, r, exitOK)
 	sameFile(t, src, filepath.Join(root, "data.bin"))
+	d.waitLine(0, "msg=\"transfer started\"", "token=backup", "name=data.bin")
+	d.waitLine(0, "msg=committed", "token=backup", "name=data.bin")
 
 	revokeToken(t, d, root, "backup")
 	r = runFerry(t, "send", "--to", d.addr, "--token-file", good, "--dest", "again", src)
