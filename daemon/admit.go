@@ -128,6 +128,10 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 	if limit := ss.srv.cfg.MaxSize; limit > 0 && o.Size > limit {
 		return 0, fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, limit)
 	}
+	if tok := ss.tok.Load(); tok != nil && tok.MaxSize > 0 && o.Size > tok.MaxSize {
+		return 0, fmt.Errorf("%w: %s is %d bytes, above token %s's limit of %d (its --max-size)",
+			transfer.ErrTooLarge, transfer.QuoteName(o.Name), o.Size, tok.Name, tok.MaxSize)
+	}
 	// From the name's parent up to the first directory that exists: one
 	// lookup when the parent exists, at most MaxNameDepth-1.
 	for dir := path.Dir(o.Name); dir != "."; dir = path.Dir(dir) {
@@ -163,6 +167,9 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 	if o.Flags&transfer.OfferRestart != 0 {
 		if o.Flags&transfer.OfferUpdate != 0 {
 			if _, _, err := store.Stat(o.Name); err == nil {
+				if !ss.mayOverwrite() {
+					return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
+				}
 				return false, false, nil // replaced, as below
 			}
 		}
@@ -176,6 +183,9 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 	if o.Flags&transfer.OfferUpdate != 0 && !same {
 		// --update: received as a new file, renamed over the old one
 		// at its commit (Partial.Commit).
+		if !ss.mayOverwrite() {
+			return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
+		}
 		return false, false, nil
 	}
 	if size != o.Size {

@@ -123,6 +123,7 @@ func (c *committer) commit(group []*rxTransfer) {
 		t.log.Info("committed", append(attrs, "blake3", hex.EncodeToString(t.hash[:]))...)
 		ss.stats.committed.Add(1)
 		ss.srv.met.ended(outcomeCommitted)
+		ss.srv.committedBy(ss.tok.Load(), t.key, t.o.Size)
 		done = append(done, t)
 		refused = append(refused, nil)
 	}

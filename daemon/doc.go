@@ -12,13 +12,17 @@
 //
 //	ROOT/.ferry/                      reserved: no transfer may name it (0700)
 //	ROOT/.ferry/lock                  flock'ed by the one daemon using the root (LockRoot)
+//	ROOT/.ferry/tokens                the token file by default (package auth; 0600)
+//	ROOT/.ferry/token-usage           each token's last use and committed bytes (best-effort)
 //	ROOT/.ferry/partials/KEY.data     a transfer's bytes; only [0, durable offset) is trusted
 //	ROOT/.ferry/partials/KEY.state    its state record (EncodeState), replaced only by rename
 //	ROOT/.ferry/partials/KEY.tmp      a state record being written; never read
 //	ROOT/NAME                         a committed file: a hard link of what was KEY.data
 //
-// KEY is 32 hex digits derived from the credential and the destination
-// name, so a name has one partial and two sessions never share it. A
+// KEY is 32 hex digits derived from the credential (the token's name,
+// "" for an anonymous sender) and the destination name, so a name has one
+// partial per token, only that token resumes it, and two sessions never
+// share it. A
 // partial's state record is written only after its data is fsync'ed
 // (temp file, fsync, rename), carries the merge stack of the durable
 // chunks' chaining values, so that a resume reads only the tail chunk and

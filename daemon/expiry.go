@@ -154,6 +154,7 @@ func (s *Server) ExpirePartials(k PartialKeeper) int {
 		return true
 	}, s.release)
 	for _, p := range res.Removed {
+		s.partialRemoved(p)
 		s.met.ended(outcomeExpired)
 		s.cfg.Logger.Info("partial expired", "name", p.Name, "key", p.Key, "size", p.Size,
 			"durable_offset", p.DurableOffset, "age", now.Sub(p.Modified).Round(time.Second).String())
@@ -204,6 +205,7 @@ func (s *Server) answerRequests(k PartialKeeper, fs FS) {
 			res = Purge(k, req, s.cfg.Now(), s.take, s.release)
 		}
 		for _, p := range res.Removed {
+			s.partialRemoved(p)
 			s.cfg.Logger.Info("partial purged", "name", p.Name, "key", p.Key, "size", p.Size,
 				"durable_offset", p.DurableOffset)
 		}

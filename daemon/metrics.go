@@ -120,6 +120,13 @@ func (m *metrics) received(n int64) {
 	}
 }
 
+// authFailed counts a session refused for its credential.
+func (m *metrics) authFailed() {
+	if m != nil {
+		m.authFailures.Inc()
+	}
+}
+
 // chunkRejected counts a chunk that failed verification.
 func (m *metrics) chunkRejected() {
 	if m != nil {

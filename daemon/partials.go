@@ -18,8 +18,8 @@ type PartialInfo struct {
 	// Name is the destination name from the state record; "" when the
 	// partial has no valid state record (nothing of it is resumable).
 	Name string `json:"name"`
-	// Token is the credential the partial belongs to; "" until tokens
-	// exist.
+	// Token is the name of the token the partial belongs to; "" for an
+	// anonymous sender or without a state record.
 	Token string `json:"token"`
 	// Size is the declared file size in bytes (0 without a state record).
 	Size int64 `json:"size"`
@@ -89,7 +89,7 @@ func (s *DirStore) partialInfo(key string) (PartialInfo, bool, error) {
 		return PartialInfo{}, false, fmt.Errorf("reading partial %s: %w", key, err)
 	}
 	if found {
-		info.Name, info.Size, info.DurableOffset, info.Remote = st.Name, st.Size, st.DurableOffset, st.Remote
+		info.Name, info.Size, info.DurableOffset, info.Remote, info.Token = st.Name, st.Size, st.DurableOffset, st.Remote, st.Token
 	}
 	return info, true, nil
 }
@@ -139,6 +139,13 @@ var requestsDir = path.Join(transfer.ReservedDir, "requests")
 // before any write, and the next Sync records it with the durable offset.
 type RemoteRecorder interface {
 	SetRemote(addr string)
+}
+
+// TokenRecorder is implemented by a Partial that records the name of the
+// token that started it (State.Token); the session calls SetToken after
+// Store.Open, before any write.
+type TokenRecorder interface {
+	SetToken(name string)
 }
 
 // truncateRemote cuts addr to MaxRemoteLen bytes.

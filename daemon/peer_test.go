@@ -226,7 +226,7 @@ func TestBadPeers(t *testing.T) {
 			p.write(frame(transfer.FrameHello, helloV1[:6]))
 		}, transfer.CodeProtocol, "too short", false},
 		{"hello with trailing bytes", func(p *rawPeer) {
-			p.write(frame(transfer.FrameHello, append(append([]byte(nil), helloV1...), 0)))
+			p.write(frame(transfer.FrameHello, append(append([]byte(nil), helloV1...), 0, 1, 't', 0)))
 		}, transfer.CodeProtocol, "trailing", false},
 		{"hello of major version 1", func(p *rawPeer) {
 			p.write(frame(transfer.FrameHello, withMajor(1)))

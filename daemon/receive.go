@@ -242,7 +242,14 @@ func (ss *session) offer(o *transfer.Offer) error {
 		return fmt.Errorf("%w: more than %d transfers in flight", transfer.ErrProtocol, transfer.MaxWindowFiles)
 	}
 	ss.cur = nil
-	t := &rxTransfer{id: o.ID, o: o, key: partialKey("", o.Name), start: time.Now(),
+	if tok := ss.tok.Load(); tok != nil && tok.Dest != "" && transfer.ValidateName(o.Name) == nil {
+		// The token's names are relative to its prefix. Both are
+		// valid relative names (no "..", no empty component), so the
+		// joined name is one below the prefix; admit checks its length
+		// and depth again, and os.Root resolves it inside the root.
+		o.Name = tok.Dest + "/" + o.Name
+	}
+	t := &rxTransfer{id: o.ID, o: o, key: partialKey(ss.cred, o.Name), start: time.Now(),
 		log: ss.log.With("name", o.Name, "size", o.Size)} // slog escapes control characters and invalid UTF-8
 	speculative := o.Flags&transfer.OfferData != 0
 	if speculative {
@@ -327,6 +334,9 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		}
 		return ss.acceptCommitted(t)
 	}
+	if err := ss.srv.checkQuota(ss.tok.Load(), t.key, o.Size); err != nil {
+		return err
+	}
 	p, restarted, err := ss.srv.cfg.Store.Open(t.key, o, ss.chunkSize, o.Flags&transfer.OfferRestart != 0 || speculative)
 	if err != nil {
 		t.log.Error("opening partial", "err", err)
@@ -334,6 +344,9 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	}
 	if r, ok := p.(RemoteRecorder); ok {
 		r.SetRemote(ss.conn.RemoteAddr().String())
+	}
+	if r, ok := p.(TokenRecorder); ok {
+		r.SetToken(ss.cred)
 	}
 	st := p.State()
 	// New directories are counted as a block each, so that names cannot

@@ -95,6 +95,22 @@ type Config struct {
 	// Now returns the time partial ages are measured at. Defaults to
 	// time.Now; tests inject a clock.
 	Now func() time.Time
+	// TokenFile is the token file (package auth) senders authenticate
+	// against, read by NewServer (which fails on a file group or others
+	// may access, auth.ErrInsecure) and polled every TokenPoll for
+	// changes; a token removed from it ends its sessions. "", the
+	// default, turns authentication off: every sender is anonymous and
+	// may write anywhere under the root.
+	TokenFile string
+	// AllowAnonymous lets senders without a token in while the token file
+	// holds no token (ferryd sets it when every listener is loopback or a
+	// Unix socket, or with --allow-anonymous). Once the file holds a
+	// token, every sender needs one.
+	AllowAnonymous bool
+	// TokenPoll is how often the token file is checked for changes (its
+	// inode, size and mtime), and the tokens' usage written. Defaults to
+	// 1s.
+	TokenPoll time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -139,6 +155,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.TokenPoll <= 0 {
+		c.TokenPoll = time.Second
+	}
 	if c.Agent == "" {
 		c.Agent = "ferryd"
 	}
@@ -166,11 +185,14 @@ type Server struct {
 	reserved  int64               // bytes promised to transfers in progress
 	pools     map[int]*transfer.BufferPool
 	wg        sync.WaitGroup
-	met       *metrics // nil without Config.Metrics
+	met       *metrics   // nil without Config.Metrics
+	auth      *authState // nil without Config.TokenFile
 }
 
-// NewServer returns a Server for cfg. It fails when Store is nil or the
-// metrics cannot be registered on Config.Metrics (already registered).
+// NewServer returns a Server for cfg. It fails when Store is nil, the
+// metrics cannot be registered on Config.Metrics (already registered), or
+// the token file cannot be read or is accessible by group or others
+// (wrapping auth.ErrInsecure).
 func NewServer(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("daemon: Config.Store is nil")
@@ -191,6 +213,10 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
 	s.met = met
+	if err := s.initAuth(); err != nil {
+		cancel(nil)
+		return nil, err
+	}
 	s.startExpiry()
 	return s, nil
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-dev/ferry/daemon/auth"
 	"github.com/ferry-dev/ferry/transfer"
 )
 
@@ -41,6 +42,12 @@ type session struct {
 	dropped     error // why the session was dropped mid-transfer (MinRate), or nil
 
 	admitted bool // counted as active by the server; guarded by srv.mu
+
+	// tok is the session's token, nil for an anonymous sender; set at the
+	// handshake, read by the token file's poll. cred is its name ("" when
+	// anonymous), which the partial keys bind.
+	tok  atomic.Pointer[auth.Token]
+	cred string
 
 	// The transfers of the session (receive.go): open ones by ID, the
 	// one whose data run the next chunks belong to, and the committer.
@@ -171,9 +178,29 @@ func (ss *session) handshake() error {
 		ss.refuse(err)
 		return err
 	}
+	tok, err := ss.srv.authenticate(ss, string(h.Token))
+	if err != nil {
+		ss.refuse(err)
+		return err
+	}
+	tokenName := "-"
+	if tok != nil {
+		ss.cred, tokenName = tok.Name, tok.Name
+	}
+	ss.log = ss.log.With("token", tokenName, "agent", h.Agent)
 	if err := ss.srv.admit(ss); err != nil {
 		ss.refuse(err)
 		return err
+	}
+	if tok != nil {
+		// Published after the last write of ss.log, which the token
+		// file's poll reads (drop) once it sees the token. A token
+		// revoked since authenticate is caught here.
+		ss.tok.Store(tok)
+		if err := ss.srv.checkToken(tok); err != nil {
+			ss.refuse(err)
+			return err
+		}
 	}
 	// Both are powers of two (the Hello decoder and setDefaults see to
 	// it), so the smaller is one too: every chunk is a complete BLAKE3
@@ -181,7 +208,6 @@ func (ss *session) handshake() error {
 	// file's last can be written with direct I/O.
 	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
 	ss.peerMinor = h.Minor
-	ss.log = ss.log.With("agent", h.Agent)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
 		ChunkSize: uint32(ss.chunkSize), Agent: ss.srv.cfg.Agent,
@@ -210,7 +236,8 @@ func (ss *session) readFailed(err error) error {
 
 // partialKey names the partial of a transfer: it binds the credential that
 // started it and the destination name, so that one sender cannot write into
-// another's transfer. There are no credentials yet; all share "".
+// another's transfer: credential is the token's name, "" for an anonymous
+// sender (whose keys are those of the daemons before tokens).
 func partialKey(credential, name string) string {
 	h := transfer.HashBytes([]byte("ferry partial v1\x00" + credential + "\x00" + name))
 	return hex.EncodeToString(h[:16])

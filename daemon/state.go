@@ -34,7 +34,15 @@ type State struct {
 	// the partial, at most MaxRemoteLen bytes; "" when not recorded
 	// (records of version 2).
 	Remote string
+	// Token is the name of the token that started the partial, at most
+	// MaxTokenLen bytes; "" for an anonymous sender (and records of
+	// versions 2 and 3). Only that token resumes it: the partial's key
+	// is derived from it.
+	Token string
 }
+
+// MaxTokenLen is the longest State.Token in bytes.
+const MaxTokenLen = 255
 
 // MaxRemoteLen is the longest State.Remote in bytes.
 const MaxRemoteLen = 255
@@ -50,10 +58,11 @@ func (st *State) Tail() (offset int64, hash transfer.Hash) {
 // stateMagic and stateVersion open every state record. Version 1 records
 // (plain BLAKE3 tail hashes, no merge stack) no longer decode: their
 // partials start over. Version 2 records, without the sender's address,
-// still decode, with Remote "".
+// still decode, with Remote "", and version 3 records, without the token's
+// name, with Token "".
 var stateMagic = [4]byte{'F', 'R', 'Y', 'S'}
 
-const stateVersion = 3
+const stateVersion = 4
 
 // ErrBadState is returned by DecodeState for a record that is truncated,
 // of another version, inconsistent, or whose checksum does not match.
@@ -69,12 +78,16 @@ func (st *State) sameSource(o *transfer.Offer) bool {
 // big-endian order, name, merge stack, sender's address, then a BLAKE3
 // checksum of everything before it (docs/PROTOCOL.md, "State record"). It
 // returns an error for a State without a merge stack (a zero Stack) or
-// with a Remote longer than MaxRemoteLen.
+// with a Remote longer than MaxRemoteLen or a Token longer than
+// MaxTokenLen.
 func EncodeState(st *State) ([]byte, error) {
 	if len(st.Remote) > MaxRemoteLen {
 		return nil, fmt.Errorf("encoding state record: remote address of %d bytes", len(st.Remote))
 	}
-	b := make([]byte, 0, stateFixed+len(st.Name)+2+transfer.MaxMergeStackSize+1+len(st.Remote)+transfer.HashSize)
+	if len(st.Token) > MaxTokenLen {
+		return nil, fmt.Errorf("encoding state record: token name of %d bytes", len(st.Token))
+	}
+	b := make([]byte, 0, stateFixed+len(st.Name)+2+transfer.MaxMergeStackSize+1+len(st.Remote)+1+len(st.Token)+transfer.HashSize)
 	b = append(b, stateMagic[:]...)
 	b = binary.BigEndian.AppendUint16(b, stateVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(st.Size))
@@ -94,6 +107,8 @@ func EncodeState(st *State) ([]byte, error) {
 	binary.BigEndian.PutUint16(b[at:], uint16(len(b)-at-2))
 	b = append(b, byte(len(st.Remote)))
 	b = append(b, st.Remote...)
+	b = append(b, byte(len(st.Token)))
+	b = append(b, st.Token...)
 	sum := transfer.HashBytes(b)
 	return append(b, sum[:]...), nil
 }
@@ -105,9 +120,9 @@ const stateFixed = 4 + 2 + 8 + 4 + 8 + 8 + 32 + 8 + 2
 
 // MaxStateSize is the largest state record in bytes: the fixed fields, a
 // name of MaxNameLen, the merge stack's length and its largest encoding,
-// the sender's address of MaxRemoteLen with its length, and the checksum
-// (6170).
-const MaxStateSize = stateFixed + transfer.MaxNameLen + 2 + transfer.MaxMergeStackSize + 1 + MaxRemoteLen + transfer.HashSize
+// the sender's address of MaxRemoteLen and the token's name of
+// MaxTokenLen with their lengths, and the checksum (6426).
+const MaxStateSize = stateFixed + transfer.MaxNameLen + 2 + transfer.MaxMergeStackSize + 1 + MaxRemoteLen + 1 + MaxTokenLen + transfer.HashSize
 
 // DecodeState parses a record written by EncodeState. It returns an error
 // wrapping ErrBadState unless the checksum matches and the fields are
@@ -122,7 +137,7 @@ func DecodeState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadState)
 	}
 	version := binary.BigEndian.Uint16(body[4:])
-	if !bytes.Equal(body[:4], stateMagic[:]) || version != stateVersion && version != 2 {
+	if !bytes.Equal(body[:4], stateMagic[:]) || version < 2 || version > stateVersion {
 		return nil, fmt.Errorf("%w: magic or version", ErrBadState)
 	}
 	p := body[6:]
@@ -150,10 +165,18 @@ func DecodeState(b []byte) (*State, error) {
 	p, rest := p[:m], p[m:]
 	if version != 2 {
 		r := int(rest[0])
-		if len(rest) != 1+r {
+		if version == 3 && len(rest) != 1+r || version > 3 && len(rest) < 1+r+1 {
 			return nil, fmt.Errorf("%w: merge stack length %d and remote address length %d, %d bytes left", ErrBadState, m, r, len(rest)+m)
 		}
-		st.Remote = string(rest[1:])
+		st.Remote = string(rest[1 : 1+r])
+		rest = rest[1+r:]
+	}
+	if version > 3 {
+		k := int(rest[0])
+		if len(rest) != 1+k {
+			return nil, fmt.Errorf("%w: merge stack length %d and token name length %d, %d bytes left", ErrBadState, m, k, len(rest)-1)
+		}
+		st.Token = string(rest[1:])
 	}
 	if err := st.Stack.UnmarshalBinary(p); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadState, err)

@@ -51,7 +51,30 @@ func sampleStates() []struct {
 		{"negative mtime", daemon.State{Name: "old", Size: 1, MtimeNs: -5, Stack: stackAt(mib, 0, 0)}},
 		{"unicode name", daemon.State{Name: "Fähre/日本語 ⛴", Size: 1, Stack: stackAt(mib, 0, 0)}},
 		{"longest name", daemon.State{Name: strings.Repeat(strings.Repeat("n", 200)+"/", 20) + strings.Repeat("n", 76), Size: 1,
-			Stack: stackAt(mib, 0, 0), Remote: strings.Repeat("r", daemon.MaxRemoteLen)}},
+			Stack: stackAt(mib, 0, 0), Remote: strings.Repeat("r", daemon.MaxRemoteLen), Token: strings.Repeat("t", daemon.MaxTokenLen)}},
+		{"token", daemon.State{Name: "f", Size: 1, Stack: stackAt(mib, 0, 0), Remote: "1.2.3.4:5", Token: "backup"}},
+	}
+}
+
+// TestDecodeStateVersion3 decodes a record written before the token's
+// name was recorded: a partial survives the upgrade, with Token "".
+func TestDecodeStateVersion3(t *testing.T) {
+	st := sampleStates()[2].st
+	b := mustEncode(t, &st)
+	v3 := slices.Clone(b[:len(b)-transfer.HashSize-1]) // without the token name length and checksum
+	binary.BigEndian.PutUint16(v3[4:], 3)
+	sum := transfer.HashBytes(v3)
+	got, err := daemon.DecodeState(append(v3, sum[:]...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got != st {
+		t.Fatalf("decoded %+v, want %+v", got, st)
+	}
+	long := st
+	long.Token = strings.Repeat("t", daemon.MaxTokenLen+1)
+	if _, err := daemon.EncodeState(&long); err == nil {
+		t.Error("encoded a token name longer than MaxTokenLen")
 	}
 }
 
@@ -61,7 +84,7 @@ func TestDecodeStateVersion2(t *testing.T) {
 	st := sampleStates()[2].st
 	st.Remote = ""
 	b := mustEncode(t, &st)
-	v2 := slices.Clone(b[:len(b)-transfer.HashSize-1]) // without the remote address length and checksum
+	v2 := slices.Clone(b[:len(b)-transfer.HashSize-2]) // without the remote address and token name lengths and checksum
 	binary.BigEndian.PutUint16(v2[4:], 2)
 	sum := transfer.HashBytes(v2)
 	got, err := daemon.DecodeState(append(v2, sum[:]...))
@@ -92,7 +115,7 @@ func TestStateRoundTrip(t *testing.T) {
 	for _, tt := range sampleStates() {
 		t.Run(tt.name, func(t *testing.T) {
 			b := mustEncode(t, &tt.st)
-			want := 76 + len(tt.st.Name) + 2 + 10 + tt.st.Stack.Len()*32 + 1 + len(tt.st.Remote) + 32
+			want := 76 + len(tt.st.Name) + 2 + 10 + tt.st.Stack.Len()*32 + 1 + len(tt.st.Remote) + 1 + len(tt.st.Token) + 32
 			if len(b) != want || len(b) > daemon.MaxStateSize {
 				t.Fatalf("record of %d bytes, want %d (at most %d)", len(b), want, daemon.MaxStateSize)
 			}
@@ -117,7 +140,7 @@ func TestStateSize(t *testing.T) {
 	if transfer.MaxMergeStackSize != 1738 {
 		t.Fatalf("MaxMergeStackSize %d, want 1738", transfer.MaxMergeStackSize)
 	}
-	if daemon.MaxStateSize != 76+transfer.MaxNameLen+2+1738+1+255+32 {
+	if daemon.MaxStateSize != 76+transfer.MaxNameLen+2+1738+1+255+1+255+32 {
 		t.Fatalf("MaxStateSize %d", daemon.MaxStateSize)
 	}
 }
@@ -130,7 +153,7 @@ func TestStateLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := daemon.State{Name: "ab", Size: 0x30000, Mode: 0o755, MtimeNs: 0x0304, Inode: 0x0506,
-		PrefixID: transfer.Hash{0: 0xa1, 31: 0xa2}, DurableOffset: 0x20000, Stack: stack, Remote: "1.2.3.4:5"}
+		PrefixID: transfer.Hash{0: 0xa1, 31: 0xa2}, DurableOffset: 0x20000, Stack: stack, Remote: "1.2.3.4:5", Token: "tk"}
 	b := mustEncode(t, &st)
 	be16, be32, be64 := binary.BigEndian.Uint16, binary.BigEndian.Uint32, binary.BigEndian.Uint64
 	checks := []struct {
@@ -138,7 +161,7 @@ func TestStateLayout(t *testing.T) {
 		got, want uint64
 	}{
 		{"magic", uint64(be32(b[0:])), uint64(be32([]byte("FRYS")))},
-		{"version at 4", uint64(be16(b[4:])), 3},
+		{"version at 4", uint64(be16(b[4:])), 4},
 		{"size at 6", be64(b[6:]), 0x30000},
 		{"mode at 14", uint64(be32(b[14:])), 0o755},
 		{"mtime at 18", be64(b[18:]), 0x0304},
@@ -155,14 +178,16 @@ func TestStateLayout(t *testing.T) {
 		{"tail chunk's chaining value at 122", uint64(b[122])<<8 | uint64(b[153]), 0xc1c1},
 		{"remote address length at 154", uint64(b[154]), 9},
 		{"remote address at 155", uint64(b[155])<<8 | uint64(b[163]), '1'<<8 | '5'},
-		{"length", uint64(len(b)), 164 + 32},
+		{"token name length at 164", uint64(b[164]), 2},
+		{"token name at 165", uint64(b[165])<<8 | uint64(b[166]), 't'<<8 | 'k'},
+		{"length", uint64(len(b)), 167 + 32},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, c.got, c.want)
 		}
 	}
-	if sum := transfer.HashBytes(b[:164]); !bytes.Equal(sum[:], b[164:]) {
+	if sum := transfer.HashBytes(b[:167]); !bytes.Equal(sum[:], b[167:]) {
 		t.Error("checksum is not BLAKE3 of the bytes before it")
 	}
 	if off, h := st.Tail(); off != 0x10000 || !bytes.Equal(h[:], cv1) {
@@ -232,7 +257,8 @@ func TestDecodeStateRejectsInconsistentFields(t *testing.T) {
 		{"stack chunk size not a power of two", nil, func(b []byte) []byte { b[83] = 13; return b }, "chunk size"},
 		{"wrong magic", nil, func(b []byte) []byte { b[0] = 'X'; return b }, "magic"},
 		{"version 1", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 1); return b }, "version"},
-		{"version 4", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 4); return b }, "version"},
+		{"version 5", nil, func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 5); return b }, "version"},
+		{"token name length too long", nil, func(b []byte) []byte { b[len(b)-33] = 9; return b }, "token name length 9"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

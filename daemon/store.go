@@ -569,6 +569,9 @@ func (p *dirPartial) State() State { return p.st }
 // SetRemote implements RemoteRecorder.
 func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr) }
 
+// SetToken implements TokenRecorder.
+func (p *dirPartial) SetToken(name string) { p.st.Token = name }
+
 func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
 
 func (p *dirPartial) Sync(stack *transfer.MergeStack) error {

@@ -226,19 +226,23 @@ func durableOnDisk(t *testing.T, root string) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Version 3: the name (length at 74) is followed by the merge stack
+	// Version 4: the name (length at 74) is followed by the merge stack
 	// (u16 length, then its encoding), the sender's address (u8 length,
-	// then the address) and the checksum.
-	if len(b) < 76+2+10+1+32 || string(b[:4]) != "FRYS" || binary.BigEndian.Uint16(b[4:]) != 3 {
-		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
+	// then the address), the token's name (likewise) and the checksum.
+	if len(b) < 76+2+10+1+1+32 || string(b[:4]) != "FRYS" || binary.BigEndian.Uint16(b[4:]) != 4 {
+		t.Fatalf("%s is not a state record of version 4 (%d bytes)", states[0], len(b))
 	}
 	stack := 76 + int(binary.BigEndian.Uint16(b[74:]))
 	if len(b) < stack+2 {
-		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
+		t.Fatalf("%s is not a state record of version 4 (%d bytes)", states[0], len(b))
 	}
 	remote := stack + 2 + int(binary.BigEndian.Uint16(b[stack:]))
-	if len(b) < remote+1 || len(b) != remote+1+int(b[remote])+32 {
-		t.Fatalf("%s is not a state record of version 3 (%d bytes)", states[0], len(b))
+	token := remote + 1
+	if len(b) > remote {
+		token += int(b[remote])
+	}
+	if len(b) < token+1 || len(b) != token+1+int(b[token])+32 {
+		t.Fatalf("%s is not a state record of version 4 (%d bytes)", states[0], len(b))
 	}
 	return int64(binary.BigEndian.Uint64(b[66:]))
 }

@@ -36,6 +36,9 @@ type ClientOptions struct {
 	// under the name (OfferUpdate) instead of refusing it with
 	// ErrExists. Default false.
 	Update bool
+	// Token is the secret the daemon authenticates this sender by, sent
+	// in the Hello (protocol 2.2; only inside TLS on TCP); "" sends none.
+	Token string
 }
 
 // RehashRate is the slowest rate, in bytes per second, at which the sender
@@ -116,7 +119,10 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 	if len(agent) > maxAgent || !utf8.ValidString(agent) {
 		agent = "ferry" // the agent is for logs only; never fail a session over it
 	}
-	hello := &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: uint32(cs), Agent: agent}
+	if len(opts.Token) > MaxTokenLen || !utf8.ValidString(opts.Token) {
+		return nil, fmt.Errorf("%w: a token is at most %d bytes of UTF-8", ErrInvalidConfig, MaxTokenLen)
+	}
+	hello := &Hello{Major: ProtocolMajor, Minor: ProtocolMinor, ChunkSize: uint32(cs), Agent: agent, Token: Secret(opts.Token)}
 	if err := WriteMessage(rwc, hello); err != nil {
 		return nil, ctxErr(ctx, err)
 	}

@@ -34,14 +34,16 @@
 //
 // A Hello opens the session in both directions: "FRRY", major (u16, 2),
 // minor (u16), chunk size (u32, a power of two from MinChunkSize, 16 KiB,
-// to MaxChunkSize, 16 MiB; anything else is refused), agent. The
+// to MaxChunkSize, 16 MiB; anything else is refused), agent, and, from a
+// sender of minor 2 that has one, its token (Hello.Token). The
 // sender proposes a chunk size and the daemon answers with the size both
 // use, never larger. Bytes 0-7 of a Hello are fixed across versions, and
 // the major version is judged before the rest, so a peer of another major
 // version always gets a Refuse with CodeVersion and a readable reason
 // (ErrVersion on this side), never a hang or a garbled error. Minor
 // versions only add flag bits, or fields a peer sends once the other side's
-// Hello has announced them.
+// Hello has announced them; the sender's token is the one exception, sent
+// only when the user gave one, to a daemon that needs it.
 //
 // # Transfers (protocol 2)
 //

@@ -16,10 +16,11 @@ type Hash [HashSize]byte
 // ProtocolMajor and ProtocolMinor are the protocol version this package
 // speaks. Peers with a different major version refuse each other; minor
 // versions only add optional fields and flags. Minor 1 adds the quick
-// check (OfferChecksum, CommittedUnchanged).
+// check (OfferChecksum, CommittedUnchanged); minor 2 the sender's token
+// in its Hello (Hello.Token).
 const (
 	ProtocolMajor = 2
-	ProtocolMinor = 1
+	ProtocolMinor = 2
 )
 
 // helloMagic opens every Hello payload, so that a stray client (HTTP, TLS)
@@ -44,7 +45,25 @@ type Hello struct {
 	Major, Minor uint16
 	ChunkSize    uint32 // bytes; a power of two, MinChunkSize..MaxChunkSize
 	Agent        string // software name and version, for logs; ≤ 256 bytes
+	// Token is the sender's secret (protocol 2.2), ≤ MaxTokenLen bytes of
+	// UTF-8; "" sends none. It is encoded only when not empty, so a
+	// Hello without a token is the same bytes as in 2.1; the daemon's
+	// Hello never carries one.
+	Token Secret
 }
+
+// Secret is a credential. It prints as "[secret]" (fmt's %v and %#v,
+// slog), so that logging a message that holds one never shows it.
+type Secret string
+
+// String returns "[secret]", never the secret.
+func (Secret) String() string { return "[secret]" }
+
+// GoString returns "[secret]" for %#v, never the secret.
+func (Secret) GoString() string { return "[secret]" }
+
+// MaxTokenLen is the longest Hello.Token in bytes.
+const MaxTokenLen = 256
 
 // Offer starts a transfer: the destination name, the source's metadata and
 // its identity (size, mtime, inode, BLAKE3 of the first IdentityPrefix bytes).
@@ -211,7 +230,11 @@ func (m *Hello) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, m.Major)
 	b = binary.BigEndian.AppendUint16(b, m.Minor)
 	b = binary.BigEndian.AppendUint32(b, m.ChunkSize)
-	return appendString(b, m.Agent)
+	b = appendString(b, m.Agent)
+	if m.Token != "" {
+		b = appendString(b, string(m.Token))
+	}
+	return b
 }
 
 func (m *Offer) appendPayload(b []byte) []byte {
@@ -345,6 +368,12 @@ func (d *decoder) hello() *Hello {
 	}
 	m.ChunkSize = d.u32()
 	m.Agent = d.str(maxAgent)
+	if d.err == nil && len(d.p) > 0 {
+		m.Token = Secret(d.str(MaxTokenLen))
+		if d.err == nil && m.Token == "" {
+			d.fail("empty token")
+		}
+	}
 	if d.err == nil {
 		if err := CheckChunkSize(int(m.ChunkSize)); err != nil {
 			d.fail("%v", err)

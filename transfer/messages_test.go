@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ func sampleMessages() []struct {
 		{"hello min chunk, empty agent", &Hello{Major: ProtocolMajor, Minor: 7, ChunkSize: MinChunkSize}},
 		{"hello max chunk, longest agent", &Hello{Major: ProtocolMajor, ChunkSize: MaxChunkSize, Agent: strings.Repeat("a", maxAgent)}},
 		{"hello unicode agent", &Hello{Major: ProtocolMajor, ChunkSize: MinChunkSize, Agent: "fähre/1 ⛴"}},
+		{"hello with a token", &Hello{Major: ProtocolMajor, Minor: 2, ChunkSize: MinChunkSize, Agent: "a", Token: "ferry_abc"}},
 		{"offer", &Offer{ID: 7, Size: 12345, Mode: 0o644, MtimeNs: 1700000000123456789, Inode: 42, PrefixID: h, Name: "dir/file.bin"}},
 		{"offer restart", &Offer{ID: 7, Flags: OfferRestart, Size: 0, Mode: 0o7777, MtimeNs: -1, Inode: 1<<64 - 1, Name: "a"}},
 		{"offer max size and name", &Offer{ID: 7, Size: MaxFileSize, Name: strings.Repeat("n", MaxNameLen)}},
@@ -100,6 +102,8 @@ func TestMessageLayout(t *testing.T) {
 	}{
 		{"hello", &Hello{Major: 2, Minor: 2, ChunkSize: 0x00100000, Agent: "ab"},
 			[]byte{'F', 'R', 'R', 'Y', 0, 2, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b'}},
+		{"hello with a token (2.2)", &Hello{Major: 2, Minor: 2, ChunkSize: 0x00100000, Agent: "ab", Token: "s"},
+			[]byte{'F', 'R', 'R', 'Y', 0, 2, 0, 2, 0, 0x10, 0, 0, 0, 2, 'a', 'b', 0, 1, 's'}},
 		{"offer", &Offer{ID: 9, Flags: 3, Size: 0x0102, Mode: 0o644, MtimeNs: 0x0304, Inode: 0x0506, PrefixID: h, Name: "x"},
 			cat(id, []byte{0, 0, 0, 3}, []byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 1, 0xa4},
 				[]byte{0, 0, 0, 0, 0, 0, 3, 4}, []byte{0, 0, 0, 0, 0, 0, 5, 6}, h[:], []byte{0, 1, 'x'})},
@@ -173,7 +177,10 @@ func TestDecodeMessageRejects(t *testing.T) {
 		{"hello agent length beyond payload", FrameHello, cat(hello[:12], []byte{0, 9, 'a'}), ErrProtocol, "too short"},
 		{"hello short", FrameHello, hello[:11], ErrProtocol, "too short"},
 		{"hello magic only", FrameHello, hello[:4], ErrProtocol, "too short"},
-		{"hello trailing byte", FrameHello, cat(hello, []byte{0}), ErrProtocol, "trailing"},
+		{"hello trailing byte", FrameHello, cat(hello, []byte{0, 1, 't', 0}), ErrProtocol, "trailing"},
+		{"hello token cut short", FrameHello, cat(hello, []byte{0}), ErrProtocol, "too short"},
+		{"hello empty token", FrameHello, cat(hello, []byte{0, 0}), ErrProtocol, "empty token"},
+		{"hello token too long", FrameHello, cat(hello, []byte{1, 1}, make([]byte, 257)), ErrProtocol, "above 256"},
 		// Offer.
 		{"offer size 2^62+1", FrameOffer, put(offer, 8, uint64(MaxFileSize+1)), ErrProtocol, "above"},
 		{"offer size 2^63-1", FrameOffer, put(offer, 8, uint64(1<<63-1)), ErrProtocol, "above"},
@@ -311,5 +318,16 @@ func TestRefuseMessageTruncation(t *testing.T) {
 				t.Fatalf("message cut to %d bytes, want close to %d", len(got), maxMessage)
 			}
 		})
+	}
+}
+
+// TestSecretNotPrinted checks that a Hello's token never shows in fmt or
+// slog output.
+func TestSecretNotPrinted(t *testing.T) {
+	h := &Hello{Token: "ferry_topsecret"}
+	for _, s := range []string{fmt.Sprintf("%v", h), fmt.Sprintf("%+v", h), fmt.Sprintf("%#v", h), fmt.Sprint(h.Token)} {
+		if strings.Contains(s, "topsecret") {
+			t.Errorf("printed the secret: %s", s)
+		}
 	}
 }

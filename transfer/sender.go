@@ -63,6 +63,9 @@ type Sender struct {
 	// Update has the daemon replace a committed file of other content
 	// (ClientOptions.Update). Default false.
 	Update bool
+	// Token is the secret the daemon authenticates this sender by
+	// (ClientOptions.Token); "" sends none.
+	Token string
 	// MaxRestarts is how many times one Send may start a file over
 	// because the source changed (it was modified during an attempt, or
 	// differs from the one the previous attempt sent). One more change
@@ -461,7 +464,7 @@ func (s *Sender) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
 	}
-	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum, Update: s.Update})
+	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum, Update: s.Update, Token: s.Token})
 	if err != nil {
 		_ = conn.Close() // the handshake's error is the one to report
 		return fmt.Errorf("handshake with %s: %w", s.Addr, err)

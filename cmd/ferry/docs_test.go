@@ -68,3 +68,18 @@ func TestBashCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestZshCompletionParses: `zsh -n` parses ferry's zsh completion
+// (skipped without zsh).
+func TestZshCompletionParses(t *testing.T) {
+	if _, err := exec.LookPath("zsh"); err != nil {
+		t.Skip("no zsh")
+	}
+	file := filepath.Join(t.TempDir(), "_ferry")
+	if err := os.WriteFile(file, []byte(docs(t)["dist/completion/_ferry"]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("zsh", "-n", file).CombinedOutput(); err != nil {
+		t.Fatalf("zsh -n _ferry: %v\n%s", err, out)
+	}
+}

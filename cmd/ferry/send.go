@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -42,6 +43,8 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "checksum", EnvVars: []string{"FERRY_CHECKSUM"}, Usage: "tell a file already on the daemon by its BLAKE3 (read and hashed here), not by size and mtime"},
 			&cli.BoolFlag{Name: "update", EnvVars: []string{"FERRY_UPDATE"}, Usage: "replace a file already on the daemon with other content, atomically, instead of refusing it"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"FERRY_TOKEN"}, Usage: "`SECRET` the daemon authenticates this sender by (from ferryd token add; prefer --token-file: a command line is visible to other users)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"FERRY_TOKEN_FILE"}, Usage: "read the token's secret from the first line of `FILE`"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"FERRY_VERBOSE"}, Usage: "print a line per file with its outcome"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout as it settles, then a summary object"},
@@ -93,6 +96,10 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	if c.Duration("timeout") <= 0 || c.Duration("backoff") < 0 {
 		return nil, fmt.Errorf("%w: --timeout must be above 0 and --backoff 0 or more", errUsage)
 	}
+	token, err := readToken(c)
+	if err != nil {
+		return nil, err
+	}
 	s := &sender{
 		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"),
 		stdout: stdout, stderr: stderr,
@@ -102,6 +109,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		ChunkSize: int(cs), Agent: "ferry/" + version,
 		Retries: c.Int("retries"), Backoff: c.Duration("backoff"), Timeout: c.Duration("timeout"),
 		Window: c.Int("window"), Checksum: c.Bool("checksum"), Update: c.Bool("update"),
+		Token:   token,
 		OnRetry: s.retrying,
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
@@ -546,4 +554,34 @@ func human(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// readToken returns the secret of --token, or the first line of
+// --token-file with surrounding white space trimmed; "" without either.
+// Both, an unreadable file or an empty secret are usage errors.
+func readToken(c *cli.Context) (string, error) {
+	tok, file := c.String("token"), c.String("token-file")
+	switch {
+	case tok != "" && file != "":
+		return "", fmt.Errorf("%w: give --token or --token-file, not both", errUsage)
+	case file == "":
+		return strings.TrimSpace(tok), nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("%w: --token-file: %w", errUsage, err)
+	}
+	defer f.Close() //nolint:errcheck // read only
+	line, err := bufio.NewReader(io.LimitReader(f, 4096)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("%w: --token-file: %w", errUsage, err)
+	}
+	tok = strings.TrimSpace(line)
+	if tok == "" {
+		return "", fmt.Errorf("%w: --token-file %s: the first line is empty", errUsage, file)
+	}
+	if len(tok) > transfer.MaxTokenLen {
+		return "", fmt.Errorf("%w: --token-file %s: a secret is at most %d bytes", errUsage, file, transfer.MaxTokenLen)
+	}
+	return tok, nil
 }

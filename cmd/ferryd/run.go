@@ -19,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/daemon/auth"
 	"github.com/ferry-dev/ferry/internal/bwlimit"
 	"github.com/ferry-dev/ferry/internal/sizeflag"
 	"github.com/ferry-dev/ferry/transfer"
@@ -36,7 +37,7 @@ const (
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var st runState
-	if err := newApp(ctx, stdout, stderr, &st).Run(args); err != nil {
+	if err := newApp(ctx, stdout, stderr, &st).Run(permuteTokenArgs(args)); err != nil {
 		if st.jsonLog != nil {
 			st.jsonLog.Error("exiting", "err", err.Error())
 		} else {
@@ -71,7 +72,7 @@ func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.Ap
 		Writer:    stdout,
 		ErrWriter: stderr,
 		Flags:     flags(),
-		Commands:  []*cli.Command{partialsCommand(stdout, st)},
+		Commands:  []*cli.Command{partialsCommand(stdout, st), tokenCommand(stdout, stderr, st)},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			st.code = exitUsage
 			return err
@@ -131,6 +132,9 @@ func flags() []cli.Flag {
 			Usage: "serve Prometheus metrics at http://`ADDR`/metrics (HOST:PORT; :0 for any port); none unless set"},
 		&cli.DurationFlag{Name: "partial-ttl", Value: 7 * 24 * time.Hour, EnvVars: []string{"FERRY_PARTIAL_TTL"},
 			Usage: "remove partials untouched this long, in the background, one log line each; a partial a session uses is kept (0: never)"},
+		tokensFlag(),
+		&cli.BoolFlag{Name: "allow-anonymous", EnvVars: []string{"FERRY_ALLOW_ANONYMOUS"},
+			Usage: "accept senders without a token on a listener that is not loopback, while there are no tokens (unsafe on an open network)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FERRY_LOG_LEVEL"},
 			Usage: "`LEVEL`: debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"FERRY_LOG_FORMAT"},
@@ -186,20 +190,6 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		reg = newMetricsRegistry()
 		metricsReg = reg
 	}
-	srv, err := daemon.NewServer(daemon.Config{
-		WrapConn: wrap, Metrics: metricsReg,
-		Store: store, Logger: log, Agent: "ferryd/" + version,
-		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
-		SyncInterval: c.Duration("sync-interval"),
-		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MinFree: sizeflag.Get(c, "min-free"), MaxSessions: c.Int("max-sessions"),
-		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
-		MinRate:          orNegative(sizeflag.Get(c, "min-rate")), MinRateWindow: c.Duration("min-rate-window"),
-		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
-		PartialTTL: c.Duration("partial-ttl"), PurgeRequests: true,
-	})
-	if err != nil {
-		return err
-	}
 	inherited, err := systemdListeners()
 	if err != nil {
 		*code = exitUsage // the socket unit is wrong; restarting cannot fix it
@@ -211,6 +201,31 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 			closeAll(inherited)
 			return err
 		}
+	}
+	tokens := tokenFile(c, root)
+	anonymous, err := checkAuth(tokens, append(append([]net.Listener(nil), inherited...), lns...), c.Bool("allow-anonymous"), root)
+	if err != nil {
+		closeAll(inherited)
+		closeAll(lns)
+		*code = exitUsage
+		return err
+	}
+	srv, err := daemon.NewServer(daemon.Config{
+		WrapConn: wrap, Metrics: metricsReg,
+		Store: store, Logger: log, Agent: "ferryd/" + version,
+		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
+		SyncInterval: c.Duration("sync-interval"),
+		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MinFree: sizeflag.Get(c, "min-free"), MaxSessions: c.Int("max-sessions"),
+		MaxSessionsPerIP: orNegative(c.Int("max-sessions-per-ip")),
+		MinRate:          orNegative(sizeflag.Get(c, "min-rate")), MinRateWindow: c.Duration("min-rate-window"),
+		MaxPending: c.Int("max-pending"), HandshakeTimeout: c.Duration("handshake-timeout"),
+		PartialTTL: c.Duration("partial-ttl"), PurgeRequests: true,
+		TokenFile: tokens, AllowAnonymous: anonymous,
+	})
+	if err != nil {
+		closeAll(inherited)
+		closeAll(lns)
+		return err
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -373,4 +388,42 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// checkAuth refuses an unsafe configuration before ferryd serves: a token
+// file that group or others may access (as rsync refuses such a secrets
+// file) or that does not parse, and a listener that is not loopback or a
+// Unix socket while there are no tokens, unless allowAnonymous. It
+// reports whether senders without a token may come in while there are
+// none: when every listener is local, or with allowAnonymous.
+func checkAuth(file string, lns []net.Listener, allowAnonymous bool, root string) (bool, error) {
+	tokens, _, err := auth.Load(file)
+	if err != nil {
+		return false, err
+	}
+	local := true
+	var open string
+	for _, ln := range lns {
+		if !isLocal(ln.Addr()) {
+			local, open = false, ln.Addr().String()
+			break
+		}
+	}
+	if !local && len(tokens) == 0 && !allowAnonymous {
+		return false, fmt.Errorf("listening on %s, which is not loopback, with no tokens: anyone who reaches it could write into the root; "+
+			"add one with `ferryd token add NAME --root %s` (or pass --allow-anonymous)", open, root)
+	}
+	return local || allowAnonymous, nil
+}
+
+// isLocal reports whether a listener's address is a Unix socket or a
+// loopback address.
+func isLocal(a net.Addr) bool {
+	switch a := a.(type) {
+	case *net.UnixAddr:
+		return true
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	}
+	return false
 }

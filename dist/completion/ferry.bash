@@ -1,25 +1,22 @@
 # bash completion for ferry. Generated from its flags by `make man`; do not edit.
 # Install: copy to /usr/share/bash-completion/completions/ferry, or source it.
 _ferry() {
-	local cur=${COMP_WORDS[COMP_CWORD]} cmd= i
+	local cur=${COMP_WORDS[COMP_CWORD]} cmd= sub= i
 	for ((i = 1; i < COMP_CWORD; i++)); do
-		case ${COMP_WORDS[i]} in
-		send|hash) cmd=${COMP_WORDS[i]}; break ;;
-		esac
-	done
-	local flags
-	case $cmd in
-	send) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --update --quiet --verbose --json --help' ;;
-	hash) flags='--help' ;;
-	*)
-		if [[ $cur != -* ]]; then
-			COMPREPLY=($(compgen -W 'send hash help' -- "$cur"))
-			return
+		if [[ -z $cmd ]]; then
+			case ${COMP_WORDS[i]} in send|hash) cmd=${COMP_WORDS[i]} ;; esac
 		fi
-		flags='--help --version' ;;
+	done
+	local flags= words=
+	case $cmd/$sub in
+	send/) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --update --token --token-file --quiet --verbose --json --help' words='' ;;
+	hash/) flags='--help' words='' ;;
+	*) flags='--help --version' words='send hash help' ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+	elif [[ -n $words ]]; then
+		COMPREPLY=($(compgen -W "$words" -- "$cur"))
 	fi
 }
 complete -o default -o bashdefault -F _ferry ferry

@@ -1,24 +1,28 @@
 # bash completion for ferryd. Generated from its flags by `make man`; do not edit.
 # Install: copy to /usr/share/bash-completion/completions/ferryd, or source it.
 _ferryd() {
-	local cur=${COMP_WORDS[COMP_CWORD]} cmd= i
+	local cur=${COMP_WORDS[COMP_CWORD]} cmd= sub= i
 	for ((i = 1; i < COMP_CWORD; i++)); do
-		case ${COMP_WORDS[i]} in
-		partials) cmd=${COMP_WORDS[i]}; break ;;
-		esac
-	done
-	local flags
-	case $cmd in
-	partials) flags='--root --json --help' ;;
-	*)
-		if [[ $cur != -* ]]; then
-			COMPREPLY=($(compgen -W 'partials help' -- "$cur"))
-			return
+		if [[ -z $cmd ]]; then
+			case ${COMP_WORDS[i]} in partials|token) cmd=${COMP_WORDS[i]} ;; esac
+		elif [[ -z $sub ]]; then
+			case $cmd/${COMP_WORDS[i]} in partials/purge|token/add|token/list|token/revoke) sub=${COMP_WORDS[i]} ;; esac
 		fi
-		flags='--listen --root --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --log-level --log-format --help --version' ;;
+	done
+	local flags= words=
+	case $cmd/$sub in
+	partials/purge) flags='--root --older-than --help' ;;
+	partials/) flags='--root --json --help' words='purge' ;;
+	token/add) flags='--root --tokens --dest --max-size --quota --overwrite --help' ;;
+	token/list) flags='--root --tokens --json --help' ;;
+	token/revoke) flags='--root --tokens --help' ;;
+	token/) flags='--help' words='add list revoke' ;;
+	*) flags='--listen --root --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --tokens --allow-anonymous --log-level --log-format --help --version' words='partials token help' ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+	elif [[ -n $words ]]; then
+		COMPREPLY=($(compgen -W "$words" -- "$cur"))
 	fi
 }
 complete -o default -o bashdefault -F _ferryd ferryd

@@ -118,38 +118,79 @@ func visibleCommands(app *cli.App) []*cli.Command {
 	return out
 }
 
-// Bash returns a bash completion script for app: its commands, and the
-// flags of the command being typed; other words complete as files.
+// Bash returns a bash completion script for app: its commands and their
+// subcommands (one level: `ferryd partials purge`, `ferryd token add`),
+// and the flags of the command being typed; other words complete as
+// files.
 func Bash(app *cli.App) string {
 	var b strings.Builder
 	fn := "_" + strings.ReplaceAll(app.Name, "-", "_")
 	fmt.Fprintf(&b, "# bash completion for %s. Generated from its flags by `make man`; do not edit.\n", app.Name)
 	fmt.Fprintf(&b, "# Install: copy to /usr/share/bash-completion/completions/%s, or source it.\n", app.Name)
 	fmt.Fprintf(&b, "%s() {\n", fn)
-	b.WriteString("\tlocal cur=${COMP_WORDS[COMP_CWORD]} cmd= i\n")
 	cmds := visibleCommands(app)
-	if len(cmds) > 0 {
-		var names []string
+	if len(cmds) == 0 {
+		b.WriteString("\tlocal cur=${COMP_WORDS[COMP_CWORD]}\n")
+		fmt.Fprintf(&b, "\tlocal flags='%s'\n", flagWords(options(app.Flags, true)))
+		b.WriteString("\tif [[ $cur == -* ]]; then\n\t\tCOMPREPLY=($(compgen -W \"$flags\" -- \"$cur\"))\n\tfi\n")
+	} else {
+		var names, pairs []string
 		for _, c := range cmds {
 			names = append(names, c.Names()...)
+			for _, sc := range visibleSubcommands(c) {
+				for _, cn := range c.Names() {
+					for _, sn := range sc.Names() {
+						pairs = append(pairs, cn+"/"+sn)
+					}
+				}
+			}
 		}
-		b.WriteString("\tfor ((i = 1; i < COMP_CWORD; i++)); do\n\t\tcase ${COMP_WORDS[i]} in\n")
-		fmt.Fprintf(&b, "\t\t%s) cmd=${COMP_WORDS[i]}; break ;;\n", strings.Join(names, "|"))
-		b.WriteString("\t\tesac\n\tdone\n")
-		b.WriteString("\tlocal flags\n\tcase $cmd in\n")
+		b.WriteString("\tlocal cur=${COMP_WORDS[COMP_CWORD]} cmd= sub= i\n")
+		b.WriteString("\tfor ((i = 1; i < COMP_CWORD; i++)); do\n")
+		fmt.Fprintf(&b, "\t\tif [[ -z $cmd ]]; then\n\t\t\tcase ${COMP_WORDS[i]} in %s) cmd=${COMP_WORDS[i]} ;; esac\n", strings.Join(names, "|"))
+		if len(pairs) > 0 {
+			fmt.Fprintf(&b, "\t\telif [[ -z $sub ]]; then\n\t\t\tcase $cmd/${COMP_WORDS[i]} in %s) sub=${COMP_WORDS[i]} ;; esac\n", strings.Join(pairs, "|"))
+		}
+		b.WriteString("\t\tfi\n\tdone\n")
+		b.WriteString("\tlocal flags= words=\n\tcase $cmd/$sub in\n")
 		for _, c := range cmds {
-			fmt.Fprintf(&b, "\t%s) flags='%s' ;;\n", strings.Join(c.Names(), "|"), flagWords(options(c.Flags, false)))
+			for _, sc := range visibleSubcommands(c) {
+				var pats []string
+				for _, cn := range c.Names() {
+					for _, sn := range sc.Names() {
+						pats = append(pats, cn+"/"+sn)
+					}
+				}
+				fmt.Fprintf(&b, "\t%s) flags='%s' ;;\n", strings.Join(pats, "|"), flagWords(options(sc.Flags, false)))
+			}
+			var pats []string
+			for _, cn := range c.Names() {
+				pats = append(pats, cn+"/")
+			}
+			var subs []string
+			for _, sc := range visibleSubcommands(c) {
+				subs = append(subs, sc.Names()...)
+			}
+			fmt.Fprintf(&b, "\t%s) flags='%s' words='%s' ;;\n", strings.Join(pats, "|"), flagWords(options(c.Flags, false)), strings.Join(subs, " "))
 		}
-		fmt.Fprintf(&b, "\t*)\n\t\tif [[ $cur != -* ]]; then\n\t\t\tCOMPREPLY=($(compgen -W '%s help' -- \"$cur\"))\n\t\t\treturn\n\t\tfi\n",
-			strings.Join(names, " "))
-		fmt.Fprintf(&b, "\t\tflags='%s' ;;\n\tesac\n", flagWords(options(app.Flags, true)))
-	} else {
-		fmt.Fprintf(&b, "\tlocal flags='%s'\n", flagWords(options(app.Flags, true)))
+		fmt.Fprintf(&b, "\t*) flags='%s' words='%s help' ;;\n\tesac\n", flagWords(options(app.Flags, true)), strings.Join(names, " "))
+		b.WriteString("\tif [[ $cur == -* ]]; then\n\t\tCOMPREPLY=($(compgen -W \"$flags\" -- \"$cur\"))\n")
+		b.WriteString("\telif [[ -n $words ]]; then\n\t\tCOMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n\tfi\n")
 	}
-	b.WriteString("\tif [[ $cur == -* ]]; then\n\t\tCOMPREPLY=($(compgen -W \"$flags\" -- \"$cur\"))\n\tfi\n")
 	b.WriteString("}\n")
 	fmt.Fprintf(&b, "complete -o default -o bashdefault -F %s %s\n", fn, app.Name)
 	return b.String()
+}
+
+// visibleSubcommands returns c's subcommands that are not hidden.
+func visibleSubcommands(c *cli.Command) []*cli.Command {
+	var out []*cli.Command
+	for _, sc := range c.Subcommands {
+		if !sc.Hidden && sc.Name != "help" {
+			out = append(out, sc)
+		}
+	}
+	return out
 }
 
 func flagWords(opts []option) string {
@@ -164,8 +205,9 @@ func flagWords(opts []option) string {
 	return strings.Join(w, " ")
 }
 
-// Zsh returns a zsh completion script (#compdef) for app: commands with
-// their descriptions, flags with theirs, and files for arguments.
+// Zsh returns a zsh completion script (#compdef) for app: commands and
+// their subcommands (one level) with their descriptions, flags with
+// theirs, and files for arguments.
 func Zsh(app *cli.App) string {
 	var b strings.Builder
 	fn := "_" + strings.ReplaceAll(app.Name, "-", "_")
@@ -191,9 +233,32 @@ func Zsh(app *cli.App) string {
 		b.WriteString("\tcase $state in\n\tcommand)\n")
 		fmt.Fprintf(&b, "\t\t_describe -t commands '%s command' commands ;;\n\targs)\n\t\tcase $line[1] in\n", app.Name)
 		for _, c := range cmds {
-			fmt.Fprintf(&b, "\t\t%s)\n\t\t\t_arguments -s \\\n", strings.Join(c.Names(), "|"))
-			writeSpecs(&b, options(c.Flags, false), "\t\t\t\t")
-			b.WriteString(" \\\n\t\t\t\t'*:file:_files' ;;\n")
+			fmt.Fprintf(&b, "\t\t%s)\n", strings.Join(c.Names(), "|"))
+			subs := visibleSubcommands(c)
+			if len(subs) == 0 {
+				b.WriteString("\t\t\t_arguments -s \\\n")
+				writeSpecs(&b, options(c.Flags, false), "\t\t\t\t")
+				b.WriteString(" \\\n\t\t\t\t'*:file:_files' ;;\n")
+				continue
+			}
+			// One level of subcommands, in the same pattern.
+			b.WriteString("\t\t\tlocal -a subcommands\n\t\t\tsubcommands=(\n")
+			for _, sc := range subs {
+				fmt.Fprintf(&b, "\t\t\t\t%s\n", quote(sc.Name+":"+sc.Usage))
+			}
+			b.WriteString("\t\t\t)\n\t\t\t_arguments -C \\\n")
+			for _, sp := range specs(options(c.Flags, false)) {
+				fmt.Fprintf(&b, "\t\t\t\t%s \\\n", sp)
+			}
+			b.WriteString("\t\t\t\t'1: :->subcommand' \\\n\t\t\t\t'*:: :->subargs'\n")
+			fmt.Fprintf(&b, "\t\t\tcase $state in\n\t\t\tsubcommand)\n\t\t\t\t_describe -t commands '%s %s command' subcommands ;;\n", app.Name, c.Name)
+			b.WriteString("\t\t\tsubargs)\n\t\t\t\tcase $line[1] in\n")
+			for _, sc := range subs {
+				fmt.Fprintf(&b, "\t\t\t\t%s)\n\t\t\t\t\t_arguments -s \\\n", strings.Join(sc.Names(), "|"))
+				writeSpecs(&b, options(sc.Flags, false), "\t\t\t\t\t\t")
+				b.WriteString(" \\\n\t\t\t\t\t\t'*:file:_files' ;;\n")
+			}
+			b.WriteString("\t\t\t\tesac ;;\n\t\t\tesac ;;\n")
 		}
 		b.WriteString("\t\tesac ;;\n\tesac\n}\n")
 	}
