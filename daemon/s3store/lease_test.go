@@ -486,7 +486,9 @@ func (d *dropResponse) RoundTrip(req *http.Request) (*http.Response, error) {
 // lease is kept rather than reported lost.
 func TestLeaseRenewalAnswerLost(t *testing.T) {
 	s := gateway(t)
-	const ttl = 1500 * time.Millisecond
+	// 3 s, not less: under load the gateway's answers take hundreds of
+	// milliseconds, and the wait below is 2 TTLs.
+	const ttl = 3 * time.Second
 	opts := s.Options()
 	opts.MaxRetries = 1 // the Leaser's retry, not minio-go's, is tested
 	drop := &dropResponse{dropped: make(chan struct{})}
