@@ -28,7 +28,8 @@ type syncer struct {
 	mu      sync.Mutex
 	cond    sync.Cond
 	want    syncPoint
-	done    syncPoint
+	done    syncPoint // the last point synced; the store may have reached less
+	reached int64     // the durable offset the store reported
 	running bool
 	stopped bool
 	err     error
@@ -47,7 +48,7 @@ func (s *syncer) stop() error {
 }
 
 func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
-	s := &syncer{p: p, ack: ack, want: durable, done: durable}
+	s := &syncer{p: p, ack: ack, want: durable, done: durable, reached: durable.offset}
 	s.cond.L = &s.mu
 	return s
 }
@@ -72,16 +73,22 @@ func (s *syncer) loop() {
 		pt := s.want
 		s.mu.Unlock()
 		start := time.Now()
-		err := s.p.Sync(&pt.stack)
+		d, err := s.p.Sync(&pt.stack)
 		s.met.synced("partial", start)
-		if err == nil {
-			s.ack(pt.offset)
+		s.mu.Lock()
+		grew := err == nil && d > s.reached
+		s.mu.Unlock()
+		// Only the offset the store reached is acknowledged: a store of
+		// whole parts makes less durable than was written.
+		if grew {
+			s.ack(d)
 		}
 		s.mu.Lock()
 		if err != nil {
 			s.err = err
 		} else {
 			s.done = pt
+			s.reached = max(s.reached, d)
 		}
 		s.cond.Broadcast()
 	}
@@ -100,11 +107,11 @@ func (s *syncer) flush(pt syncPoint) error {
 	return s.err
 }
 
-// durable returns the last offset made durable.
+// durable returns the last durable offset the store reported.
 func (s *syncer) durable() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.done.offset
+	return s.reached
 }
 
 // failed returns the error of a failed sync, if any.

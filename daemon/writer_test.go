@@ -29,11 +29,11 @@ func (p *gatedPartial) WriteAt(b []byte, off int64) error {
 	return nil
 }
 
-func (p *gatedPartial) Sync(stack *transfer.MergeStack) error {
+func (p *gatedPartial) Sync(stack *transfer.MergeStack) (int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.syncs = append(p.syncs, stack.Offset())
-	return nil
+	return stack.Offset(), nil
 }
 
 func (p *gatedPartial) recorded() (writes, syncs []int64) {
