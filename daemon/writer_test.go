@@ -124,3 +124,40 @@ func TestChunkWriterStopsAtFailedWrite(t *testing.T) {
 		t.Errorf("after a failed write: writes %v, syncs %v; want none", writes, syncs)
 	}
 }
+
+// partsPartial makes only whole parts of align bytes durable, as an object
+// store does.
+type partsPartial struct {
+	gatedPartial
+	align int64
+}
+
+func (p *partsPartial) WriteAt([]byte, int64) error { return nil }
+
+func (p *partsPartial) Sync(stack *transfer.MergeStack) (int64, error) {
+	_, _ = p.gatedPartial.Sync(stack)
+	return stack.Offset() / p.align * p.align, nil
+}
+
+// TestSyncerAcksOnlyReachedOffset: the sender hears of the durable offset
+// the store reached, not of the one asked for.
+func TestSyncerAcksOnlyReachedOffset(t *testing.T) {
+	const cs = 16 << 10
+	p := &partsPartial{align: 4 * cs}
+	var mu sync.Mutex
+	var acks []int64
+	s := newSyncer(p, pointAt(t, cs, 0), func(d int64) { mu.Lock(); acks = append(acks, d); mu.Unlock() })
+	for _, n := range []int{3, 5, 6, 9} {
+		if err := s.flush(pointAt(t, cs, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acks) != 2 || acks[0] != 4*cs || acks[1] != 8*cs {
+		t.Errorf("acks %v, want [%d %d]", acks, 4*cs, 8*cs)
+	}
+	if d := s.durable(); d != 8*cs {
+		t.Errorf("durable %d, want %d", d, 8*cs)
+	}
+}
