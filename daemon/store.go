@@ -135,9 +135,10 @@ type HashStorer interface {
 }
 
 // SyncAligner is implemented by a Partial that makes data durable only in
-// whole parts (s3store): Sync reaches no further than the last multiple
-// of SyncAlign bytes written. The session then asks for a sync at each
-// such boundary, so that an interruption loses less than one part.
+// whole parts (s3store): Sync reaches stack.Offset() only when it is a
+// multiple of SyncAlign, and otherwise keeps the durable offset it had.
+// The session then asks for a sync at each part boundary, so that an
+// interruption loses less than one part.
 type SyncAligner interface {
 	// SyncAlign returns the part size in bytes, a multiple of the
 	// partial's chunk size.
@@ -419,7 +420,7 @@ func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bo
 		return nil, false, err
 	}
 	replace := o.Flags&transfer.OfferUpdate != 0
-	if found && st.sameSource(o) && !restart {
+	if found && st.SameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
 		if err == nil {
 			p.replace = replace
