@@ -46,7 +46,9 @@ func TestMemStore(t *testing.T) {
 
 func TestMemStoreInParts(t *testing.T) {
 	storetest.Run(t, perTest(func(*testing.T) *storetest.MemBacking { return storetest.NewMemBacking() },
-		func(_ *testing.T, b *storetest.MemBacking) daemon.Store { return storetest.NewMemStore(b, 5*storetest.ChunkSize+1) }))
+		func(_ *testing.T, b *storetest.MemBacking) daemon.Store {
+			return storetest.NewMemStore(b, 5*storetest.ChunkSize+1)
+		}))
 }
 
 func TestMemLocker(t *testing.T) {
