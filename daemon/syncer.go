@@ -30,6 +30,9 @@ type syncer struct {
 	want    syncPoint
 	done    syncPoint // the last point synced; the store may have reached less
 	reached int64     // the durable offset the store reported
+	// align is the partial's SyncAlign (0: none): a point off a part
+	// boundary cannot become durable, and must not replace one that can.
+	align int64
 	running bool
 	stopped bool
 	err     error
@@ -49,6 +52,9 @@ func (s *syncer) stop() error {
 
 func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
 	s := &syncer{p: p, ack: ack, want: durable, done: durable, reached: durable.offset}
+	if a, ok := p.(SyncAligner); ok {
+		s.align = a.SyncAlign()
+	}
 	s.cond.L = &s.mu
 	return s
 }
@@ -57,7 +63,7 @@ func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
 func (s *syncer) request(pt syncPoint) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if pt.offset > s.want.offset {
+	if pt.offset > s.want.offset && (s.align <= 0 || pt.offset%s.align == 0) {
 		s.want = pt
 	}
 	if !s.running && !s.stopped && s.err == nil && s.want.offset > s.done.offset {
@@ -101,6 +107,9 @@ func (s *syncer) flush(pt syncPoint) error {
 	s.request(pt)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.align > 0 && pt.offset%s.align != 0 {
+		pt = s.want // the last part boundary asked for is as far as it gets
+	}
 	for s.running || (!s.stopped && s.err == nil && s.done.offset < pt.offset) {
 		s.cond.Wait()
 	}

@@ -161,3 +161,41 @@ func TestSyncerAcksOnlyReachedOffset(t *testing.T) {
 		t.Errorf("durable %d, want %d", d, 8*cs)
 	}
 }
+
+// alignedPartial is a partsPartial that says so (a SyncAligner) and whose
+// syncs wait for gate.
+type alignedPartial struct {
+	partsPartial
+	syncGate chan struct{}
+	reached  int64
+}
+
+func (p *alignedPartial) SyncAlign() int64 { return p.align }
+
+func (p *alignedPartial) Sync(stack *transfer.MergeStack) (int64, error) {
+	<-p.syncGate
+	if stack.Offset()%p.align == 0 {
+		p.reached = stack.Offset()
+	}
+	return p.reached, nil // off a boundary: no further than before
+}
+
+// TestSyncerKeepsPartBoundary: on a store of whole parts, the flush of an
+// interrupted transfer (at a point off a part boundary) must not replace
+// a pending sync at a boundary, which would then never become durable.
+func TestSyncerKeepsPartBoundary(t *testing.T) {
+	const cs = 16 << 10
+	p := &alignedPartial{partsPartial: partsPartial{align: 4 * cs}, syncGate: make(chan struct{})}
+	s := newSyncer(p, pointAt(t, cs, 0), func(int64) {})
+	s.request(pointAt(t, cs, 4)) // runs, held at the gate
+	s.request(pointAt(t, cs, 8)) // pending behind it
+	done := make(chan error, 1)
+	go func() { done <- s.flush(pointAt(t, cs, 10)) }()
+	close(p.syncGate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := s.durable(); d != 8*cs {
+		t.Errorf("durable %d after the flush, want the pending part boundary %d", d, 8*cs)
+	}
+}

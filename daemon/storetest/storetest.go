@@ -119,6 +119,14 @@ func newStack(t *testing.T) *transfer.MergeStack {
 	return s
 }
 
+// setHash gives p the whole-file BLAKE3 of b, as the session does before
+// a commit, if p records one.
+func setHash(p daemon.Partial, b []byte) {
+	if hp, ok := p.(interface{ SetHash(transfer.Hash) }); ok {
+		hp.SetHash(transfer.HashBytes(b))
+	}
+}
+
 // committed checks that name holds b with the suite's mtime.
 func committed(t *testing.T, s daemon.Store, name string, b []byte) {
 	t.Helper()
@@ -161,6 +169,7 @@ func commitWhole(t *testing.T, s daemon.Store, name string, b []byte, inode uint
 		t.Fatalf("Open(%s): %v", name, err)
 	}
 	write(t, p, b, newStack(t), int64(len(b)))
+	setHash(p, b)
 	return p.Commit()
 }
 
@@ -232,6 +241,7 @@ func Run(t *testing.T, newStore NewStore) {
 		if got, _ := stack.Sum(size); got != transfer.HashBytes(b) {
 			t.Fatal("merge stack after resume does not give the whole-file hash")
 		}
+		setHash(p, b)
 		if err := p.Commit(); err != nil {
 			t.Fatalf("Commit after resume: %v", err)
 		}
@@ -311,6 +321,17 @@ func Run(t *testing.T, newStore NewStore) {
 			t.Fatalf("second commit on a taken name: %v, want ErrExists", err)
 		}
 		committed(t, s, "taken", first)
+		// A file of several parts, committed by another path (a
+		// multipart upload on an object store).
+		p, _ := open(t, s, "taken", offer("taken", 1, 3), false)
+		u := unit(p)
+		p.Close() //nolint:errcheck,gosec // reopened below
+		third := data(2*u+ChunkSize, 7)
+		err = commitWhole(t, s, "taken", third, 3)
+		if !errors.Is(err, transfer.ErrExists) {
+			t.Fatalf("commit of %d bytes on a taken name: %v, want ErrExists", len(third), err)
+		}
+		committed(t, s, "taken", first)
 	})
 
 	t.Run("GroupCommit", func(t *testing.T) {
@@ -323,6 +344,7 @@ func Run(t *testing.T, newStore NewStore) {
 			b := data(sizes[i], byte(10+i))
 			p, _ := open(t, s, n, offer(n, sizes[i], uint64(i)), false)
 			write(t, p, b, newStack(t), sizes[i])
+			setHash(p, b)
 			ps, bs = append(ps, p), append(bs, b)
 		}
 		if err := commitWhole(t, s, "g/b", data(5, 99), 99); err != nil { // takes g/b first
