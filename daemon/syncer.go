@@ -32,7 +32,7 @@ type syncer struct {
 	reached int64     // the durable offset the store reported
 	// align is the partial's SyncAlign (0: none): a point off a part
 	// boundary cannot become durable, and must not replace one that can.
-	align int64
+	align   int64
 	running bool
 	stopped bool
 	err     error
