@@ -20,10 +20,10 @@ const s3Part = 8 << 20
 
 // startS3Daemon starts ferryd on gw's bucket, with credentials from the
 // environment as a deployment would give them.
-func startS3Daemon(t *testing.T, gw *gwServer, bucket string) *daemon {
+func startS3Daemon(t *testing.T, gw *gwServer, bucket string, flags ...string) *daemon {
 	t.Helper()
 	return startDaemonEnv(t, []string{"AWS_ACCESS_KEY_ID=" + gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + gw.SecretKey},
-		"--listen", "127.0.0.1:0", "--store", "s3://"+bucket+"/inbox", "--s3-endpoint", gw.URL, "--s3-region", "us-east-1")
+		append([]string{"--listen", "127.0.0.1:0", "--store", "s3://" + bucket + "/inbox", "--s3-endpoint", gw.URL, "--s3-region", "us-east-1"}, flags...)...)
 }
 
 // objectBLAKE3 returns the BLAKE3 of the object at key, read back.
@@ -65,7 +65,9 @@ func TestS3DaemonKilledOtherResumes(t *testing.T) {
 	ctx := testContext(t)
 	gw := startGW(t)
 	gw.CreateBucket(t, "shared")
-	a, b := startS3Daemon(t, gw, "shared"), startS3Daemon(t, gw, "shared")
+	// --sync-bytes off the part size: the store's parts decide when a
+	// sync is due, not the flag.
+	a, b := startS3Daemon(t, gw, "shared", "--sync-bytes", "5MiB"), startS3Daemon(t, gw, "shared", "--sync-bytes", "5MiB")
 	const size = 256 << 20
 	src := filepath.Join(t.TempDir(), "big.bin")
 	writeRandom(t, src, size, 131)
