@@ -1,7 +1,14 @@
 package s3store_test
 
 // A throwaway versitygw harness until internal/versitygw (built on the
-// s3lease branch) is merged: then startGW becomes versitygw.Start.
+// s3lease branch) is merged. Then this file becomes
+//
+//	type gwServer = versitygw.Server
+//
+//	func startGW(t testing.TB) *gwServer { return versitygw.Start(t) }
+//
+// (the same fields and methods: Endpoint, URL, AccessKey, SecretKey,
+// Client, Core, CreateBucket, Stop, Restart).
 
 import (
 	"context"

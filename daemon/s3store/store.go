@@ -351,7 +351,9 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 			return nil, false, err // says nothing about the partial: keep it
 		}
 		if ok {
-			return s.newPartial(key, *st, doc), false, nil
+			p := s.newPartial(key, *st, doc)
+			p.replace = o.Flags&transfer.OfferUpdate != 0
+			return p, false, nil
 		}
 	}
 	if found {
@@ -364,7 +366,9 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 		return nil, false, err
 	}
 	nst := daemon.State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	return s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)}), found, nil
+	p := s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)})
+	p.replace = o.Flags&transfer.OfferUpdate != 0
+	return p, found, nil
 }
 
 // uploadHasParts reports whether doc's upload is still open with every
@@ -421,6 +425,9 @@ type partial struct {
 	hash     transfer.Hash
 	hashed   bool
 	closed   bool
+	// replace says the commit replaces an object at the name (the
+	// sender's --update) instead of refusing to overwrite it.
+	replace bool
 }
 
 func (p *partial) State() daemon.State {
@@ -575,7 +582,9 @@ func (p *partial) commit() error {
 		return fmt.Errorf("bug: committing %d of %d bytes", end, size)
 	}
 	opts := p.objectOptions()
-	opts.SetMatchETagExcept("*") // If-None-Match: *: never overwrite
+	if !p.replace {
+		opts.SetMatchETagExcept("*") // If-None-Match: *: never overwrite
+	}
 	if p.hashed {
 		opts.UserTags = map[string]string{tagBlake3: hex.EncodeToString(p.hash[:])}
 	}
@@ -599,7 +608,9 @@ func (p *partial) commit() error {
 	}
 	p.mu.Unlock()
 	copts := minio.PutObjectOptions{}
-	copts.SetMatchETagExcept("*")
+	if !p.replace {
+		copts.SetMatchETagExcept("*")
+	}
 	if _, err := p.s.core.CompleteMultipartUpload(ctx(), p.s.bucket, obj, id, parts, copts); err != nil {
 		err = classify(err, name)
 		if errors.Is(err, transfer.ErrExists) {
