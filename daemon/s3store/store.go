@@ -409,8 +409,8 @@ func (s *Store) newPartial(key string, st daemon.State, doc *stateDoc) *partial 
 	return p
 }
 
-// partial is a Store's partial. Its buffer holds the bytes after the last
-// uploaded part, at most one part.
+// partial is a Store's partial. Only a file of at most one part is held
+// in memory; larger files stream their parts.
 type partial struct {
 	s        *Store
 	key      string
@@ -420,8 +420,15 @@ type partial struct {
 	st       daemon.State // durable state
 	uploadID string       // "" until the first part is uploaded
 	parts    []part       // uploaded parts, in order: [0, bufStart)
-	buf      []byte       // [bufStart, bufStart+len(buf)), not uploaded
-	bufStart int64
+	buf      []byte       // a file of one part: [0, len(buf)), for PutObject
+	bufStart int64        // the end of the uploaded parts
+	// The part being streamed: pw feeds its upload, which reports on
+	// partDone; streamed of its partLen bytes were written.
+	pw       *io.PipeWriter
+	partDone chan partResult
+	partLen  int64
+	partNum  int
+	streamed int64
 	hash     transfer.Hash
 	hashed   bool
 	closed   bool
@@ -444,32 +451,64 @@ func (p *partial) SyncAlign() int64 { return p.partSize }
 func (p *partial) SetHash(h transfer.Hash) { p.hash, p.hashed = h, true }
 
 // WriteAt implements daemon.Partial: chunks arrive in order from the
-// durable offset. A full part is uploaded at once, unless it ends the
-// file (the commit sends it).
+// durable offset. A file of at most one part is buffered for the commit's
+// PutObject. A larger one streams each part to the gateway as its chunks
+// arrive (UploadPart on a pipe), so that no part is held in memory and the
+// upload overlaps the transfer; the chunk that completes a part waits for
+// the gateway to acknowledge it.
 func (p *partial) WriteAt(b []byte, off int64) error {
 	p.mu.Lock()
-	end := p.bufStart + int64(len(p.buf))
+	end := p.bufStart + int64(len(p.buf)) + p.streamed
+	single := p.st.Size <= p.partSize
+	p.mu.Unlock()
 	if off != end {
-		p.mu.Unlock()
 		return fmt.Errorf("bug: write at offset %d, partial data ends at %d", off, end)
 	}
-	if p.buf == nil {
-		p.buf = make([]byte, 0, min(p.partSize, p.st.Size-p.bufStart))
-	}
-	p.buf = append(p.buf, b...)
-	full := int64(len(p.buf)) == p.partSize && p.bufStart+p.partSize < p.st.Size
-	p.mu.Unlock()
-	if !full {
+	if single {
+		p.mu.Lock()
+		if p.buf == nil {
+			p.buf = make([]byte, 0, p.st.Size)
+		}
+		p.buf = append(p.buf, b...)
+		p.mu.Unlock()
 		return nil
 	}
-	return p.uploadBuffered()
+	for len(b) > 0 {
+		if p.pw == nil {
+			if err := p.startPart(); err != nil {
+				return err
+			}
+		}
+		n := min(int64(len(b)), p.partLen-p.streamed)
+		if _, err := p.pw.Write(b[:n]); err != nil {
+			return p.endPart(fmt.Errorf("uploading part: %w", err))
+		}
+		p.mu.Lock()
+		p.streamed += n
+		full := p.streamed == p.partLen
+		p.mu.Unlock()
+		b = b[n:]
+		if full {
+			if err := p.endPart(nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
-// uploadBuffered uploads the buffer as the next part, starting the
-// upload first if needed.
-func (p *partial) uploadBuffered() error {
+// partResult is the outcome of a part's upload.
+type partResult struct {
+	etag string
+	err  error
+}
+
+// startPart starts the upload of the next part on a pipe, starting the
+// multipart upload first if needed.
+func (p *partial) startPart() error {
 	p.mu.Lock()
-	name, id, start, data := p.st.Name, p.uploadID, p.bufStart, p.buf
+	name, id, start := p.st.Name, p.uploadID, p.bufStart
+	length := min(p.partSize, p.st.Size-start)
 	p.mu.Unlock()
 	if id == "" {
 		var err error
@@ -482,17 +521,49 @@ func (p *partial) uploadBuffered() error {
 		p.mu.Unlock()
 	}
 	n := int(start/p.partSize) + 1
-	info, err := p.s.core.PutObjectPart(ctx(), p.s.bucket, p.s.object(name), id, n,
-		bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
-	if err != nil {
-		return fmt.Errorf("uploading part %d: %w", n, classify(err, name))
-	}
+	pr, pw := io.Pipe()
+	done := make(chan partResult, 1)
+	go func() {
+		info, err := p.s.core.PutObjectPart(ctx(), p.s.bucket, p.s.object(name), id, n, pr, length, minio.PutObjectPartOptions{})
+		if err == nil {
+			err = io.ErrClosedPipe // a writer still writing has nowhere to go
+		} else {
+			err = fmt.Errorf("uploading part %d: %w", n, classify(err, name))
+		}
+		pr.CloseWithError(err)
+		if errors.Is(err, io.ErrClosedPipe) {
+			err = nil
+		}
+		done <- partResult{etag: info.ETag, err: err}
+	}()
 	p.mu.Lock()
-	p.parts = append(p.parts, part{Number: n, ETag: info.ETag})
-	p.bufStart += int64(len(data))
-	p.buf = p.buf[:0]
+	p.pw, p.partDone, p.partLen, p.partNum = pw, done, length, n
 	p.mu.Unlock()
 	return nil
+}
+
+// endPart ends the part being streamed: after its last byte (cause nil)
+// it waits for the gateway's answer and records the part; after a failed
+// write (cause set) it abandons the part and returns the upload's error,
+// or cause.
+func (p *partial) endPart(cause error) error {
+	if cause != nil {
+		p.pw.CloseWithError(cause)
+	} else {
+		_ = p.pw.Close() // the reader sees EOF; closing a pipe does not fail
+	}
+	res := <-p.partDone
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cause == nil && res.err == nil {
+		p.parts = append(p.parts, part{Number: p.partNum, ETag: res.etag})
+		p.bufStart += p.partLen
+	}
+	p.pw, p.partDone, p.streamed = nil, nil, 0
+	if res.err != nil {
+		return res.err
+	}
+	return cause
 }
 
 // objectOptions returns the options of the committed object: its mode
@@ -543,6 +614,9 @@ func (p *partial) Sync(stack *transfer.MergeStack) (int64, error) {
 // reset starts the partial over at offset 0 (a whole-file hash that did
 // not match): the upload is aborted and the state object removed.
 func (p *partial) reset(stack *transfer.MergeStack) (int64, error) {
+	if p.pw != nil {
+		_ = p.endPart(errPartAbandoned) // not reached: a reset follows a complete file
+	}
 	p.mu.Lock()
 	st := p.st
 	doc := &stateDoc{UploadID: p.uploadID}
@@ -572,7 +646,7 @@ func (p *partial) Commit() error {
 // conditional CompleteMultipartUpload. Then the BLAKE3 tag.
 func (p *partial) commit() error {
 	p.mu.Lock()
-	size, name, id, end := p.st.Size, p.st.Name, p.uploadID, p.bufStart+int64(len(p.buf))
+	size, name, id, end := p.st.Size, p.st.Name, p.uploadID, p.bufStart+int64(len(p.buf))+p.streamed
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {
@@ -589,17 +663,12 @@ func (p *partial) commit() error {
 		opts.UserTags = map[string]string{tagBlake3: hex.EncodeToString(p.hash[:])}
 	}
 	obj := p.s.object(name)
-	if id == "" {
+	if size <= p.partSize {
 		_, err := p.s.core.PutObject(ctx(), p.s.bucket, obj, bytes.NewReader(p.buf), int64(len(p.buf)), "", "", opts)
 		if err != nil {
 			return fmt.Errorf("committing: %w", classify(err, name))
 		}
 		return nil
-	}
-	if len(p.buf) > 0 {
-		if err := p.uploadBuffered(); err != nil {
-			return err
-		}
 	}
 	p.mu.Lock()
 	parts := make([]minio.CompletePart, len(p.parts))
@@ -674,9 +743,15 @@ func (s *Store) Tidy(ps []daemon.Partial) error {
 // Close implements daemon.Partial: the buffer, not yet a part, is
 // dropped; the partial stays at its durable offset in the bucket.
 func (p *partial) Close() error {
+	if p.pw != nil {
+		_ = p.endPart(errPartAbandoned) // the part was never durable
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
 	p.buf = nil
 	return nil
 }
+
+// errPartAbandoned ends the upload of a part the transfer gave up on.
+var errPartAbandoned = errors.New("part abandoned: the transfer stopped")
