@@ -107,6 +107,8 @@ func flags() []cli.Flag {
 			Usage: "S3 endpoint `URL` for --store (http:// or https://; default AWS)"},
 		&cli.StringFlag{Name: "s3-region", EnvVars: []string{"FERRY_S3_REGION"},
 			Usage: "S3 `REGION` for --store (default: asked of the endpoint)"},
+		&cli.DurationFlag{Name: "s3-lease-ttl", Value: 30 * time.Second, EnvVars: []string{"FERRY_S3_LEASE_TTL"},
+			Usage: "how long a transfer's lease lasts without renewal with --store: a daemon that dies holds its transfers this long"},
 		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
 		&cli.DurationFlag{Name: "sync-interval", Value: time.Second, EnvVars: []string{"FERRY_SYNC_INTERVAL"},
 			Usage: "longest time written data waits for an fsync"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -14,8 +15,10 @@ import (
 // only: the conditional commit still never overwrites, but two daemons
 // may write one partial. With the lease merged this becomes
 //
-//	return &s3store.Leaser{Core: core, Bucket: bucket, Prefix: prefix, Owner: leaseOwner(), TTL: 30 * time.Second}
-func s3Locker(_ *minio.Core, _, _ string, log *slog.Logger) daemon.Locker {
+//	return &s3store.Leaser{Core: core, Bucket: bucket, Prefix: prefix, Owner: leaseOwner(), TTL: ttl}
+//
+// with leaseOwner the host name, PID and a random suffix.
+func s3Locker(_ *minio.Core, _, _ string, _ time.Duration, log *slog.Logger) daemon.Locker {
 	log.Warn("no leases yet: run one daemon per bucket")
 	return &daemon.MemLocker{}
 }

@@ -100,5 +100,10 @@ func openS3Store(c *cli.Context, u string, log *slog.Logger, code *int) (daemon.
 	}
 	core := &minio.Core{Client: client}
 	where := "s3://" + bucket + "/" + prefix
-	return s3store.New(core, bucket, prefix), s3Locker(core, bucket, prefix, log), where, func() {}, nil
+	ttl := c.Duration("s3-lease-ttl")
+	if ttl <= 0 {
+		*code = exitUsage
+		return nil, nil, "", nil, fmt.Errorf("--s3-lease-ttl %v: want a positive duration", ttl)
+	}
+	return s3store.New(core, bucket, prefix), s3Locker(core, bucket, prefix, ttl, log), where, func() {}, nil
 }

@@ -15,7 +15,7 @@ _ferryd() {
 			COMPREPLY=($(compgen -W 'partials help' -- "$cur"))
 			return
 		fi
-		flags='--listen --root --store --s3-endpoint --s3-region --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --log-level --log-format --help --version' ;;
+		flags='--listen --root --store --s3-endpoint --s3-region --s3-lease-ttl --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --log-level --log-format --help --version' ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
