@@ -198,20 +198,28 @@ func (s *MemStore) Tidy(ps []daemon.Partial) error {
 // memPartial is a MemStore partial: data holds every byte written, of
 // which [0, st.DurableOffset) is in the backing.
 type memPartial struct {
-	s      *MemStore
-	key    string
+	s   *MemStore
+	key string
+
+	mu     sync.Mutex // WriteAt and Sync run concurrently
 	st     daemon.State
 	data   []byte
 	part   int64
 	closed bool
 }
 
-func (p *memPartial) State() daemon.State { return p.st }
+func (p *memPartial) State() daemon.State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.st
+}
 
 // SyncAlign implements daemon.SyncAligner (0 without parts).
 func (p *memPartial) SyncAlign() int64 { return p.part }
 
 func (p *memPartial) WriteAt(b []byte, off int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if off != int64(len(p.data)) && off > p.st.DurableOffset {
 		return fmt.Errorf("bug: write at %d, data ends at %d", off, len(p.data))
 	}
@@ -220,6 +228,8 @@ func (p *memPartial) WriteAt(b []byte, off int64) error {
 }
 
 func (p *memPartial) Sync(stack *transfer.MergeStack) (int64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	d := stack.Offset()
 	if p.part > 0 && d < p.st.Size {
 		if d%p.part != 0 {
