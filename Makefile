@@ -2,7 +2,7 @@
 
 GO ?= go
 
-.PHONY: build test soak demo bench bench-trees bench-fsync bench-hash profile restart-read lint fuzz units man
+.PHONY: build test soak demo bench bench-s3 bench-trees bench-fsync bench-hash profile restart-read lint fuzz units man
 
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
@@ -52,6 +52,14 @@ bench-fsync:
 bench-hash:
 	$(GO) test -run='^$$' -bench='^Benchmark(HashPasses|ChunkSizes)$$' -cpu 1 ./transfer/
 	$(GO) test -run='^$$' -bench='^BenchmarkHashParallel$$' -cpu 1,2,4 ./transfer/
+
+# S3 of issue 13: 1 GiB through ferryd into versitygw on loopback against a
+# direct multipart upload with minio-go in the same part size, ferryd's peak
+# RSS, and the bytes resent after a daemon kill; needs versitygw (on PATH or
+# in ~/go/bin). Writes bench/results-s3.json. E.g. S3FLAGS='-size 256M -rounds 1'.
+bench-s3: build
+	$(GO) build -trimpath -o bin/ferrybench ./bench
+	bin/ferrybench s3 $(S3FLAGS)
 
 # What a restarted ferryd reads to resume a 16 GiB sparse partial (issue 10;
 # RESTART_SIZE=4G for a shorter run): /proc/PID/io of ferryd.

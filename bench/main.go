@@ -35,6 +35,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitCode(stderr, rawRecv(ctx, args[2:], stdout, stderr))
 		case "fsync":
 			return exitCode(stderr, fsyncBench(ctx, args[2:], stdout, stderr))
+		case "s3":
+			return exitCode(stderr, s3Bench(ctx, args[2:], stdout, stderr))
 		}
 	}
 	cfg, err := parseFlags(args, stderr)

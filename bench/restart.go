@@ -168,7 +168,7 @@ func buildPartial(ctx context.Context, root, srcPath string, d int64) (transfer.
 		_ = p.Close() // the truncate error is the one to report
 		return transfer.Hash{}, err
 	}
-	err = p.Sync(&atD)
+	_, err = p.Sync(&atD)
 	if cerr := p.Close(); err == nil {
 		err = cerr
 	}

@@ -93,7 +93,7 @@ func TestCloseErrorsAreReported(t *testing.T) {
 			if err := p.WriteAt(data[daemon.DirectAlign:], daemon.DirectAlign); err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
+			if _, err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if tt.direct {

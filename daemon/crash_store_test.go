@@ -35,7 +35,7 @@ func crashWrite(t *testing.T, p daemon.Partial, data []byte) {
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
+	if _, err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -99,7 +99,7 @@ func TestCrashCommittingRecognisedOnAnyFS(t *testing.T) {
 	o := crashOffer("dir/f", data, 1)
 	fs := commitCrashedBeforeCleanup(t, data, o)
 	s := crashStore(t, fs)
-	if !s.Committing(crashKey, o.Name) {
+	if !s.LinkedAt(crashKey, o.Name) {
 		t.Fatal("Committing does not recognise the partial linked at its name")
 	}
 	// The retry finishes the commit without writing the file.

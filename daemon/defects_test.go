@@ -182,7 +182,7 @@ func leftoverCommit(t *testing.T, root, name string, data []byte) {
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
+	if _, err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	p.Close()

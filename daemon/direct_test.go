@@ -114,7 +114,7 @@ func TestDirectIOWritesFullChunksDirect(t *testing.T) {
 	if counter.writes != 3 {
 		t.Errorf("%d writes went direct, want the 3 full chunks", counter.writes)
 	}
-	if err := p.Sync(StackOf(data, int64(len(data)), chunk)); err != nil {
+	if _, err := p.Sync(StackOf(data, int64(len(data)), chunk)); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Commit(); err != nil {

@@ -128,7 +128,7 @@ func (s *Server) startExpiry() {
 }
 
 // take marks key as used by expiry or a purge; false if a session has it.
-func (s *Server) take(key string) bool { return s.hold(key, expirer) }
+func (s *Server) take(key string) bool { return s.hold(key, expirer) == nil }
 
 // ExpirePartials removes every partial of k untouched for at least
 // PartialTTL (by Config.Now), unless a session uses it, logging one line

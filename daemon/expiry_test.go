@@ -57,7 +57,7 @@ func interruptedPartial(t *testing.T, s *daemon.DirStore, key, name string) {
 	if err := p.WriteAt(data[:testChunk], 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(daemon.StackOf(data[:testChunk], int64(len(data)), testChunk)); err != nil {
+	if _, err := p.Sync(daemon.StackOf(data[:testChunk], int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Close(); err != nil {

@@ -5,7 +5,7 @@ package daemon
 // back.
 func (s *Server) HoldKey(key string) (release func()) {
 	ss := &session{}
-	if !s.hold(key, ss) {
+	if s.hold(key, ss) != nil {
 		panic("bug: key already held")
 	}
 	return func() { s.release(key) }

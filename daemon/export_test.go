@@ -31,3 +31,6 @@ func StackOf(data []byte, size int64, chunkSize int) *transfer.MergeStack {
 	}
 	return s
 }
+
+// LinkedAt reports whether the partial under key is linked at name.
+func (s *DirStore) LinkedAt(key, name string) bool { return s.linkedAt(key, name) }

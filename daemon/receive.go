@@ -31,6 +31,9 @@ type rxTransfer struct {
 	confirm bool // the name holds a committed file of the offer's size and mtime
 	skip    bool // refused: the frames of its data run are dropped
 	held    bool // holds key on the server
+	// lost is closed when the lock on key is lost (a lease taken over):
+	// the transfer stops writing at the next chunk.
+	lost <-chan struct{}
 	// committed is set by the committer once the transfer settled there
 	// and gave back its key.
 	committed atomic.Bool
@@ -301,10 +304,13 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		// earlier transfer of the name (its source changed, say).
 		ss.dropTransfer(other, nil)
 	}
-	if !ss.srv.hold(t.key, ss) {
+	if err := ss.srv.hold(t.key, ss); errors.Is(err, ErrLocked) {
 		return fmt.Errorf("%w: %s is being received by another session; retry later", transfer.ErrBusy, transfer.QuoteName(o.Name))
+	} else if err != nil {
+		return fmt.Errorf("%w: taking the lock on %s: %v; retry later", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
 	}
 	t.held = true
+	t.lost = ss.srv.lost(t.key)
 	ss.byKey[t.key] = t
 	// Before anything else looks at the partial: if a commit was cut
 	// short after its link, its data file is the committed file, and must
@@ -613,6 +619,7 @@ type receiver struct {
 	received    int64        // chunk data bytes read from the wire
 	resumedFrom int64
 	lastSync    time.Time
+	align       int64 // the partial's SyncAlign, or 0
 
 	failed atomic.Bool // the transfer failed: no more acks
 }
@@ -626,6 +633,9 @@ func newReceiver(ss *session, t *rxTransfer) *receiver {
 	rx := &receiver{ss: ss, t: t, p: p, o: t.o, stack: st.Stack, next: st.DurableOffset,
 		asked: st.DurableOffset, resumedFrom: st.DurableOffset, lastSync: time.Now()}
 	rx.written = rx.point()
+	if a, ok := p.(SyncAligner); ok {
+		rx.align = a.SyncAlign()
+	}
 	rx.sync = newSyncer(p, rx.point(), rx.ack)
 	rx.sync.met = ss.srv.met
 	return rx
@@ -713,6 +723,11 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 		}
 		return nil
 	}
+	select {
+	case <-rx.t.lost:
+		return fmt.Errorf("%w: the lock on %s was lost (another daemon may hold it now); retry", transfer.ErrInternal, transfer.QuoteName(rx.o.Name))
+	default:
+	}
 	if err := rx.w.failed(); err != nil {
 		return storageError("writing chunk", err)
 	}
@@ -732,7 +747,13 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 	// group commit makes it durable. Only a longer transfer syncs on
 	// its way, so that a cut resumes. The writer hands the sync point to
 	// the syncer once the chunk is written.
-	if rx.next < rx.o.Size && (rx.next-rx.asked >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval) {
+	due := rx.next-rx.asked >= cfg.SyncBytes || time.Since(rx.lastSync) >= cfg.SyncInterval
+	if rx.align > 0 {
+		// A store of whole parts: a sync at every part boundary, and
+		// only there, since it can reach no further.
+		due = rx.next%rx.align == 0
+	}
+	if rx.next < rx.o.Size && due {
 		j.sync = true
 		rx.asked = rx.next
 		rx.lastSync = time.Now()
@@ -762,7 +783,7 @@ func (rx *receiver) finish(t *transfer.Trailer) error {
 		// is not what was sent. Start the next attempt from zero.
 		empty, err := transfer.NewMergeStack(rx.stack.ChunkSize())
 		if err == nil {
-			err = rx.p.Sync(empty)
+			_, err = rx.p.Sync(empty)
 		}
 		if err != nil {
 			rx.t.log.Error("resetting partial", "err", err)

@@ -111,6 +111,10 @@ type Config struct {
 	// inode, size and mtime), and the tokens' usage written. Defaults to
 	// 1s.
 	TokenPoll time.Duration
+	// Locker holds each transfer (partial key) for one session at a
+	// time. Defaults to an in-process MemLocker; daemons sharing a store
+	// need one that spans them (s3store's leases).
+	Locker Locker
 }
 
 func (c *Config) setDefaults() {
@@ -158,6 +162,9 @@ func (c *Config) setDefaults() {
 	if c.TokenPoll <= 0 {
 		c.TokenPoll = time.Second
 	}
+	if c.Locker == nil {
+		c.Locker = &MemLocker{}
+	}
 	if c.Agent == "" {
 		c.Agent = "ferryd"
 	}
@@ -178,11 +185,11 @@ type Server struct {
 	closed    bool
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
-	pending   int                 // sessions in sessions that have not completed their Hello
-	active    int                 // sessions past their Hello
-	perIP     map[string]int      // sessions past their Hello by remote IP (TCP only)
-	holders   map[string]*session // partial key → the session using it
-	reserved  int64               // bytes promised to transfers in progress
+	pending   int                // sessions in sessions that have not completed their Hello
+	active    int                // sessions past their Hello
+	perIP     map[string]int     // sessions past their Hello by remote IP (TCP only)
+	holders   map[string]*holder // partial key → the session using it
+	reserved  int64              // bytes promised to transfers in progress
 	pools     map[int]*transfer.BufferPool
 	wg        sync.WaitGroup
 	met       *metrics   // nil without Config.Metrics
@@ -203,7 +210,7 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg: cfg, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
-		holders:   make(map[string]*session),
+		holders:   make(map[string]*holder),
 		perIP:     make(map[string]int),
 		pools:     make(map[int]*transfer.BufferPool),
 	}
@@ -307,21 +314,61 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// hold marks key as used by ss, or reports that another session has it.
-func (s *Server) hold(key string, ss *session) bool {
+// holder is the session (or expirer) holding a partial key, and its lock;
+// lock is nil while Locker.Lock runs.
+type holder struct {
+	ss   *session
+	lock Lock
+}
+
+// hold marks key as used by ss through Config.Locker. It returns an error
+// wrapping ErrLocked when another session (or daemon) has it, and the
+// Locker's error when it cannot tell.
+func (s *Server) hold(key string, ss *session) error {
+	s.mu.Lock()
+	if h, ok := s.holders[key]; ok {
+		s.mu.Unlock()
+		if h.ss != ss {
+			return ErrLocked
+		}
+		return nil
+	}
+	h := &holder{ss: ss}
+	s.holders[key] = h
+	s.mu.Unlock()
+	// Outside the mutex: a lease is a round trip to the store.
+	lock, err := s.cfg.Locker.Lock(s.ctx, key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if h, ok := s.holders[key]; ok && h != ss {
-		return false
+	if err != nil {
+		delete(s.holders, key)
+		return err
 	}
-	s.holders[key] = ss
-	return true
+	h.lock = lock
+	return nil
+}
+
+// lost returns the channel closed when the lock on key, held by a
+// session, is lost; nil (never ready) when key is not held.
+func (s *Server) lost(key string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h, ok := s.holders[key]; ok && h.lock != nil {
+		return h.lock.Lost()
+	}
+	return nil
 }
 
 func (s *Server) release(key string) {
 	s.mu.Lock()
+	h := s.holders[key]
 	delete(s.holders, key)
 	s.mu.Unlock()
+	if h != nil && h.lock != nil {
+		if err := h.lock.Unlock(); err != nil {
+			s.cfg.Logger.Warn("releasing transfer lock", "key", key, "err", err)
+		}
+	}
 }
 
 // pool returns the shared pool of chunk frame buffers of size bytes.

@@ -11,7 +11,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/ferry-dev/ferry/daemon/auth"
@@ -243,12 +242,13 @@ func partialKey(credential, name string) string {
 	return hex.EncodeToString(h[:16])
 }
 
-// storageError classifies a storage failure for the sender: no space is
-// permanent for this attempt, anything else is an internal error worth a
-// retry (the partial stays at its durable offset).
+// storageError turns a storage failure, classified by the store, into
+// what the sender hears: no space is permanent for this attempt, anything
+// else is an internal error worth a retry (the partial stays at its
+// durable offset).
 func storageError(what string, err error) error {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %s: %v", transfer.ErrNoSpace, what, err)
+	if errors.Is(err, transfer.ErrNoSpace) {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return fmt.Errorf("%w: %s: %v", transfer.ErrInternal, what, err)
 }

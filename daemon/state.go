@@ -68,8 +68,9 @@ const stateVersion = 4
 // of another version, inconsistent, or whose checksum does not match.
 var ErrBadState = errors.New("bad state record")
 
-// sameSource reports whether st records the source an offer describes.
-func (st *State) sameSource(o *transfer.Offer) bool {
+// SameSource reports whether st records the source an offer describes:
+// same name, size, mtime, inode and prefix ID.
+func (st *State) SameSource(o *transfer.Offer) bool {
 	return st.Name == o.Name && st.Size == o.Size && st.MtimeNs == o.MtimeNs &&
 		st.Inode == o.Inode && st.PrefixID == o.PrefixID
 }

@@ -15,9 +15,17 @@ import (
 )
 
 // Store keeps partials and commits them under their final names. It is the
-// seam for other backends (object storage); session code touches files
-// only through it. Implementations are safe for concurrent use on distinct
-// keys; the server never lets two sessions use one key at once.
+// seam for other backends (DirStore on a local file system, s3store on
+// object storage); session code touches stored data only through it and
+// never reads uncommitted data back. Implementations are safe for
+// concurrent use on distinct keys; the server never lets two sessions use
+// one key at once (Config.Locker).
+//
+// Stores classify their own errors: a failure for lack of space wraps
+// transfer.ErrNoSpace, a name already taken transfer.ErrExists, a name
+// that cannot be resolved transfer.ErrBadName, and a committed file that
+// is not there ErrNotFound; anything else is an internal error worth a
+// retry. storetest.Run checks every store against this contract.
 type Store interface {
 	// Open returns the partial under key for the transfer o offers, in
 	// chunks of at most chunkSize bytes (a power of two). An existing
@@ -35,17 +43,20 @@ type Store interface {
 	// be resolved inside the root (a symlink out, a file as a directory).
 	Exists(name string) (bool, error)
 	// Stat returns the size in bytes and modification time of the
-	// committed file at name.
+	// committed file at name; an error wrapping ErrNotFound if there is
+	// none.
 	Stat(name string) (size int64, mtime time.Time, err error)
-	// OpenCommitted opens the committed regular file at name for reading.
+	// OpenCommitted opens the committed regular file at name for reading;
+	// an error wrapping ErrNotFound if there is none.
 	OpenCommitted(name string) (CommittedFile, error)
-	// FinishCommit completes a commit that was cut short after the
-	// partial under key was linked at name (a crash, or a failed directory
-	// fsync or cleanup): the partial's data is then the committed file,
-	// which must never be resumed, truncated or written. It makes name
-	// durable and removes the partial, and reports whether there was such
-	// a commit. The session calls it before anything else touches the
-	// partial.
+	// FinishCommit completes a commit of the partial under key at name
+	// that was cut short (a crash, a failed directory fsync or cleanup):
+	// the partial's data is then the committed file, which must never be
+	// resumed, truncated or written. It makes name durable and removes
+	// the partial, and reports whether there was such a commit. The
+	// session calls it before anything else touches the partial. A store
+	// whose commit is one atomic step (s3store) has none to finish: it
+	// only removes a partial left behind by a finished commit.
 	FinishCommit(key, name string) (finished bool, err error)
 	// CommitGroup commits many partials together (group commit): it
 	// applies each one's mode and mtime, makes all their data durable
@@ -105,10 +116,33 @@ func (p ParallelFsync) SyncFiles(files []File) []error {
 	return errs
 }
 
+// ErrNotFound is wrapped by Store.Stat's and OpenCommitted's errors when
+// nothing is committed at the name.
+var ErrNotFound = errors.New("no such file")
+
 // CommittedFile is a committed file open for reading.
 type CommittedFile interface {
 	io.ReaderAt
 	io.Closer
+}
+
+// HashStorer is implemented by a CommittedFile that can return the
+// whole-file BLAKE3 recorded at its commit (s3store's object metadata):
+// ok is false when none is recorded or it does not describe a file of
+// size bytes and mtime mtimeNs.
+type HashStorer interface {
+	StoredHash(size, mtimeNs int64) (h transfer.Hash, ok bool)
+}
+
+// SyncAligner is implemented by a Partial that makes data durable only in
+// whole parts (s3store): Sync reaches stack.Offset() only when it is a
+// multiple of SyncAlign, and otherwise keeps the durable offset it had.
+// The session then asks for a sync at each part boundary, so that an
+// interruption loses less than one part.
+type SyncAligner interface {
+	// SyncAlign returns the part size in bytes, a multiple of the
+	// partial's chunk size.
+	SyncAlign() int64
 }
 
 // Partial is one transfer's data and state. Its methods are called from
@@ -116,18 +150,23 @@ type CommittedFile interface {
 type Partial interface {
 	// State returns the last durable state.
 	State() State
-	// WriteAt writes verified chunk data at off; it is not durable yet.
+	// WriteAt writes verified chunk data at off, in whole chunks in order
+	// from the durable offset; it is not durable yet.
 	WriteAt(p []byte, off int64) error
-	// Sync fsyncs all data written so far, then atomically records
-	// durable offset stack.Offset() with stack, the merge stack of the
-	// chunks before it. On error the recorded durable offset stays where
-	// it was.
-	Sync(stack *transfer.MergeStack) error
-	// Commit applies mode and mtime, fsyncs, links the data into place at
-	// its name without overwriting, fsyncs the directory, then removes the
-	// partial. It returns an error wrapping transfer.ErrExists if another
-	// file took the name meanwhile, and a *leftoverError if the file is
-	// committed but removing the partial failed.
+	// Sync makes data written so far durable and atomically records the
+	// durable offset it reached with its merge stack; it returns that
+	// offset. stack is the merge stack of every chunk before
+	// stack.Offset(), all of them written. A store may reach less than
+	// stack.Offset() (a SyncAligner: only whole parts), never more, and
+	// never less than the durable offset before the call; the session
+	// acknowledges only the returned offset. On error the recorded
+	// durable offset stays where it was.
+	Sync(stack *transfer.MergeStack) (durable int64, err error)
+	// Commit makes the data durable under its name with its mode and
+	// mtime, never overwriting (CommitGroup of one), then removes the
+	// partial (Tidy). It returns an error wrapping transfer.ErrExists if
+	// another file took the name meanwhile, and a *LeftoverError if the
+	// file is committed but removing the partial failed.
 	Commit() error
 	// Close releases the partial, leaving it on disk for a later resume.
 	Close() error
@@ -225,6 +264,9 @@ func (s *DirStore) fileInPath(name string) string {
 // Stat implements Store.
 func (s *DirStore) Stat(name string) (int64, time.Time, error) {
 	fi, err := s.fs.Lstat(name)
+	if isNotExist(err) {
+		return 0, time.Time{}, fmt.Errorf("%w: %s", ErrNotFound, transfer.QuoteName(name))
+	}
 	if err != nil {
 		return 0, time.Time{}, err
 	}
@@ -242,9 +284,9 @@ func (s *DirStore) OpenCommitted(name string) (CommittedFile, error) {
 	return s.fs.OpenFile(name, os.O_RDONLY, 0)
 }
 
-// Committing reports whether the partial under key is linked at name: a
+// linkedAt reports whether the partial under key is linked at name: a
 // commit that was cut short after the link.
-func (s *DirStore) Committing(key, name string) bool {
+func (s *DirStore) linkedAt(key, name string) bool {
 	data, _, _ := s.paths(key)
 	a, err1 := s.fs.Lstat(data)
 	b, err2 := s.fs.Lstat(name)
@@ -256,10 +298,10 @@ func (s *DirStore) FinishCommit(key, name string) (bool, error) {
 	if !validKey(key) {
 		return false, fmt.Errorf("bug: partial key %q", key)
 	}
-	if !s.Committing(key, name) {
+	if !s.linkedAt(key, name) {
 		return false, nil
 	}
-	return true, s.finishCommit(key, name)
+	return true, classify(s.finishCommit(key, name))
 }
 
 // finishCommit does what Commit does after its link, for a partial whose
@@ -326,7 +368,7 @@ func (s *DirStore) FinishCommits() (finished []string, discarded int, err error)
 		if err != nil {
 			return finished, discarded, err
 		}
-		if found && s.Committing(key, st.Name) {
+		if found && s.linkedAt(key, st.Name) {
 			if err := s.finishCommit(key, st.Name); err != nil {
 				return finished, discarded, err
 			}
@@ -353,7 +395,7 @@ func linkCount(fi os.FileInfo) uint64 {
 // sameFile reports whether a and b, from FS.Lstat, describe one file. It
 // compares the *syscall.Stat_t of each rather than calling os.SameFile,
 // which knows only the os package's FileInfo and is always false for
-// another FS (crashfs found this: Committing never matched there).
+// another FS (crashfs found this: linkedAt never matched there).
 func sameFile(a, b os.FileInfo) bool {
 	sa, ok1 := a.Sys().(*syscall.Stat_t)
 	sb, ok2 := b.Sys().(*syscall.Stat_t)
@@ -362,6 +404,11 @@ func sameFile(a, b os.FileInfo) bool {
 
 // Open implements Store.
 func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bool) (Partial, bool, error) {
+	p, restarted, err := s.open(key, o, chunkSize, restart)
+	return p, restarted, classify(err)
+}
+
+func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bool) (Partial, bool, error) {
 	if !validKey(key) {
 		return nil, false, fmt.Errorf("bug: partial key %q", key)
 	}
@@ -373,7 +420,7 @@ func (s *DirStore) Open(key string, o *transfer.Offer, chunkSize int, restart bo
 		return nil, false, err
 	}
 	replace := o.Flags&transfer.OfferUpdate != 0
-	if found && st.sameSource(o) && !restart {
+	if found && st.SameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
 		if err == nil {
 			p.replace = replace
@@ -572,19 +619,29 @@ func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr)
 // SetToken implements TokenRecorder.
 func (p *dirPartial) SetToken(name string) { p.st.Token = name }
 
-func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
+func (p *dirPartial) WriteAt(b []byte, off int64) error { return classify(p.writeAt(b, off)) }
 
-func (p *dirPartial) Sync(stack *transfer.MergeStack) error {
+// Sync implements Partial: a DirStore makes all of stack.Offset() durable.
+func (p *dirPartial) Sync(stack *transfer.MergeStack) (int64, error) {
 	if err := p.f.Sync(); err != nil {
-		return fmt.Errorf("fsync partial data: %w", err)
+		return p.st.DurableOffset, classify(fmt.Errorf("fsync partial data: %w", err))
 	}
 	st := p.st
 	st.DurableOffset, st.Stack = stack.Offset(), *stack
 	if err := p.writeState(&st); err != nil {
-		return err
+		return p.st.DurableOffset, classify(err)
 	}
 	p.st = st
-	return nil
+	return st.DurableOffset, nil
+}
+
+// classify wraps transfer.ErrNoSpace around a failure for lack of space
+// (ENOSPC, EDQUOT), so that the session needs no errno of its own.
+func classify(err error) error {
+	if err != nil && !errors.Is(err, transfer.ErrNoSpace) && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+		return fmt.Errorf("%w: %w", transfer.ErrNoSpace, err)
+	}
+	return err
 }
 
 // writeState replaces the state record atomically and durably: temp
@@ -633,7 +690,7 @@ func (p *dirPartial) Commit() error {
 		return err
 	}
 	if err := p.s.Tidy([]Partial{p}); err != nil {
-		return &leftoverError{err}
+		return &LeftoverError{Err: err}
 	}
 	return nil
 }
@@ -643,6 +700,14 @@ func (p *dirPartial) Commit() error {
 // each linked into place (never overwriting), then each directory that
 // gained an entry fsynced once.
 func (s *DirStore) CommitGroup(ps []Partial) []error {
+	errs := s.commitGroup(ps)
+	for i, err := range errs {
+		errs[i] = classify(err)
+	}
+	return errs
+}
+
+func (s *DirStore) commitGroup(ps []Partial) []error {
 	errs := make([]error, len(ps))
 	dps := make([]*dirPartial, len(ps))
 	var files []File
@@ -719,7 +784,7 @@ func (s *DirStore) CommitGroup(ps []Partial) []error {
 				errs[i] = fmt.Errorf("linking into place: %w", err)
 				continue
 			}
-			if !s.Committing(p.key, name) {
+			if !s.linkedAt(p.key, name) {
 				errs[i] = fmt.Errorf("%w: %s", transfer.ErrExists, transfer.QuoteName(name))
 				continue
 			}
@@ -791,14 +856,14 @@ func (s *DirStore) Tidy(ps []Partial) error {
 	return first
 }
 
-// leftoverError is returned by Commit when the file is committed, in
-// place and durable, but its partial could not be removed. It is not the
-// sender's failure: reporting it as one made the sender's retry fail with
-// ErrExists on a file that had arrived whole (iofault_test.go).
-type leftoverError struct{ err error }
+// LeftoverError is returned by Partial.Commit when the file is committed,
+// in place and durable, but its partial could not be removed. It is not
+// the sender's failure: reporting it as one made the sender's retry fail
+// with ErrExists on a file that had arrived whole (iofault_test.go).
+type LeftoverError struct{ Err error }
 
-func (e *leftoverError) Error() string { return "committed, but " + e.err.Error() }
-func (e *leftoverError) Unwrap() error { return e.err }
+func (e *LeftoverError) Error() string { return "committed, but " + e.Err.Error() }
+func (e *LeftoverError) Unwrap() error { return e.Err }
 
 func (p *dirPartial) Close() error {
 	var derr error

@@ -89,7 +89,7 @@ func TestDirStoreResume(t *testing.T) {
 				}
 			}
 			// Durable up to 2 chunks; the third is written, never synced.
-			if err := p.Sync(daemon.StackOf(data[:2*testChunk], int64(len(data)), testChunk)); err != nil {
+			if _, err := p.Sync(daemon.StackOf(data[:2*testChunk], int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Close(); err != nil {
@@ -156,7 +156,7 @@ func TestDirStoreCommit(t *testing.T) {
 	if err := p.WriteAt(data, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
+	if _, err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Commit(); err != nil {
@@ -210,24 +210,24 @@ func TestDirStoreCommitting(t *testing.T) {
 	if err := p.WriteAt([]byte("abc"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Sync(daemon.StackOf([]byte("abc"), 3, testChunk)); err != nil {
+	if _, err := p.Sync(daemon.StackOf([]byte("abc"), 3, testChunk)); err != nil {
 		t.Fatal(err)
 	}
 	p.Close()
-	if s.Committing(testKey, "f") {
-		t.Fatal("Committing before the link")
+	if s.LinkedAt(testKey, "f") {
+		t.Fatal("LinkedAt before the link")
 	}
 	if err := os.Link(filepath.Join(root, ".ferry", "partials", testKey+".data"), filepath.Join(root, "f")); err != nil {
 		t.Fatal(err)
 	}
-	if !s.Committing(testKey, "f") {
+	if !s.LinkedAt(testKey, "f") {
 		t.Fatal("Committing false after the link")
 	}
 	finished, err := s.FinishCommit(testKey, "f")
 	if err != nil || !finished {
 		t.Fatalf("FinishCommit: %v, %v; want it finished", finished, err)
 	}
-	if s.Committing(testKey, "f") {
+	if s.LinkedAt(testKey, "f") {
 		t.Error("Committing after the partial is gone")
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, ".ferry", "partials")); len(ents) != 0 {
@@ -276,7 +276,7 @@ func TestDirStoreNeverWritesThroughCommittedFile(t *testing.T) {
 			if err := p.WriteAt(data, 0); err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
+			if _, err := p.Sync(daemon.StackOf(data, int64(len(data)), testChunk)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Commit(); err != nil {

@@ -28,7 +28,11 @@ type syncer struct {
 	mu      sync.Mutex
 	cond    sync.Cond
 	want    syncPoint
-	done    syncPoint
+	done    syncPoint // the last point synced; the store may have reached less
+	reached int64     // the durable offset the store reported
+	// align is the partial's SyncAlign (0: none): a point off a part
+	// boundary cannot become durable, and must not replace one that can.
+	align   int64
 	running bool
 	stopped bool
 	err     error
@@ -47,7 +51,10 @@ func (s *syncer) stop() error {
 }
 
 func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
-	s := &syncer{p: p, ack: ack, want: durable, done: durable}
+	s := &syncer{p: p, ack: ack, want: durable, done: durable, reached: durable.offset}
+	if a, ok := p.(SyncAligner); ok {
+		s.align = a.SyncAlign()
+	}
 	s.cond.L = &s.mu
 	return s
 }
@@ -56,7 +63,7 @@ func newSyncer(p Partial, durable syncPoint, ack func(int64)) *syncer {
 func (s *syncer) request(pt syncPoint) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if pt.offset > s.want.offset {
+	if pt.offset > s.want.offset && (s.align <= 0 || pt.offset%s.align == 0) {
 		s.want = pt
 	}
 	if !s.running && !s.stopped && s.err == nil && s.want.offset > s.done.offset {
@@ -72,16 +79,22 @@ func (s *syncer) loop() {
 		pt := s.want
 		s.mu.Unlock()
 		start := time.Now()
-		err := s.p.Sync(&pt.stack)
+		d, err := s.p.Sync(&pt.stack)
 		s.met.synced("partial", start)
-		if err == nil {
-			s.ack(pt.offset)
+		s.mu.Lock()
+		grew := err == nil && d > s.reached
+		s.mu.Unlock()
+		// Only the offset the store reached is acknowledged: a store of
+		// whole parts makes less durable than was written.
+		if grew {
+			s.ack(d)
 		}
 		s.mu.Lock()
 		if err != nil {
 			s.err = err
 		} else {
 			s.done = pt
+			s.reached = max(s.reached, d)
 		}
 		s.cond.Broadcast()
 	}
@@ -94,17 +107,20 @@ func (s *syncer) flush(pt syncPoint) error {
 	s.request(pt)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.align > 0 && pt.offset%s.align != 0 {
+		pt = s.want // the last part boundary asked for is as far as it gets
+	}
 	for s.running || (!s.stopped && s.err == nil && s.done.offset < pt.offset) {
 		s.cond.Wait()
 	}
 	return s.err
 }
 
-// durable returns the last offset made durable.
+// durable returns the last durable offset the store reported.
 func (s *syncer) durable() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.done.offset
+	return s.reached
 }
 
 // failed returns the error of a failed sync, if any.

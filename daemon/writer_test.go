@@ -29,11 +29,11 @@ func (p *gatedPartial) WriteAt(b []byte, off int64) error {
 	return nil
 }
 
-func (p *gatedPartial) Sync(stack *transfer.MergeStack) error {
+func (p *gatedPartial) Sync(stack *transfer.MergeStack) (int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.syncs = append(p.syncs, stack.Offset())
-	return nil
+	return stack.Offset(), nil
 }
 
 func (p *gatedPartial) recorded() (writes, syncs []int64) {
@@ -122,5 +122,80 @@ func TestChunkWriterStopsAtFailedWrite(t *testing.T) {
 	}
 	if writes, syncs := p.recorded(); len(writes) != 0 || len(syncs) != 0 {
 		t.Errorf("after a failed write: writes %v, syncs %v; want none", writes, syncs)
+	}
+}
+
+// partsPartial makes only whole parts of align bytes durable, as an object
+// store does.
+type partsPartial struct {
+	gatedPartial
+	align int64
+}
+
+func (p *partsPartial) WriteAt([]byte, int64) error { return nil }
+
+func (p *partsPartial) Sync(stack *transfer.MergeStack) (int64, error) {
+	_, _ = p.gatedPartial.Sync(stack)
+	return stack.Offset() / p.align * p.align, nil
+}
+
+// TestSyncerAcksOnlyReachedOffset: the sender hears of the durable offset
+// the store reached, not of the one asked for.
+func TestSyncerAcksOnlyReachedOffset(t *testing.T) {
+	const cs = 16 << 10
+	p := &partsPartial{align: 4 * cs}
+	var mu sync.Mutex
+	var acks []int64
+	s := newSyncer(p, pointAt(t, cs, 0), func(d int64) { mu.Lock(); acks = append(acks, d); mu.Unlock() })
+	for _, n := range []int{3, 5, 6, 9} {
+		if err := s.flush(pointAt(t, cs, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acks) != 2 || acks[0] != 4*cs || acks[1] != 8*cs {
+		t.Errorf("acks %v, want [%d %d]", acks, 4*cs, 8*cs)
+	}
+	if d := s.durable(); d != 8*cs {
+		t.Errorf("durable %d, want %d", d, 8*cs)
+	}
+}
+
+// alignedPartial is a partsPartial that says so (a SyncAligner) and whose
+// syncs wait for gate.
+type alignedPartial struct {
+	partsPartial
+	syncGate chan struct{}
+	reached  int64
+}
+
+func (p *alignedPartial) SyncAlign() int64 { return p.align }
+
+func (p *alignedPartial) Sync(stack *transfer.MergeStack) (int64, error) {
+	<-p.syncGate
+	if stack.Offset()%p.align == 0 {
+		p.reached = stack.Offset()
+	}
+	return p.reached, nil // off a boundary: no further than before
+}
+
+// TestSyncerKeepsPartBoundary: on a store of whole parts, the flush of an
+// interrupted transfer (at a point off a part boundary) must not replace
+// a pending sync at a boundary, which would then never become durable.
+func TestSyncerKeepsPartBoundary(t *testing.T) {
+	const cs = 16 << 10
+	p := &alignedPartial{partsPartial: partsPartial{align: 4 * cs}, syncGate: make(chan struct{})}
+	s := newSyncer(p, pointAt(t, cs, 0), func(int64) {})
+	s.request(pointAt(t, cs, 4)) // runs, held at the gate
+	s.request(pointAt(t, cs, 8)) // pending behind it
+	done := make(chan error, 1)
+	go func() { done <- s.flush(pointAt(t, cs, 10)) }()
+	close(p.syncGate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := s.durable(); d != 8*cs {
+		t.Errorf("durable %d after the flush, want the pending part boundary %d", d, 8*cs)
 	}
 }

@@ -55,6 +55,9 @@ type osFile interface {
 // and mtime is not noticed, as with the quick check.
 func storedHash(f CommittedFile, size, mtimeNs int64) (transfer.Hash, bool) {
 	var h transfer.Hash
+	if hs, ok := f.(HashStorer); ok {
+		return hs.StoredHash(size, mtimeNs)
+	}
 	of, ok := f.(osFile)
 	if !ok {
 		return h, false

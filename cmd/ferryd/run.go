@@ -102,6 +102,14 @@ func flags() []cli.Flag {
 			Usage: "address `ADDR` to listen on: HOST:PORT, [IPv6]:PORT, :0 for any port, or unix:/path (repeatable); with sockets from systemd (LISTEN_FDS), none unless set"},
 		&cli.StringFlag{Name: "root", Value: "./ferry-inbox", EnvVars: []string{"FERRY_ROOT"},
 			Usage: "directory `DIR` received files are written into (under systemd: $STATE_DIRECTORY)"},
+		&cli.StringFlag{Name: "store", EnvVars: []string{"FERRY_STORE"},
+			Usage: "keep partials and files in S3-compatible object storage at `s3://BUCKET[/PREFIX]` instead of --root, shared by every daemon given the same; credentials from the AWS environment variables, credential files or instance role (docs/SCALE-OUT.md)"},
+		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"FERRY_S3_ENDPOINT"},
+			Usage: "S3 endpoint `URL` for --store (http:// or https://; default AWS)"},
+		&cli.StringFlag{Name: "s3-region", EnvVars: []string{"FERRY_S3_REGION"},
+			Usage: "S3 `REGION` for --store (default: asked of the endpoint)"},
+		&cli.DurationFlag{Name: "s3-lease-ttl", Value: 30 * time.Second, EnvVars: []string{"FERRY_S3_LEASE_TTL"},
+			Usage: "how long a transfer's lease lasts without renewal with --store: a daemon that dies holds its transfers this long"},
 		sizeflag.Flag("sync-bytes", 16<<20, "FERRY_SYNC_BYTES", "`SIZE` written between fsyncs of a partial"),
 		&cli.DurationFlag{Name: "sync-interval", Value: time.Second, EnvVars: []string{"FERRY_SYNC_INTERVAL"},
 			Usage: "longest time written data waits for an fsync"},
@@ -144,37 +152,11 @@ func flags() []cli.Flag {
 
 // serve runs the daemon until a signal; it sets *code for usage errors.
 func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) error {
-	root := c.String("root")
-	if !c.IsSet("root") && os.Getenv("STATE_DIRECTORY") != "" {
-		// systemd's StateDirectory= may list several; the first is ours.
-		root = strings.Split(os.Getenv("STATE_DIRECTORY"), ":")[0]
-	}
-	fsys, err := daemon.OpenOSFS(root)
-	if err != nil {
-		return fmt.Errorf("opening root: %w", err)
-	}
-	defer fsys.Close() //nolint:errcheck // a directory handle; nothing to flush
-	// One daemon per root, before anything under it is touched.
-	lock, err := daemon.LockRoot(fsys)
+	store, locker, where, closeStore, err := openStore(c, log, code)
 	if err != nil {
 		return err
 	}
-	defer lock.Close() //nolint:errcheck // released on exit either way
-	store, err := daemon.NewDirStore(fsys)
-	if err != nil {
-		return fmt.Errorf("opening root %s: %w", root, err)
-	}
-	store.DirectIO = c.Bool("direct-io")
-	finished, discarded, err := store.FinishCommits()
-	for _, name := range finished {
-		log.Info("interrupted commit finished", "name", name)
-	}
-	if discarded > 0 {
-		log.Info("partials linked elsewhere discarded", "count", discarded)
-	}
-	if err != nil {
-		return fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
-	}
+	defer closeStore()
 	if c.Duration("partial-ttl") < 0 {
 		*code = exitUsage
 		return fmt.Errorf("--partial-ttl %v: want a duration of 0 (never) or more", c.Duration("partial-ttl"))
@@ -202,6 +184,7 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 			return err
 		}
 	}
+	root := rootDir(c) // "" with --store: then only --tokens names a token file
 	tokens := tokenFile(c, root)
 	anonymous, err := checkAuth(tokens, append(append([]net.Listener(nil), inherited...), lns...), c.Bool("allow-anonymous"), root)
 	if err != nil {
@@ -212,7 +195,7 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	}
 	srv, err := daemon.NewServer(daemon.Config{
 		WrapConn: wrap, Metrics: metricsReg,
-		Store: store, Logger: log, Agent: "ferryd/" + version,
+		Store: store, Locker: locker, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
 		SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MinFree: sizeflag.Get(c, "min-free"), MaxSessions: c.Int("max-sessions"),
@@ -240,11 +223,11 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		defer ms.close()
 	}
 	for _, ln := range inherited {
-		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd")
+		log.Info("listening", "addr", ln.Addr().String(), "root", where, "from", "systemd")
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	for _, ln := range lns {
-		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
+		log.Info("listening", "addr", ln.Addr().String(), "root", where)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	if ms != nil {
@@ -410,8 +393,12 @@ func checkAuth(file string, lns []net.Listener, allowAnonymous bool, root string
 		}
 	}
 	if !local && len(tokens) == 0 && !allowAnonymous {
+		where := "--root " + root
+		if root == "" {
+			where = "--tokens FILE" // --store: the token file is named, not found under a root
+		}
 		return false, fmt.Errorf("listening on %s, which is not loopback, with no tokens: anyone who reaches it could write into the root; "+
-			"add one with `ferryd token add NAME --root %s` (or pass --allow-anonymous)", open, root)
+			"add one with `ferryd token add NAME %s` (or pass --allow-anonymous)", open, where)
 	}
 	return local || allowAnonymous, nil
 }

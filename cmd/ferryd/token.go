@@ -29,6 +29,9 @@ func tokenFile(c *cli.Context, root string) string {
 	if f := c.String("tokens"); f != "" {
 		return f
 	}
+	if root == "" {
+		return "" // --store without --tokens: no token file
+	}
 	return filepath.Join(root, ".ferry", "tokens")
 }
 

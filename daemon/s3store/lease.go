@@ -1,6 +1,3 @@
-// Package s3store keeps partials and committed files in an S3-compatible
-// bucket shared by several daemons; lease.go holds their transfers one
-// daemon at a time (docs/SCALE-OUT-LEASES.md).
 package s3store
 
 import (

@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 
 	"github.com/ferry-dev/ferry/daemon"
+	"github.com/ferry-dev/ferry/daemon/storetest"
 	"github.com/ferry-dev/ferry/internal/versitygw"
 )
 
@@ -517,4 +519,14 @@ func TestLeaseRenewalAnswerLost(t *testing.T) {
 	if isLost(lk) {
 		t.Fatal("Lost closed by a renewal whose answer was lost")
 	}
+}
+
+// TestLeaserConformance runs the Locker conformance suite on leases in a
+// real gateway: each Locker is another daemon (owner) on one bucket.
+func TestLeaserConformance(t *testing.T) {
+	s := gateway(t)
+	var n atomic.Int32
+	storetest.RunLocker(t, func(t *testing.T) daemon.Locker {
+		return leaser(t, s, fmt.Sprintf("daemon-%d", n.Add(1)), 10*time.Second, 0)
+	})
 }

@@ -17,7 +17,7 @@ _ferryd() {
 	token/list) flags='--root --tokens --json --help' ;;
 	token/revoke) flags='--root --tokens --help' ;;
 	token/) flags='--help' words='add list revoke' ;;
-	*) flags='--listen --root --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --tokens --allow-anonymous --log-level --log-format --help --version' words='partials token help' ;;
+	*) flags='--listen --root --store --s3-endpoint --s3-region --s3-lease-ttl --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --tokens --allow-anonymous --log-level --log-format --help --version' words='partials token help' ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))

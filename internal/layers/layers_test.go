@@ -52,8 +52,8 @@ func TestLayers(t *testing.T) {
 			return !strings.HasPrefix(d, module+"/cmd") && !strings.Contains(d, "urfave/cli") &&
 				!strings.Contains(d, "cheggaaa/pb") && !strings.HasPrefix(d, module+"/integration")
 		}},
-		{"integration imports no ferry package but the fault proxy", module + "/integration", func(d string) bool {
-			return !strings.HasPrefix(d, module) || d == module+"/internal/faultproxy"
+		{"integration imports no ferry package but the fault proxy and the S3 gateway harness", module + "/integration", func(d string) bool {
+			return !strings.HasPrefix(d, module) || d == module+"/internal/faultproxy" || d == module+"/internal/versitygw"
 		}},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,237 @@
+package integration
+
+import (
+	"context"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/zeebo/blake3"
+
+	"github.com/ferry-dev/ferry/internal/faultproxy"
+)
+
+// s3Part is the S3 store's default part size: the most a daemon that
+// dies may have received and not made durable.
+const s3Part = 8 << 20
+
+// startS3Daemon starts ferryd on gw's bucket, with credentials from the
+// environment as a deployment would give them.
+func startS3Daemon(t *testing.T, gw *gwServer, bucket string, flags ...string) *daemon {
+	t.Helper()
+	return startDaemonEnv(t, []string{"AWS_ACCESS_KEY_ID=" + gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + gw.SecretKey},
+		append([]string{"--listen", "127.0.0.1:0", "--store", "s3://" + bucket + "/inbox", "--s3-endpoint", gw.URL, "--s3-region", "us-east-1",
+			"--s3-lease-ttl", leaseTTL}, flags...)...)
+}
+
+// leaseTTL is the daemons' lease TTL here: short, so that a dead daemon's
+// transfers are taken over within seconds.
+const leaseTTL = "2s"
+
+// objectBLAKE3 returns the BLAKE3 of the object at key, read back.
+func objectBLAKE3(t *testing.T, gw *gwServer, bucket, key string) string {
+	t.Helper()
+	obj, err := gw.Client(t).GetObject(context.Background(), bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	h := blake3.New()
+	if _, err := io.Copy(h, obj); err != nil {
+		t.Fatalf("reading %s back: %v", key, err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func fileBLAKE3(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := blake3.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestS3DaemonKilledOtherResumes: two ferryd on one bucket behind a TCP
+// proxy; a 256 MiB send through it; ferryd A is killed with SIGKILL
+// midway and the proxy switched to B. The sender's own retries resume on
+// B from A's durable offset, resending at most one part (plus the chunks
+// in flight), and the committed object is the source.
+func TestS3DaemonKilledOtherResumes(t *testing.T) {
+	slow(t)
+	ctx := testContext(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "shared")
+	// --sync-bytes off the part size: the store's parts decide when a
+	// sync is due, not the flag.
+	a, b := startS3Daemon(t, gw, "shared", "--sync-bytes", "5MiB"), startS3Daemon(t, gw, "shared", "--sync-bytes", "5MiB")
+	const size = 256 << 20
+	src := filepath.Join(t.TempDir(), "big.bin")
+	writeRandom(t, src, size, 131)
+	proxy := newProxy(t, a.addr)
+	proxy.Throttle(64 << 20)
+	sender := startFerry(t, sendArgs(proxy.Addr(), "--retries", "50", src)...)
+	if err := proxy.WaitBytes(ctx, 100<<20); err != nil {
+		t.Fatal(err)
+	}
+	a.kill()
+	reached := proxy.Total(faultproxy.ClientToServer)
+	proxy.SetUpstream(b.addr)
+	proxy.Throttle(0)
+	r := sender.wait()
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if rec.ResumedFrom <= 0 || rec.ResumedFrom%s3Part != 0 || rec.ResumedFrom > reached {
+		t.Errorf("resumed from %d after %d bytes reached A; want a part boundary (%d) past zero", rec.ResumedFrom, reached, s3Part)
+	}
+	resent := rec.TotalSentBytes - rec.Size
+	t.Logf("A killed after %d bytes; resumed on B from %d; bytes resent %d (part %d)", reached, rec.ResumedFrom, resent, s3Part)
+	// One part, plus what was in flight past the proxy when A died (the
+	// chunks in the socket buffers and A's writer).
+	if lost := reached - rec.ResumedFrom; lost > s3Part+4*chunkSize {
+		t.Errorf("%d bytes had reached A but B resumed from %d: more than one part (%d) lost", reached, rec.ResumedFrom, s3Part)
+	}
+	if resent > s3Part+8*chunkSize {
+		t.Errorf("resent %d bytes, want at most one part (%d) and the chunks in flight", resent, s3Part)
+	}
+	want := fileBLAKE3(t, src)
+	if got := objectBLAKE3(t, gw, "shared", "inbox/big.bin"); got != want || rec.BLAKE3 != want {
+		t.Errorf("committed object BLAKE3 %s (sender's %s), source's %s", got, rec.BLAKE3, want)
+	}
+}
+
+// TestS3RacingSendersOneCommits: two senders of different content race
+// on one name through two daemons on one bucket: one commits, the other
+// is refused as existing (exit 3), and the object is the winner's.
+func TestS3RacingSendersOneCommits(t *testing.T) {
+	slow(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "race")
+	a, b := startS3Daemon(t, gw, "race"), startS3Daemon(t, gw, "race")
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	src1, src2 := filepath.Join(dir1, "same.bin"), filepath.Join(dir2, "same.bin")
+	writeRandom(t, src1, 40<<20, 1)
+	writeRandom(t, src2, 40<<20, 2)
+	p1 := startFerry(t, sendArgs(a.addr, src1)...)
+	p2 := startFerry(t, sendArgs(b.addr, src2)...)
+	r1, r2 := p1.wait(), p2.wait()
+	if r1.code+r2.code != exitRefused || r1.code != exitOK && r2.code != exitOK {
+		t.Fatalf("exit codes %d and %d, want one 0 and one %d\n%s\n%s", r1.code, r2.code, exitRefused, r1, r2)
+	}
+	winner := src1
+	if r2.code == exitOK {
+		winner = src2
+	}
+	if got, want := objectBLAKE3(t, gw, "race", "inbox/same.bin"), fileBLAKE3(t, winner); got != want {
+		t.Errorf("object BLAKE3 %s, the committed sender's %s", got, want)
+	}
+}
+
+// TestS3GatewayRestartMidTransfer: the gateway stopped and restarted
+// mid-transfer; the sender retries and the transfer completes whole.
+func TestS3GatewayRestartMidTransfer(t *testing.T) {
+	slow(t)
+	ctx := testContext(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "restart")
+	d := startS3Daemon(t, gw, "restart")
+	src := filepath.Join(t.TempDir(), "f.bin")
+	writeRandom(t, src, 64<<20, 7)
+	proxy := newProxy(t, d.addr)
+	proxy.Throttle(32 << 20)
+	sender := startFerry(t, sendArgs(proxy.Addr(), "--retries", "50", src)...)
+	if err := proxy.WaitBytes(ctx, 24<<20); err != nil {
+		t.Fatal(err)
+	}
+	from := d.mark()
+	gw.Stop()
+	// Down until the daemon gives up on it (minio-go's own retries spent)
+	// and fails the transfer: the sender's retry is what completes it.
+	d.waitLine(from, "refused")
+	gw.Restart()
+	proxy.Throttle(0)
+	r := sender.wait()
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if rec.Attempts < 2 {
+		t.Errorf("%d attempts, want a retry after the gateway came back", rec.Attempts)
+	}
+	if got, want := objectBLAKE3(t, gw, "restart", "inbox/f.bin"), fileBLAKE3(t, src); got != want || rec.BLAKE3 != want {
+		t.Errorf("object BLAKE3 %s (sender's %s), source's %s", got, rec.BLAKE3, want)
+	}
+}
+
+// TestS3LiveLeaseNeverTaken: while ferryd A receives a transfer (for
+// longer than the lease TTL, so its lease is renewed), a sender of the
+// same name through ferryd B is refused as busy every time, and A's
+// transfer commits in one attempt.
+func TestS3LiveLeaseNeverTaken(t *testing.T) {
+	slow(t)
+	ctx := testContext(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "live")
+	a, b := startS3Daemon(t, gw, "live"), startS3Daemon(t, gw, "live")
+	src := filepath.Join(t.TempDir(), "held.bin")
+	writeRandom(t, src, 24<<20, 5)
+	proxy := newProxy(t, a.addr)
+	proxy.Throttle(4 << 20) // about 6 s: three TTLs
+	first := startFerry(t, sendArgs(proxy.Addr(), src)...)
+	for _, at := range []int64{4 << 20, 16 << 20} { // within the first TTL, and after renewals
+		if err := proxy.WaitBytes(ctx, at); err != nil {
+			t.Fatal(err)
+		}
+		from := b.mark()
+		r := runFerry(t, sendArgs(b.addr, "--retries", "0", src)...)
+		if r.code == exitOK {
+			t.Fatalf("second sender committed through B while A held the lease\n%s", r)
+		}
+		b.waitLine(from, "refused", "being received by another session")
+	}
+	r := first.wait()
+	wantCode(t, r, exitOK)
+	if rec := onlyRecord(t, r); rec.Attempts != 1 {
+		t.Errorf("A's sender needed %d attempts: its lease was taken", rec.Attempts)
+	}
+}
+
+// TestS3ExpiredLeaseTakenOver: ferryd A is killed mid-transfer; a sender
+// through ferryd B is refused as busy while A's lease lives, then B takes
+// the expired lease over and resumes from A's durable offset.
+func TestS3ExpiredLeaseTakenOver(t *testing.T) {
+	slow(t)
+	ctx := testContext(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "expired")
+	a, b := startS3Daemon(t, gw, "expired"), startS3Daemon(t, gw, "expired")
+	src := filepath.Join(t.TempDir(), "orphan.bin")
+	writeRandom(t, src, 48<<20, 6)
+	proxy := newProxy(t, a.addr)
+	proxy.Throttle(16 << 20)
+	first := startFerry(t, sendArgs(proxy.Addr(), "--retries", "0", src)...)
+	if err := proxy.WaitBytes(ctx, 30<<20); err != nil {
+		t.Fatal(err)
+	}
+	a.kill()
+	first.wait()
+	from := b.mark()
+	r := runFerry(t, sendArgs(b.addr, "--retries", "50", "--backoff", "200ms", src)...)
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	if rec.ResumedFrom <= 0 || rec.ResumedFrom%s3Part != 0 {
+		t.Errorf("resumed from %d, want A's durable offset, a part boundary past zero", rec.ResumedFrom)
+	}
+	if rec.Attempts < 2 || len(b.lines(from, "refused", "being received by another session")) == 0 {
+		t.Errorf("%d attempts: B took A's lease over before it expired", rec.Attempts)
+	}
+	if got, want := objectBLAKE3(t, gw, "expired", "inbox/orphan.bin"), fileBLAKE3(t, src); got != want {
+		t.Errorf("object BLAKE3 %s, source's %s", got, want)
+	}
+}
