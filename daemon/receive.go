@@ -116,7 +116,7 @@ func (ss *session) loop() error {
 			if err := ss.chunk(&c, rx, buf); err != nil {
 				return err
 			}
-		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer:
+		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer, transfer.FrameEntry:
 			// The data run's chunks are written before a control frame
 			// is read into ss.buf, and before a trailer is checked, a
 			// transfer dropped or a partial opened again.
@@ -132,6 +132,8 @@ func (ss *session) loop() error {
 				err = ss.data(m)
 			case *transfer.Trailer:
 				err = ss.trailer(m)
+			case *transfer.Entry:
+				err = ss.entry(m)
 			}
 			if err != nil {
 				ss.refuse(err)

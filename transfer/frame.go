@@ -26,6 +26,9 @@ const (
 	// FrameRefuseTransfer refuses one transfer; the session goes on
 	// (version 2).
 	FrameRefuseTransfer FrameType = 11
+	// FrameEntry creates a directory or a symbolic link, or sets a
+	// directory's mode and mtime (version 2.2).
+	FrameEntry FrameType = 12
 )
 
 func (t FrameType) String() string {
@@ -52,6 +55,8 @@ func (t FrameType) String() string {
 		return "data"
 	case FrameRefuseTransfer:
 		return "refuse-transfer"
+	case FrameEntry:
+		return "entry"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }
@@ -103,7 +108,7 @@ func ReadFrameHeader(r io.Reader, maxChunk int) (FrameHeader, error) {
 	case FrameChunk:
 		limit = uint32(ChunkHeaderSize + maxChunk)
 	case FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted,
-		FrameData, FrameRefuseTransfer:
+		FrameData, FrameRefuseTransfer, FrameEntry:
 	default:
 		return h, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, b[0])
 	}
