@@ -110,8 +110,8 @@ func TestWalkOrderTypesAndNames(t *testing.T) {
 		t.Errorf("remote names\n %q\nwant\n %q", got, wantRemote)
 	}
 	wantWarns := []string{
-		filepath.Join(tree, "a/link") + ": a symbolic link, " + errNotRegular.Error(),
-		filepath.Join(tree, "dirlink") + ": a symbolic link, " + errNotRegular.Error(),
+		filepath.Join(tree, "a/link") + ": a symbolic link, " + errLinkSkipped.Error(),
+		filepath.Join(tree, "dirlink") + ": a symbolic link, " + errLinkSkipped.Error(),
 		filepath.Join(tree, "fifo") + ": a named pipe, " + errNotRegular.Error(),
 		filepath.Join(tree, "sock") + ": a socket, " + errNotRegular.Error(),
 	}
@@ -156,7 +156,8 @@ func TestWalkPathNames(t *testing.T) {
 		{"dot-dot", "..", []string{"../a/b/f.txt", "../a/g.txt", "../top.txt"},
 			[]string{"X/Y/one/a/b/f.txt", "X/Y/one/a/g.txt", "X/Y/one/top.txt"}},
 		{"dir/..", "b/..", []string{"b/f.txt", "g.txt"}, []string{"X/Y/a/b/f.txt", "X/Y/a/g.txt"}},
-		{"trailing slash", "b/", []string{"b/f.txt"}, []string{"X/Y/b/f.txt"}},
+		// A trailing slash sends the contents, as rsync does.
+		{"trailing slash", "b/", []string{"b/f.txt"}, []string{"X/Y/f.txt"}},
 		{"trailing slash-dot", "b/.", []string{"b/f.txt"}, []string{"X/Y/b/f.txt"}},
 		{"dot-slash file", "./g.txt", []string{"./g.txt"}, []string{"X/Y/g.txt"}},
 		{"file", "b/f.txt", []string{"b/f.txt"}, []string{"X/Y/f.txt"}},

@@ -9,7 +9,7 @@ _ferry() {
 	done
 	local flags
 	case $cmd in
-	send) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --update --quiet --verbose --json --help' ;;
+	send) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --links --update --quiet --verbose --json --help' ;;
 	hash) flags='--help' ;;
 	*)
 		if [[ $cur != -* ]]; then
