@@ -488,7 +488,7 @@ func TestTreeNoWriteThroughSymlink(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root)
 	src := t.TempDir()
-	writeFiles(t, src, "t/d/keep.txt", "f.txt")
+	writeFiles(t, src, "t/d/sub/keep.txt", "f.txt")
 	if err := os.Symlink("d", filepath.Join(src, "t", "lnd")); err != nil {
 		t.Fatal(err)
 	}
@@ -496,12 +496,13 @@ func TestTreeNoWriteThroughSymlink(t *testing.T) {
 	if l, err := os.Readlink(filepath.Join(root, "t", "lnd")); err != nil || l != "d" {
 		t.Fatalf("link on the daemon: %q %v", l, err)
 	}
-	r := runFerry(t, sendArgs(d.addr, "--dest", "t/lnd", filepath.Join(src, "f.txt"))...)
+	// t/lnd/sub resolves, through the link, to the directory t/d/sub.
+	r := runFerry(t, sendArgs(d.addr, "--dest", "t/lnd/sub", filepath.Join(src, "f.txt"))...)
 	wantCode(t, r, exitRefused)
 	if rec := onlyRecord(t, r); !strings.Contains(rec.Reason, "symbolic link") {
 		t.Errorf("reason %q does not say a symbolic link is in the way", rec.Reason)
 	}
-	checkOnly(t, filepath.Join(root, "t", "d"), "keep.txt")
+	checkOnly(t, filepath.Join(root, "t", "d", "sub"), "keep.txt")
 }
 
 // TestTreeUnreadableSkipped: an unreadable file and an unreadable
