@@ -23,6 +23,7 @@ func TestCheckLinkTarget(t *testing.T) {
 		{"absolute", "t/l", "/etc/passwd", false},
 		{"climbs out", "t/l", "../../etc", false},
 		{"climbs out from the top", "l", "../x", false},
+		{"climbs to the root's parent", "t/l", "../..", false},
 		{"the root", "t/l", "..", false},
 		{"daemon's directory", "t/l", "../.ferry/partials", false},
 		{"empty", "t/l", "", false},
