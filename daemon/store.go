@@ -133,6 +133,16 @@ type Partial interface {
 	Close() error
 }
 
+// Extender is implemented by a Partial that can leave a hole of a sparse
+// file unwritten: Extend makes its data at least size bytes long without
+// writing (the new bytes read as zeros and occupy no block), and never
+// shortens it. Called from the same goroutine as WriteAt, in order.
+type Extender interface {
+	Extend(size int64) error
+}
+
+var _ Extender = (*dirPartial)(nil)
+
 // DirStore keeps partials as files under ReservedDir in a root:
 //
 //	.ferry/partials/KEY.data   the transfer's bytes; only [0, durable) is trusted
@@ -570,6 +580,24 @@ func (p *dirPartial) State() State { return p.st }
 func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr) }
 
 func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
+
+// Extend implements Extender with ftruncate, which leaves a hole. The
+// size reaches the disk with the next Sync's fsync, before the durable
+// offset that covers it is recorded, so a resume finds the file as long
+// as its durable offset.
+func (p *dirPartial) Extend(size int64) error {
+	fi, err := p.f.Stat()
+	if err != nil {
+		return fmt.Errorf("extending partial over a hole: %w", err)
+	}
+	if fi.Size() >= size {
+		return nil
+	}
+	if err := p.f.Truncate(size); err != nil {
+		return fmt.Errorf("extending partial over a hole: %w", err)
+	}
+	return nil
+}
 
 func (p *dirPartial) Sync(stack *transfer.MergeStack) error {
 	if err := p.f.Sync(); err != nil {

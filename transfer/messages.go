@@ -29,7 +29,7 @@ var helloMagic = [4]byte{'F', 'R', 'R', 'Y'}
 
 // Message is a decoded control frame: *Hello, *Offer, *Accept, *RemoteError
 // (a refusal of the session, or of one transfer when its ID is set), *Ack,
-// *Nack, *Trailer, *Committed, *Data or *Entry.
+// *Nack, *Trailer, *Committed, *Data, *Entry or *ZeroChunk.
 //
 // Every message about one transfer carries the transfer's ID: a u32 the
 // sender picks, increasing within a session, never 0.
@@ -207,6 +207,19 @@ const (
 	EntrySymlink EntryKind = 2
 )
 
+// ZeroChunk stands for the chunk [Offset, Offset+Length) of the current
+// data run when all its bytes are zero: a hole of a sparse file, found by
+// the sender with SEEK_DATA (protocol 2.2). Hash is the chunk hash of
+// Length zero bytes at Offset (ChunkHash), which the daemon computes and
+// compares as for a Chunk; the daemon does not write the bytes (the data
+// file is extended, so the hole stays a hole). Length follows a Chunk's
+// rules (the transfer's chunk size, shorter only at the end of the file).
+type ZeroChunk struct {
+	Offset int64
+	Length uint32
+	Hash   Hash
+}
+
 // Maximum string lengths in bytes, checked by the decoder.
 const (
 	maxAgent   = 256
@@ -233,6 +246,13 @@ func (*Nack) frameType() FrameType      { return FrameNack }
 func (*Trailer) frameType() FrameType   { return FrameTrailer }
 func (*Committed) frameType() FrameType { return FrameCommitted }
 func (*Entry) frameType() FrameType     { return FrameEntry }
+func (*ZeroChunk) frameType() FrameType { return FrameZeroChunk }
+
+func (m *ZeroChunk) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Offset))
+	b = binary.BigEndian.AppendUint32(b, m.Length)
+	return append(b, m.Hash[:]...)
+}
 
 func (m *Entry) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, m.ID)
@@ -356,6 +376,16 @@ func DecodeMessage(t FrameType, p []byte) (Message, error) {
 		m = &Data{ID: d.id(), Offset: d.offset()}
 	case FrameEntry:
 		m = d.entry()
+	case FrameZeroChunk:
+		z := &ZeroChunk{Offset: d.offset(), Length: d.u32(), Hash: d.hash()}
+		switch {
+		case d.err != nil:
+		case z.Length == 0 || z.Length > MaxChunkSize:
+			d.fail("zero chunk of %d bytes", z.Length)
+		case z.Offset+int64(z.Length) > MaxFileSize:
+			d.fail("zero chunk ends above %d", int64(MaxFileSize))
+		}
+		m = z
 	default:
 		return nil, fmt.Errorf("%w: %v is not a control frame", ErrProtocol, t)
 	}
