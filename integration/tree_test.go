@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-dev/ferry/internal/faultproxy"
 )
 
 // Trees of many files over one session (issue 9).
@@ -532,5 +534,88 @@ func TestTreeUnreadableSkipped(t *testing.T) {
 		if !strings.Contains(r.stderr, filepath.Join(src, "t", n)+":") {
 			t.Errorf("stderr does not report %s:\n%s", n, r.stderr)
 		}
+	}
+}
+
+// writeSparse makes a 1 GiB file at path with a hole before, between and
+// after three data extents (one not aligned to any chunk), and returns
+// the bytes of data written.
+func writeSparse(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	var data int64
+	for i, ext := range []struct{ off, n int64 }{{0, 3 << 19}, {300<<20 + 123, 2 << 20}, {700 << 20, 1 << 20}} {
+		b := make([]byte, ext.n)
+		for j := range b {
+			b[j] = byte(j*7 + i + 1)
+		}
+		if _, err := f.WriteAt(b, ext.off); err != nil {
+			t.Fatal(err)
+		}
+		data += ext.n
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// allocated returns the bytes of disk blocks path occupies (st_blocks*512).
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+// TestTreeSparseFileKeepsHoles sends a 1 GiB file with holes through a
+// proxy that cuts the link once, in the middle of the file: the re-run
+// resumes past the holes already durable, the committed file has the
+// source's BLAKE3, occupies about as many blocks as the source's data
+// (not 1 GiB), and the bytes on the wire, both attempts, are far below
+// the size: holes travel as ZeroChunk frames without data.
+func TestTreeSparseFileKeepsHoles(t *testing.T) {
+	root := t.TempDir()
+	d := startDaemon(t, root, "--sync-bytes", "16MiB")
+	src := filepath.Join(t.TempDir(), "sparse.img")
+	data := writeSparse(t, src)
+	if a := allocated(t, src); a > 64<<20 {
+		t.Skipf("the test's file system does not keep holes (%d bytes allocated)", a)
+	}
+	p := newProxy(t, d.addr)
+	// Cut inside the second extent, at 300 MiB: the durable offset is
+	// then past the first hole.
+	p.CutAfter(3 << 20)
+	r := runFerry(t, sendArgs(p.Addr(), "--retries", "3", src)...)
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	dst := filepath.Join(root, "sparse.img")
+	if h := ferryHash(t, dst); h != ferryHash(t, src) || rec.BLAKE3 != h {
+		t.Fatalf("committed BLAKE3 %s, record %s, source %s", h, rec.BLAKE3, ferryHash(t, src))
+	}
+	fi, err := os.Stat(dst)
+	if err != nil || fi.Size() != 1<<30 {
+		t.Fatalf("committed file: %v %v; want 1 GiB", fi, err)
+	}
+	wire := p.Total(faultproxy.ClientToServer)
+	t.Logf("1 GiB with %d bytes of data: %d bytes on the wire, %d allocated on the daemon, %d attempts, resumed from %d",
+		data, wire, allocated(t, dst), rec.Attempts, rec.ResumedFrom)
+	if rec.Attempts < 2 || rec.ResumedFrom == 0 {
+		t.Errorf("record %+v: want a second attempt resumed past 0", rec)
+	}
+	if a := allocated(t, dst); a > 4*data+(16<<20) {
+		t.Errorf("the committed file occupies %d bytes of blocks for %d bytes of data: its holes were filled", a, data)
+	}
+	if wire > 4*data+(16<<20) || rec.TotalSentBytes > 4*data {
+		t.Errorf("%d bytes on the wire, %d data bytes sent, for %d bytes of data: holes were sent", wire, rec.TotalSentBytes, data)
 	}
 }
