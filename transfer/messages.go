@@ -85,6 +85,10 @@ const (
 	// renamed over the old one, which stays until the new one is durable.
 	// Protocol 2.1; a 2.0 daemon ignores it and refuses.
 	OfferUpdate OfferFlags = 1 << 3
+	// OfferSparse says the source has holes (it allocates fewer blocks
+	// than its size needs): some chunks may come as ZeroChunks, so the
+	// daemon does not reserve the file's blocks ahead (Protocol 2.2).
+	OfferSparse OfferFlags = 1 << 4
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.

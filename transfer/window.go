@@ -383,6 +383,9 @@ func (w *window) start(job *Job) error {
 	if w.c.update {
 		offer.Flags |= OfferUpdate
 	}
+	if job.Src.Hole != nil {
+		offer.Flags |= OfferSparse
+	}
 	// A file of at most one chunk goes out with its offer, unless the
 	// daemon has lately been finding the files already committed (a send
 	// run again): then its offer goes alone, and its data only if the
