@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// MaxEntryBatch is the most entries SendEntries puts on the wire before it
-// reads their answers: small enough that the answers (48 bytes each) never
-// fill a socket buffer while the sender is still writing.
+// MaxEntryBatch is the most entries one SendEntries call takes: the
+// entries in flight on a session, whose answers the sender waits for
+// before it sends more.
 const MaxEntryBatch = 64
 
 // ErrEntriesUnsupported is returned by SendEntries when the daemon speaks
@@ -37,16 +37,42 @@ func (c *Client) SendEntries(ctx context.Context, entries []*Entry) (errs []erro
 	}
 	stop := closeOnCancel(ctx, c.rwc)
 	defer stop()
-	errs = make([]error, len(entries))
 	first := c.lastID + 1
 	for _, e := range entries {
 		c.lastID++
 		e.ID = c.lastID
-		if werr := WriteMessage(c.rwc, e); werr != nil {
-			c.broken = werr
-			return errs, ctxErr(ctx, werr)
-		}
 	}
+	// Written on their own goroutine while the answers are read: on an
+	// unbuffered connection (net.Pipe) the daemon's first answer waits
+	// for this side to read it.
+	werrc := make(chan error, 1)
+	go func() {
+		for _, e := range entries {
+			if err := WriteMessage(c.rwc, e); err != nil {
+				werrc <- err
+				return
+			}
+		}
+		werrc <- nil
+	}()
+	errs, err = c.readEntryAnswers(entries, first)
+	if err != nil {
+		c.broken = err
+		_ = c.rwc.Close() // ends a write blocked on a daemon that stopped reading
+		<-werrc
+		return errs, ctxErr(ctx, err)
+	}
+	if werr := <-werrc; werr != nil {
+		c.broken = werr
+		return errs, ctxErr(ctx, werr)
+	}
+	return errs, nil
+}
+
+// readEntryAnswers reads the daemon's answer to each of entries, whose
+// IDs start at first.
+func (c *Client) readEntryAnswers(entries []*Entry, first uint32) ([]error, error) {
+	errs := make([]error, len(entries))
 	answered := 0
 	seen := make([]bool, len(entries))
 	for answered < len(entries) {
@@ -55,8 +81,7 @@ func (c *Client) SendEntries(ctx context.Context, entries []*Entry) (errs []erro
 			if errors.Is(rerr, io.EOF) {
 				rerr = fmt.Errorf("daemon closed the session: %w", io.ErrUnexpectedEOF)
 			}
-			c.broken = rerr
-			return errs, ctxErr(ctx, rerr)
+			return errs, rerr
 		}
 		var id uint32
 		var answer error
@@ -65,18 +90,15 @@ func (c *Client) SendEntries(ctx context.Context, entries []*Entry) (errs []erro
 			id = m.ID
 		case *RemoteError:
 			if m.ID == 0 {
-				c.broken = m
 				return errs, m
 			}
 			id, answer = m.ID, m
 		default:
-			c.broken = fmt.Errorf("%w: unexpected %v from the daemon while it made entries", ErrProtocol, m.frameType())
-			return errs, c.broken
+			return errs, fmt.Errorf("%w: unexpected %v from the daemon while it made entries", ErrProtocol, m.frameType())
 		}
 		i := int(id) - int(first)
 		if id < first || i >= len(entries) || seen[i] {
-			c.broken = fmt.Errorf("%w: answer for entry %d, never sent or answered twice", ErrProtocol, id)
-			return errs, c.broken
+			return errs, fmt.Errorf("%w: answer for entry %d, never sent or answered twice", ErrProtocol, id)
 		}
 		seen[i] = true
 		errs[i] = answer
