@@ -168,8 +168,11 @@ type DirStore struct {
 	// (fallocate with FALLOC_FL_KEEP_SIZE, so that the file's size stays
 	// what was written) unless the offer says the source is sparse
 	// (OfferSparse). A file system without fallocate is skipped. Set it
-	// before the store is used. Off by default: measured slower than
-	// letting writes allocate (see docs/PROTOCOL.md, "ZeroChunk").
+	// before the store is used. Off by default, and not a ferryd flag:
+	// measured on 1 GiB over loopback (3 rounds each, the machine busy
+	// with other work) it changed nothing beyond the noise: wall 1.32 s
+	// (1.16–1.76) against 1.38 s (1.08–1.98) without, daemon CPU 0.76 s
+	// against 0.74 s (issue 12).
 	Preallocate bool
 
 	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
