@@ -58,16 +58,21 @@ func (c *Client) SendEntries(ctx context.Context, entries []*Entry) (errs []erro
 	errs, err = c.readEntryAnswers(entries, first)
 	if err != nil {
 		c.broken = err
-		_ = c.rwc.Close() // ends a write blocked on a daemon that stopped reading
-		<-werrc
+		// Closing ends a write blocked on a daemon that stopped reading;
+		// the read's error is the one to report, not the write's.
+		_ = c.rwc.Close()
+		_ = waitWrite(werrc)
 		return errs, ctxErr(ctx, err)
 	}
-	if werr := <-werrc; werr != nil {
+	if werr := waitWrite(werrc); werr != nil {
 		c.broken = werr
 		return errs, ctxErr(ctx, werr)
 	}
 	return errs, nil
 }
+
+// waitWrite waits for SendEntries' writer and returns its error.
+func waitWrite(werrc <-chan error) error { return <-werrc }
 
 // readEntryAnswers reads the daemon's answer to each of entries, whose
 // IDs start at first.
