@@ -125,6 +125,9 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 	if err := transfer.ValidateName(o.Name); err != nil {
 		return 0, err
 	}
+	if err := ss.checkNoSymlink(o.Name); err != nil {
+		return 0, err
+	}
 	if limit := ss.srv.cfg.MaxSize; limit > 0 && o.Size > limit {
 		return 0, fmt.Errorf("%w: %d bytes above the daemon's limit of %d", transfer.ErrTooLarge, o.Size, limit)
 	}
@@ -198,4 +201,27 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 func existsError(name string) error {
 	return fmt.Errorf("%w: %s is already on the daemon with other content; choose another --dest, remove it, or send with --update",
 		transfer.ErrExists, transfer.QuoteName(name))
+}
+
+// maxPlainDirs bounds the directories a session remembers as checked by
+// checkNoSymlink.
+const maxPlainDirs = 4096
+
+// checkNoSymlink refuses a name whose way goes through a symbolic link
+// (EntryStore.CheckNoSymlink), remembering the directories it checked so
+// that the files of one directory cost one check.
+func (ss *session) checkNoSymlink(name string) error {
+	es, ok := ss.srv.cfg.Store.(EntryStore)
+	dir := path.Dir(name)
+	if !ok || dir == "." || ss.plainDirs[dir] {
+		return nil
+	}
+	if err := es.CheckNoSymlink(name); err != nil {
+		return err
+	}
+	if ss.plainDirs == nil || len(ss.plainDirs) >= maxPlainDirs {
+		ss.plainDirs = make(map[string]bool)
+	}
+	ss.plainDirs[dir] = true
+	return nil
 }

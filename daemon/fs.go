@@ -46,6 +46,20 @@ type File interface {
 	Chmod(mode os.FileMode) error
 }
 
+// TreeFS is implemented by an FS that can make what a tree holds besides
+// regular files: symbolic links, and directory modes. Names resolve as
+// for FS (never out of the root).
+type TreeFS interface {
+	// Symlink creates name as a symbolic link holding target; it fails
+	// with an error matching fs.ErrExist if name exists.
+	Symlink(target, name string) error
+	// Readlink returns the target of the symbolic link name.
+	Readlink(name string) (string, error)
+	// Chmod sets name's permission bits, following a symlink (callers
+	// Lstat first).
+	Chmod(name string, mode os.FileMode) error
+}
+
 // FreeSpacer is implemented by an FS that can report the bytes available
 // to the daemon.
 type FreeSpacer interface {
@@ -61,6 +75,7 @@ type OSFS struct {
 
 var (
 	_ FS         = (*OSFS)(nil)
+	_ TreeFS     = (*OSFS)(nil)
 	_ FreeSpacer = (*OSFS)(nil)
 	_ DirReader  = (*OSFS)(nil)
 )
@@ -116,6 +131,15 @@ func (f *OSFS) Lstat(name string) (os.FileInfo, error) { return f.root.Lstat(nam
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
 	return f.root.Chtimes(name, atime, mtime)
 }
+
+// Symlink implements TreeFS with os.Root.Symlink.
+func (f *OSFS) Symlink(target, name string) error { return f.root.Symlink(target, name) }
+
+// Readlink implements TreeFS with os.Root.Readlink.
+func (f *OSFS) Readlink(name string) (string, error) { return f.root.Readlink(name) }
+
+// Chmod implements TreeFS with os.Root.Chmod.
+func (f *OSFS) Chmod(name string, mode os.FileMode) error { return f.root.Chmod(name, mode) }
 
 // ReadDir returns the sorted entry names of the directory name.
 func (f *OSFS) ReadDir(name string) ([]string, error) {

@@ -119,7 +119,21 @@ func (ss *session) loop() error {
 			if err := ss.chunk(&c, rx, buf); err != nil {
 				return err
 			}
-		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer:
+		case transfer.FrameZeroChunk:
+			// Part of the data run, like a chunk: the writer keeps going.
+			var zb [transfer.ChunkHeaderSize]byte
+			p, err := transfer.ReadControl(ss.r, h, zb[:0])
+			if err != nil {
+				return ss.readFailed(noEOF(err))
+			}
+			m, err := transfer.DecodeMessage(h.Type, p)
+			if err != nil {
+				return ss.readFailed(err)
+			}
+			if err := ss.zeroChunk(m.(*transfer.ZeroChunk), ss.writer()); err != nil {
+				return err
+			}
+		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer, transfer.FrameEntry:
 			// The data run's chunks are written before a control frame
 			// is read into ss.buf, and before a trailer is checked, a
 			// transfer dropped or a partial opened again.
@@ -135,6 +149,8 @@ func (ss *session) loop() error {
 				err = ss.data(m)
 			case *transfer.Trailer:
 				err = ss.trailer(m)
+			case *transfer.Entry:
+				err = ss.entry(m)
 			}
 			if err != nil {
 				ss.refuse(err)
@@ -222,6 +238,32 @@ func (ss *session) chunk(c *transfer.Chunk, rx *receiver, buf []byte) error {
 	}
 	// The transfer fails, the session goes on: the rest of the run is
 	// dropped.
+	ss.refuseTransfer(t, err)
+	ss.dropTransfer(t, err)
+	ss.cur = &rxTransfer{id: t.id, skip: true}
+	return nil
+}
+
+// zeroChunk hands a zero chunk (a hole) to the transfer of the current
+// data run, as chunk does a chunk; rx is what writer returned.
+func (ss *session) zeroChunk(z *transfer.ZeroChunk, rx *receiver) error {
+	t := ss.cur
+	if t == nil {
+		err := fmt.Errorf("%w: zero chunk outside a data run", transfer.ErrProtocol)
+		ss.refuse(err)
+		return err
+	}
+	if t.skip || t.confirm || t.rx.awaiting && z.Offset != t.rx.next || rx == nil {
+		return nil // as for a chunk
+	}
+	err := rx.zero(z)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, transfer.ErrProtocol):
+		ss.refuse(err)
+		return err
+	}
 	ss.refuseTransfer(t, err)
 	ss.dropTransfer(t, err)
 	ss.cur = &rxTransfer{id: t.id, skip: true}
@@ -711,18 +753,36 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 		return fmt.Errorf("%w: chunk [%d,+%d) of a file of %d bytes in %d-byte chunks", transfer.ErrProtocol, c.Offset, n, rx.o.Size, cs)
 	}
 	if !c.Verify(rx.o.Size) {
-		rx.bad++
-		rx.ss.srv.met.chunkRejected()
-		rx.t.log.Warn("chunk rejected", "offset", c.Offset, "reason", "BLAKE3 mismatch")
-		if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
-			return fmt.Errorf("%w: %d chunks failed verification", transfer.ErrIntegrity, rx.bad)
-		}
-		rx.awaiting = true
-		if err := rx.ss.send(&transfer.Nack{ID: rx.t.id, Offset: c.Offset}); err != nil {
-			return fmt.Errorf("%w: %v", transfer.ErrProtocol, err) // the session is broken
-		}
-		return nil
+		return rx.reject(c.Offset)
 	}
+	if err := rx.accept(c.Hash, n); err != nil {
+		return err
+	}
+	j := writeJob{buf: buf, data: c.Data, off: c.Offset, pt: rx.point()}
+	queued = true
+	rx.queue(j)
+	return nil
+}
+
+// reject answers a chunk at off that failed verification with a Nack, or
+// fails the transfer after too many.
+func (rx *receiver) reject(off int64) error {
+	rx.bad++
+	rx.ss.srv.met.chunkRejected()
+	rx.t.log.Warn("chunk rejected", "offset", off, "reason", "BLAKE3 mismatch")
+	if rx.bad > rx.ss.srv.cfg.MaxBadChunks {
+		return fmt.Errorf("%w: %d chunks failed verification", transfer.ErrIntegrity, rx.bad)
+	}
+	rx.awaiting = true
+	if err := rx.ss.send(&transfer.Nack{ID: rx.t.id, Offset: off}); err != nil {
+		return fmt.Errorf("%w: %v", transfer.ErrProtocol, err) // the session is broken
+	}
+	return nil
+}
+
+// accept takes a verified chunk of n bytes whose hash is h into the
+// merge stack, once no write or fsync of the transfer has failed.
+func (rx *receiver) accept(h transfer.Hash, n int64) error {
 	select {
 	case <-rx.t.lost:
 		return fmt.Errorf("%w: the lock on %s was lost (another daemon may hold it now); retry", transfer.ErrInternal, transfer.QuoteName(rx.o.Name))
@@ -734,14 +794,40 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 	if err := rx.sync.failed(); err != nil {
 		return storageError("fsync", err)
 	}
-	if err := rx.stack.Push(transfer.CV(c.Hash), n); err != nil {
+	if err := rx.stack.Push(transfer.CV(h), n); err != nil {
 		return fmt.Errorf("%w: %v", transfer.ErrInternal, err)
 	}
 	rx.next += n
-	// The bytes are about to occupy disk, so free space reflects them:
-	// stop promising them too.
+	// The bytes are about to occupy disk (or, for a hole, never will), so
+	// free space reflects them: stop promising them too.
 	rx.t.res.consume(n)
-	j := writeJob{buf: buf, data: c.Data, off: c.Offset, pt: rx.point()}
+	return nil
+}
+
+// zero verifies a zero chunk, whose hash the daemon computes from zeros
+// at its offset, and queues the hole: the writer extends the data file
+// over it without writing.
+func (rx *receiver) zero(z *transfer.ZeroChunk) error {
+	n := int64(z.Length)
+	if z.Offset != rx.next {
+		return fmt.Errorf("%w: zero chunk at offset %d, expected %d", transfer.ErrProtocol, z.Offset, rx.next)
+	}
+	if cs := int64(rx.stack.ChunkSize()); n != min(cs, rx.o.Size-z.Offset) {
+		return fmt.Errorf("%w: zero chunk [%d,+%d) of a file of %d bytes in %d-byte chunks", transfer.ErrProtocol, z.Offset, n, rx.o.Size, cs)
+	}
+	if h, err := transfer.ZeroChunkHash(z.Offset, int(n), rx.o.Size); err != nil || h != z.Hash {
+		return rx.reject(z.Offset)
+	}
+	if err := rx.accept(z.Hash, n); err != nil {
+		return err
+	}
+	rx.queue(writeJob{off: z.Offset, hole: n, pt: rx.point()})
+	return nil
+}
+
+// queue hands j, a verified chunk or hole, to the writer, asking for a
+// sync point on the way when one is due.
+func (rx *receiver) queue(j writeJob) {
 	cfg := &rx.ss.srv.cfg
 	// A file that arrives whole in one run needs no state record: the
 	// group commit makes it durable. Only a longer transfer syncs on
@@ -758,9 +844,7 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 		rx.asked = rx.next
 		rx.lastSync = time.Now()
 	}
-	queued = true
 	rx.w.write(j)
-	return nil
 }
 
 // finish checks the whole-file hash at the trailer. On a mismatch the

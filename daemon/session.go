@@ -61,6 +61,7 @@ type session struct {
 	doneMu    sync.Mutex
 	done      []*rxTransfer // committed by the committer, still in byKey
 	stats     sessionStats
+	plainDirs map[string]bool // directories checkNoSymlink found free of symlinks
 }
 
 // sessionStats counts a session's transfers for its log line.

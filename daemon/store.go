@@ -172,6 +172,16 @@ type Partial interface {
 	Close() error
 }
 
+// Extender is implemented by a Partial that can leave a hole of a sparse
+// file unwritten: Extend makes its data at least size bytes long without
+// writing (the new bytes read as zeros and occupy no block), and never
+// shortens it. Called from the same goroutine as WriteAt, in order.
+type Extender interface {
+	Extend(size int64) error
+}
+
+var _ Extender = (*dirPartial)(nil)
+
 // DirStore keeps partials as files under ReservedDir in a root:
 //
 //	.ferry/partials/KEY.data   the transfer's bytes; only [0, durable) is trusted
@@ -192,6 +202,17 @@ type DirStore struct {
 
 	// Sync makes a group's data durable. Defaults to ParallelFsync.
 	Sync SyncStrategy
+
+	// Preallocate, when set, reserves a new partial's blocks at once
+	// (fallocate with FALLOC_FL_KEEP_SIZE, so that the file's size stays
+	// what was written) unless the offer says the source is sparse
+	// (OfferSparse). A file system without fallocate is skipped. Set it
+	// before the store is used. Off by default, and not a ferryd flag:
+	// measured on 1 GiB over loopback (3 rounds each, the machine busy
+	// with other work) it changed nothing beyond the noise: wall 1.32 s
+	// (1.16–1.76) against 1.38 s (1.08–1.98) without, daemon CPU 0.76 s
+	// against 0.74 s (issue 12).
+	Preallocate bool
 
 	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
 }
@@ -584,6 +605,12 @@ func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPar
 	// record that points at it: writeState syncs the directory first.
 	// A file committed in one go never has a state record, and needs no
 	// fsync of the partials' directory at all (group commit, issue 9).
+	if s.Preallocate && o.Flags&transfer.OfferSparse == 0 && o.Size > int64(chunkSize) {
+		if err := preallocate(f, o.Size); err != nil {
+			_ = f.Close() // the fallocate's error is the one to report
+			return nil, err
+		}
+	}
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
 	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true}, nil
 }
@@ -620,6 +647,24 @@ func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr)
 func (p *dirPartial) SetToken(name string) { p.st.Token = name }
 
 func (p *dirPartial) WriteAt(b []byte, off int64) error { return classify(p.writeAt(b, off)) }
+
+// Extend implements Extender with ftruncate, which leaves a hole. The
+// size reaches the disk with the next Sync's fsync, before the durable
+// offset that covers it is recorded, so a resume finds the file as long
+// as its durable offset.
+func (p *dirPartial) Extend(size int64) error {
+	fi, err := p.f.Stat()
+	if err != nil {
+		return fmt.Errorf("extending partial over a hole: %w", err)
+	}
+	if fi.Size() >= size {
+		return nil
+	}
+	if err := p.f.Truncate(size); err != nil {
+		return fmt.Errorf("extending partial over a hole: %w", err)
+	}
+	return nil
+}
 
 // Sync implements Partial: a DirStore makes all of stack.Offset() durable.
 func (p *dirPartial) Sync(stack *transfer.MergeStack) (int64, error) {

@@ -17,6 +17,7 @@ type writeJob struct {
 	off  int64     // offset of data in the file
 	pt   syncPoint // the sync point that holds once data is written
 	sync bool      // ask the syncer for pt once data is written
+	hole int64     // bytes of zeros at off not to write (a ZeroChunk); buf and data are nil
 }
 
 // chunkWriter writes verified chunks to a partial on its own goroutine,
@@ -55,7 +56,12 @@ func (w *chunkWriter) loop() {
 	defer close(w.done)
 	for j := range w.jobs {
 		if w.failed() == nil {
-			err := w.p.WriteAt(j.data, j.off)
+			var err error
+			if j.hole > 0 {
+				err = extend(w.p, j.off, j.hole)
+			} else {
+				err = w.p.WriteAt(j.data, j.off)
+			}
 			w.mu.Lock()
 			if err != nil {
 				w.err = err
@@ -67,8 +73,19 @@ func (w *chunkWriter) loop() {
 				w.sync.request(j.pt)
 			}
 		}
-		w.free <- j.buf
+		if j.buf != nil {
+			w.free <- j.buf
+		}
 	}
+}
+
+// extend makes p's data cover the n zero bytes at off: without writing
+// them (a hole) when p is an Extender, by writing zeros otherwise.
+func extend(p Partial, off, n int64) error {
+	if e, ok := p.(Extender); ok {
+		return e.Extend(off + n)
+	}
+	return p.WriteAt(make([]byte, n), off)
 }
 
 // buffer returns a chunk buffer to read the next chunk into, waiting for
@@ -83,22 +100,6 @@ func (w *chunkWriter) release(b []byte) { w.free <- b }
 // it is written.
 func (w *chunkWriter) write(j writeJob) { w.jobs <- j }
 
-// drain waits until every queued chunk is written (or skipped after a
-// failure) and returns the point up to which all were written and the
-// first write error.
-func (w *chunkWriter) drain() (syncPoint, error) {
-	bufs := make([][]byte, 0, w.n)
-	for range w.n {
-		bufs = append(bufs, <-w.free)
-	}
-	for _, b := range bufs {
-		w.free <- b
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.written, w.err
-}
-
 // failed returns the error of a failed write, if any.
 func (w *chunkWriter) failed() error {
 	w.mu.Lock()
@@ -106,11 +107,14 @@ func (w *chunkWriter) failed() error {
 	return w.err
 }
 
-// stop drains the writer and ends its goroutine; it returns what drain
-// returns. The writer is not used after stop.
+// stop waits until every queued chunk and hole is written (or skipped
+// after a failure), ends the writer's goroutine, and returns the point up
+// to which all were written and the first write error. The writer is
+// not used after stop.
 func (w *chunkWriter) stop() (syncPoint, error) {
-	pt, err := w.drain()
 	close(w.jobs)
 	<-w.done
-	return pt, err
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.written, w.err
 }

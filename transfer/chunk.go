@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -35,6 +36,26 @@ func (c *Chunk) Verify(size int64) bool {
 func ChunkHash(data []byte, offset, size int64) (Hash, error) {
 	cv, err := ChunkCV(data, offset, offset == 0 && int64(len(data)) == size)
 	return Hash(cv), err
+}
+
+// zeros returns MaxChunkSize zero bytes, allocated on first use (never
+// written: its pages stay the kernel's shared zero page until read).
+var zeros = sync.OnceValue(func() []byte { return make([]byte, MaxChunkSize) })
+
+// ZeroChunkHash returns the chunk hash of n zero bytes at offset in a
+// file of size bytes: what a ZeroChunk carries. It costs what hashing n
+// bytes costs (the value depends on the chunk's position). Errors are
+// ChunkHash's; n above MaxChunkSize wraps ErrProtocol.
+func ZeroChunkHash(offset int64, n int, size int64) (Hash, error) {
+	if n < 0 || n > MaxChunkSize {
+		return Hash{}, fmt.Errorf("%w: zero chunk of %d bytes", ErrProtocol, n)
+	}
+	return ChunkHash(zeros()[:n], offset, size)
+}
+
+// allZero reports whether every byte of b is zero.
+func allZero(b []byte) bool {
+	return len(b) <= MaxChunkSize && bytes.Equal(b, zeros()[:len(b)])
 }
 
 // HashBytes returns the BLAKE3 hash of b, as b3sum prints it, computed

@@ -57,6 +57,7 @@ type Client struct {
 	chunkSize int
 	broken    error  // set once the session can carry no more transfers
 	lastID    uint32 // the last transfer ID used in this session
+	peerMinor uint16 // the daemon's protocol minor version
 	// confirming is set while the daemon answers small files with
 	// "already committed": their offers then go without data. A session
 	// starts with it set, so that a re-run sends no data at all. The
@@ -142,6 +143,7 @@ func Handshake(ctx context.Context, rwc io.ReadWriteCloser, opts ClientOptions) 
 			return nil, fmt.Errorf("%w: daemon chose chunk size %d above proposed %d", ErrProtocol, m.ChunkSize, cs)
 		}
 		c.chunkSize = int(m.ChunkSize)
+		c.peerMinor = m.Minor
 		return c, nil
 	case *RemoteError:
 		return nil, m

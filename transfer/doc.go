@@ -16,7 +16,8 @@
 //
 //	offset 0  u8   type     1 Hello, 2 Offer, 3 Accept, 4 Refuse, 5 Chunk,
 //	                        6 Ack, 7 Nack, 8 Trailer, 9 Committed,
-//	                        10 Data, 11 RefuseTransfer
+//	                        10 Data, 11 RefuseTransfer, 12 Entry (2.2),
+//	                        13 ZeroChunk (2.2)
 //	offset 1  u32  length   payload bytes after the header
 //
 // ReadFrameHeader checks length before any allocation: at most

@@ -26,6 +26,12 @@ const (
 	// FrameRefuseTransfer refuses one transfer; the session goes on
 	// (version 2).
 	FrameRefuseTransfer FrameType = 11
+	// FrameEntry creates a directory or a symbolic link, or sets a
+	// directory's mode and mtime (version 2.2).
+	FrameEntry FrameType = 12
+	// FrameZeroChunk stands for a chunk of zeros (a hole of a sparse
+	// file) in a data run, without its data (version 2.2).
+	FrameZeroChunk FrameType = 13
 )
 
 func (t FrameType) String() string {
@@ -52,6 +58,10 @@ func (t FrameType) String() string {
 		return "data"
 	case FrameRefuseTransfer:
 		return "refuse-transfer"
+	case FrameEntry:
+		return "entry"
+	case FrameZeroChunk:
+		return "zero-chunk"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }
@@ -103,7 +113,7 @@ func ReadFrameHeader(r io.Reader, maxChunk int) (FrameHeader, error) {
 	case FrameChunk:
 		limit = uint32(ChunkHeaderSize + maxChunk)
 	case FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameAck, FrameNack, FrameTrailer, FrameCommitted,
-		FrameData, FrameRefuseTransfer:
+		FrameData, FrameRefuseTransfer, FrameEntry, FrameZeroChunk:
 	default:
 		return h, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, b[0])
 	}

@@ -24,7 +24,7 @@ func fuzzChunkSize(n uint32) int {
 }
 
 func FuzzReadFrameHeader(f *testing.F) {
-	for _, typ := range []FrameType{0, FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameChunk, FrameAck, FrameNack, FrameTrailer, FrameCommitted, FrameData, FrameRefuseTransfer, 12, 255} {
+	for _, typ := range []FrameType{0, FrameHello, FrameOffer, FrameAccept, FrameRefuse, FrameChunk, FrameAck, FrameNack, FrameTrailer, FrameCommitted, FrameData, FrameRefuseTransfer, FrameEntry, FrameZeroChunk, 14, 255} {
 		for _, n := range []uint32{0, 8, MaxControlPayload, MaxControlPayload + 1, ChunkHeaderSize + MinChunkSize, ChunkHeaderSize + DefaultChunkSize + 1, 1<<32 - 1} {
 			f.Add(header(typ, n), uint32(DefaultChunkSize-MinChunkSize))
 		}
@@ -60,7 +60,7 @@ func FuzzReadFrameHeader(f *testing.F) {
 		if h.Type == FrameChunk {
 			limit = uint32(ChunkHeaderSize + maxChunk)
 		}
-		if h.Type < FrameHello || h.Type > FrameRefuseTransfer || h.Length > limit {
+		if h.Type < FrameHello || h.Type > FrameZeroChunk || h.Length > limit {
 			t.Fatalf("accepted %+v with limit %d", h, limit)
 		}
 		if !bytes.Equal(header(h.Type, h.Length), b[:FrameHeaderSize]) {

@@ -15,9 +15,10 @@ type Hash [HashSize]byte
 
 // ProtocolMajor and ProtocolMinor are the protocol version this package
 // speaks. Peers with a different major version refuse each other; minor
-// versions only add optional fields and flags. Minor 1 adds the quick
-// check (OfferChecksum, CommittedUnchanged); minor 2 the sender's token
-// in its Hello (Hello.Token).
+// versions only add optional fields, flags and messages. Minor 1 adds
+// the quick check (OfferChecksum, CommittedUnchanged); minor 2 the
+// sender's token in its Hello (Hello.Token), Entry (directories and
+// symbolic links), ZeroChunk (holes of sparse files) and OfferSparse.
 const (
 	ProtocolMajor = 2
 	ProtocolMinor = 2
@@ -29,7 +30,7 @@ var helloMagic = [4]byte{'F', 'R', 'R', 'Y'}
 
 // Message is a decoded control frame: *Hello, *Offer, *Accept, *RemoteError
 // (a refusal of the session, or of one transfer when its ID is set), *Ack,
-// *Nack, *Trailer, *Committed or *Data.
+// *Nack, *Trailer, *Committed, *Data, *Entry or *ZeroChunk.
 //
 // Every message about one transfer carries the transfer's ID: a u32 the
 // sender picks, increasing within a session, never 0.
@@ -103,6 +104,10 @@ const (
 	// renamed over the old one, which stays until the new one is durable.
 	// Protocol 2.1; a 2.0 daemon ignores it and refuses.
 	OfferUpdate OfferFlags = 1 << 3
+	// OfferSparse says the source has holes (it allocates fewer blocks
+	// than its size needs): some chunks may come as ZeroChunks, so the
+	// daemon does not reserve the file's blocks ahead (Protocol 2.2).
+	OfferSparse OfferFlags = 1 << 4
 )
 
 // IdentityPrefix is how many leading bytes of a file enter Offer.PrefixID.
@@ -199,6 +204,45 @@ type Data struct {
 	Offset int64
 }
 
+// Entry asks the daemon for a tree entry that is not a regular file's
+// data (protocol 2.2): a directory (created if missing, then given Mode
+// and the mtime) or a symbolic link (created with Target, never
+// followed). The sender sends a directory's Entry after every file and
+// entry below it has settled, so that its mtime is not changed again by
+// their creation. The daemon answers Committed (size 0, hash all zeros)
+// or RefuseTransfer with the same ID.
+type Entry struct {
+	ID      uint32 // ≥ 1, from the session's transfer IDs
+	Kind    EntryKind
+	Mode    uint32 // permission bits (0o7777 mask); ignored for a symlink
+	MtimeNs int64  // nanoseconds since the Unix epoch; ignored for a symlink
+	Name    string // as an Offer's name; see ValidateName
+	Target  string // symlink only: the link's text, ≤ MaxNameLen bytes, relative, staying inside the sent tree
+}
+
+// EntryKind says what an Entry makes.
+type EntryKind uint8
+
+const (
+	// EntryDir is a directory: created if missing, then chmod and mtime.
+	EntryDir EntryKind = 1
+	// EntrySymlink is a symbolic link holding Target.
+	EntrySymlink EntryKind = 2
+)
+
+// ZeroChunk stands for the chunk [Offset, Offset+Length) of the current
+// data run when all its bytes are zero: a hole of a sparse file, found by
+// the sender with SEEK_DATA (protocol 2.2). Hash is the chunk hash of
+// Length zero bytes at Offset (ChunkHash), which the daemon computes and
+// compares as for a Chunk; the daemon does not write the bytes (the data
+// file is extended, so the hole stays a hole). Length follows a Chunk's
+// rules (the transfer's chunk size, shorter only at the end of the file).
+type ZeroChunk struct {
+	Offset int64
+	Length uint32
+	Hash   Hash
+}
+
 // Maximum string lengths in bytes, checked by the decoder.
 const (
 	maxAgent   = 256
@@ -224,6 +268,23 @@ func (*Ack) frameType() FrameType       { return FrameAck }
 func (*Nack) frameType() FrameType      { return FrameNack }
 func (*Trailer) frameType() FrameType   { return FrameTrailer }
 func (*Committed) frameType() FrameType { return FrameCommitted }
+func (*Entry) frameType() FrameType     { return FrameEntry }
+func (*ZeroChunk) frameType() FrameType { return FrameZeroChunk }
+
+func (m *ZeroChunk) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Offset))
+	b = binary.BigEndian.AppendUint32(b, m.Length)
+	return append(b, m.Hash[:]...)
+}
+
+func (m *Entry) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ID)
+	b = append(b, byte(m.Kind))
+	b = binary.BigEndian.AppendUint32(b, m.Mode)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.MtimeNs))
+	b = appendString(b, m.Name)
+	return appendString(b, m.Target)
+}
 
 func (m *Hello) appendPayload(b []byte) []byte {
 	b = append(b, helloMagic[:]...)
@@ -340,6 +401,18 @@ func DecodeMessage(t FrameType, p []byte) (Message, error) {
 		m = &Committed{ID: d.id(), Flags: CommittedFlags(d.u32()), Size: d.offset(), Hash: d.hash()}
 	case FrameData:
 		m = &Data{ID: d.id(), Offset: d.offset()}
+	case FrameEntry:
+		m = d.entry()
+	case FrameZeroChunk:
+		z := &ZeroChunk{Offset: d.offset(), Length: d.u32(), Hash: d.hash()}
+		switch {
+		case d.err != nil:
+		case z.Length == 0 || z.Length > MaxChunkSize:
+			d.fail("zero chunk of %d bytes", z.Length)
+		case z.Offset+int64(z.Length) > MaxFileSize:
+			d.fail("zero chunk ends above %d", int64(MaxFileSize))
+		}
+		m = z
 	default:
 		return nil, fmt.Errorf("%w: %v is not a control frame", ErrProtocol, t)
 	}
@@ -399,6 +472,27 @@ func (d *decoder) offer() *Offer {
 	return m
 }
 
+func (d *decoder) entry() *Entry {
+	m := &Entry{
+		ID:      d.id(),
+		Kind:    EntryKind(d.u8()),
+		Mode:    d.u32(),
+		MtimeNs: int64(d.u64()),
+		Name:    d.raw(MaxNameLen), // ValidateName judges the bytes
+		Target:  d.raw(MaxNameLen), // judged by the daemon, as the name
+	}
+	switch {
+	case d.err != nil:
+	case m.Kind != EntryDir && m.Kind != EntrySymlink:
+		d.fail("unknown entry kind %d", m.Kind)
+	case m.Mode&^0o7777 != 0:
+		d.fail("mode %#o has bits outside 0o7777", m.Mode)
+	case m.Kind == EntryDir && m.Target != "":
+		d.fail("directory entry with a link target")
+	}
+	return m
+}
+
 func (d *decoder) accept() *Accept {
 	m := &Accept{
 		ID:            d.id(),
@@ -449,6 +543,14 @@ func (d *decoder) take(n int) []byte {
 	b := d.p[:n]
 	d.p = d.p[n:]
 	return b
+}
+
+func (d *decoder) u8() uint8 {
+	b := d.take(1)
+	if d.err != nil {
+		return 0
+	}
+	return b[0]
 }
 
 func (d *decoder) u16() uint16 {

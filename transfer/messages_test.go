@@ -45,6 +45,9 @@ func sampleMessages() []struct {
 		{"trailer", &Trailer{ID: 7, Hash: h}},
 		{"committed", &Committed{ID: 7, Size: 99, Hash: h}},
 		{"data", &Data{ID: 1<<32 - 1, Offset: MaxFileSize}},
+		{"zero chunk", &ZeroChunk{Offset: 1 << 40, Length: MaxChunkSize, Hash: Hash{7}}},
+		{"entry dir", &Entry{ID: 3, Kind: EntryDir, Mode: 0o2755, MtimeNs: -5, Name: "a/b"}},
+		{"entry symlink", &Entry{ID: 4, Kind: EntrySymlink, Name: "a/l", Target: "../b"}},
 		{"refuse one transfer", &RemoteError{ID: 3, Code: CodeExists, Message: "m"}},
 		{"committed already", &Committed{ID: 2, Flags: CommittedAlready, Size: 1, Hash: h}},
 		{"committed empty file", &Committed{ID: 7, Size: 0, Hash: HashBytes(nil)}},
@@ -116,6 +119,10 @@ func TestMessageLayout(t *testing.T) {
 		{"trailer", &Trailer{ID: 9, Hash: h}, cat(id, h[:])},
 		{"committed", &Committed{ID: 9, Flags: 1, Size: 5, Hash: h}, cat(id, []byte{0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 5}, h[:])},
 		{"data", &Data{ID: 9, Offset: 0x0102}, cat(id, []byte{0, 0, 0, 0, 0, 0, 1, 2})},
+		{"zero chunk (2.2)", &ZeroChunk{Offset: 0x0102, Length: 0x4000, Hash: h},
+			cat([]byte{0, 0, 0, 0, 0, 0, 1, 2}, []byte{0, 0, 0x40, 0}, h[:])},
+		{"entry (2.2)", &Entry{ID: 9, Kind: EntrySymlink, Mode: 0o755, MtimeNs: 0x0304, Name: "l", Target: "t"},
+			cat(id, []byte{2}, []byte{0, 0, 1, 0xed}, []byte{0, 0, 0, 0, 0, 0, 3, 4}, []byte{0, 1, 'l'}, []byte{0, 1, 't'})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,7 +234,13 @@ func TestDecodeMessageRejects(t *testing.T) {
 		// Frame types that are not control frames.
 		{"chunk is not a control frame", FrameChunk, make([]byte, ChunkHeaderSize), ErrProtocol, "not a control frame"},
 		{"type 0", 0, nil, ErrProtocol, "not a control frame"},
-		{"type 12", 12, nil, ErrProtocol, "not a control frame"},
+		{"type 14", 14, nil, ErrProtocol, "not a control frame"},
+		{"zero chunk empty", FrameZeroChunk, make([]byte, 44), ErrProtocol, "zero chunk of 0 bytes"},
+		{"zero chunk too long", FrameZeroChunk, cat(make([]byte, 8), []byte{2, 0, 0, 0}, make([]byte, 32)), ErrProtocol, "zero chunk of"},
+		{"zero chunk past the end", FrameZeroChunk, cat([]byte{0x40, 0, 0, 0, 0, 0, 0, 0}, []byte{0, 0, 0, 1}, make([]byte, 32)), ErrProtocol, "ends above"},
+		{"entry unknown kind", FrameEntry, cat([]byte{0, 0, 0, 1, 3}, make([]byte, 16)), ErrProtocol, "unknown entry kind"},
+		{"entry dir with target", FrameEntry, cat([]byte{0, 0, 0, 1, 1}, make([]byte, 12), []byte{0, 1, 'd', 0, 1, 't'}), ErrProtocol, "link target"},
+		{"entry mode bits", FrameEntry, cat([]byte{0, 0, 0, 1, 1, 0, 1, 0, 0}, make([]byte, 8), []byte{0, 1, 'd', 0, 0}), ErrProtocol, "outside 0o7777"},
 		// Data, RefuseTransfer (protocol 2).
 		{"data transfer ID 0", FrameData, make([]byte, 12), ErrProtocol, "transfer ID 0"},
 		{"data offset above max", FrameData, put(put(make([]byte, 12), 0, uint32(1)), 4, uint64(MaxFileSize+1)), ErrProtocol, "above"},

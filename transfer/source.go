@@ -22,6 +22,12 @@ type Source struct {
 	// committed as a mix of old and new bytes: Send fails with
 	// ErrSourceChanged instead, and the retry starts over.
 	Changed func() (bool, error)
+	// Hole, if set, reports whether [off, off+n) lies in a hole of a
+	// sparse file (reads as zeros, occupies no block): such a chunk is
+	// sent as a ZeroChunk, without its bytes, and not read. FileSource
+	// sets it on Linux for a file that allocates fewer blocks than its
+	// size needs (SEEK_DATA). A false answer only costs the bytes.
+	Hole func(off, n int64) bool
 }
 
 // FileSource describes an open regular file f as a Source. It returns an
@@ -45,7 +51,8 @@ func FileSource(f *os.File) (Source, error) {
 		}
 		return now.Size() != fi.Size() || !now.ModTime().Equal(fi.ModTime()), nil
 	}
-	return Source{R: f, Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime(), Inode: ino, Changed: changed}, nil
+	return Source{R: f, Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime(), Inode: ino, Changed: changed,
+		Hole: holeFinder(f, fi)}, nil
 }
 
 // offer builds the Offer for s under name, reading its identity prefix.

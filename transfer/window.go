@@ -383,6 +383,9 @@ func (w *window) start(job *Job) error {
 	if w.c.update {
 		offer.Flags |= OfferUpdate
 	}
+	if job.Src.Hole != nil {
+		offer.Flags |= OfferSparse
+	}
 	// A file of at most one chunk goes out with its offer, unless the
 	// daemon has lately been finding the files already committed (a send
 	// run again): then its offer goes alone, and its data only if the
@@ -479,6 +482,10 @@ func (w *window) newWhole(f *flight, off int64) error {
 type sourceReader struct{ src Source }
 
 func (r sourceReader) ReadAt(p []byte, off int64) (int, error) {
+	if r.src.Hole != nil && r.src.Hole(off, int64(len(p))) {
+		clear(p) // a hole reads as zeros; no need to ask the file
+		return len(p), nil
+	}
 	if err := r.src.readFull(p, off); err != nil {
 		return 0, err
 	}
@@ -565,6 +572,19 @@ func (w *window) writeChunk(f *flight, c *Chunk) error {
 	return nil
 }
 
+// writeZero sends z, a chunk of f that is a hole, without its data: no
+// data byte counts as sent.
+func (w *window) writeZero(f *flight, z *ZeroChunk) error {
+	if err := WriteMessage(w.c.rwc, z); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	f.progress.Sent = z.Offset + int64(z.Length)
+	w.report(f)
+	w.mu.Unlock()
+	return nil
+}
+
 // errCut stops HashChunks when a nack for f, its settlement or the
 // session's failure ends a data run early.
 var errCut = errors.New("data run cut short")
@@ -577,9 +597,19 @@ var errCut = errors.New("data run cut short")
 func (w *window) stream(f *flight, off int64) (cut bool, err error) {
 	src := f.job.Src
 	var werr error // the session's: writing to the daemon failed
+	holes := src.Hole != nil && w.c.peerMinor >= 2
 	err = HashChunks(w.ctx, sourceReader{src}, off, src.Size, f.chunkSize, SendHashWorkers(f.chunkSize), func(o int64, data []byte, cv CV) error {
 		f.whole.push(o, int64(len(data)), cv)
-		if err := w.writeChunk(f, &Chunk{Offset: o, Hash: Hash(cv), Data: data}); err != nil {
+		var err error
+		// The bytes decide, not the hole: a chunk read as zeros is sent
+		// as one whatever the file did meanwhile, so that its hash always
+		// matches what the daemon computes.
+		if holes && allZero(data) {
+			err = w.writeZero(f, &ZeroChunk{Offset: o, Length: uint32(len(data)), Hash: Hash(cv)})
+		} else {
+			err = w.writeChunk(f, &Chunk{Offset: o, Hash: Hash(cv), Data: data})
+		}
+		if err != nil {
 			werr = err
 			return err
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 
@@ -42,6 +44,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.IntFlag{Name: "window", Value: transfer.DefaultWindowFiles, EnvVars: []string{"FERRY_WINDOW"}, Usage: "files in flight on the session, 1..1024 (1: one file after another)"},
 			sizeflag.RateFlag("bwlimit", 0, "FERRY_BWLIMIT", "send at most `RATE` (bytes/s, e.g. 50MiB) for the whole run (0: no limit)"),
 			&cli.BoolFlag{Name: "checksum", EnvVars: []string{"FERRY_CHECKSUM"}, Usage: "tell a file already on the daemon by its BLAKE3 (read and hashed here), not by size and mtime"},
+			&cli.BoolFlag{Name: "links", EnvVars: []string{"FERRY_LINKS"}, Usage: "recreate symbolic links whose target stays inside the sent tree (others are skipped with a warning)"},
 			&cli.BoolFlag{Name: "update", EnvVars: []string{"FERRY_UPDATE"}, Usage: "replace a file already on the daemon with other content, atomically, instead of refusing it"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"FERRY_TOKEN"}, Usage: "`SECRET` the daemon authenticates this sender by (from ferryd token add; prefer --token-file: a command line is visible to other users)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"FERRY_TOKEN_FILE"}, Usage: "read the token's secret from the first line of `FILE`"},
@@ -65,6 +68,7 @@ type sender struct {
 	engine               *transfer.Sender
 	addr                 string // as the user typed it, for messages
 	quiet, json, verbose bool
+	links                bool // --links
 	stdout               io.Writer
 	stderr               io.Writer
 	bars                 bool
@@ -101,7 +105,7 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		return nil, err
 	}
 	s := &sender{
-		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"),
+		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"), links: c.Bool("links"),
 		stdout: stdout, stderr: stderr,
 	}
 	s.engine = &transfer.Sender{
@@ -169,8 +173,15 @@ type file struct {
 
 // record is the --json object for one file.
 type record struct {
+	// Path is the local path; Remote the name on the daemon. A name
+	// that is not valid UTF-8 (which JSON cannot carry) is written with
+	// each invalid byte escaped as \xNN, and its raw bytes, base64
+	// (standard, padded), go in PathB64 or RemoteB64, so that a script
+	// gets the exact name back.
 	Path             string  `json:"path"`
+	PathB64          string  `json:"path_b64,omitempty"`
 	Remote           string  `json:"remote"`
+	RemoteB64        string  `json:"remote_b64,omitempty"`
 	Size             int64   `json:"size"`
 	ResumedFrom      int64   `json:"resumed_from"`
 	SentBytes        int64   `json:"sent_bytes"`
@@ -186,6 +197,11 @@ type record struct {
 	// Reason says why a file was not committed; empty when it was (or
 	// was already there).
 	Reason string `json:"reason,omitempty"`
+	// Type is "symlink" for a symbolic link (sent with --links, Target
+	// its text) and "directory" for a directory whose mode and mtime
+	// could not be set; empty for a file.
+	Type   string `json:"type,omitempty"`
+	Target string `json:"target,omitempty"`
 	// Error repeats Reason for scripts written before it existed.
 	Error string `json:"error,omitempty"`
 }
@@ -345,7 +361,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 	go func() {
 		defer close(entries)
 		defer s.overall.walkDone()
-		walkErr <- walkPaths(wctx, paths, dest, visit, warn)
+		walkErr <- walkFiles(wctx, paths, dest, s.links, visit, warn)
 	}()
 	s.overall.startBar()
 	started := make(map[string]time.Time)
@@ -389,6 +405,15 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 	for range entries { // the walk closes entries on every exit
 	}
 	werr := <-walkErr
+	if err == nil && werr == nil && !stopped && ctx.Err() == nil {
+		// Every file settled: directories get their mode and mtime now,
+		// after everything in them was made, and links are made.
+		if eerr := s.sendEntries(ctx, paths, dest, &mu, &sum, note); eerr != nil {
+			mu.Lock()
+			note(eerr)
+			mu.Unlock()
+		}
+	}
 	s.overall.finish()
 	mu.Lock()
 	defer mu.Unlock()
@@ -412,6 +437,83 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		s.printf("%s", sum.line())
 	}
 	return worst
+}
+
+// sendEntries walks paths again (walkEntries) and has the daemon make
+// each directory, with its mode and mtime, after all it holds, and with
+// --links each symlink kept. A symlink's outcome gets a record like a
+// file's; a directory's only when it fails. It returns the failure that
+// retries could not fix (already reported per entry), or nil.
+func (s *sender) sendEntries(ctx context.Context, paths []string, dest string, mu *sync.Mutex, sum *summary, note func(error)) error {
+	var batch []*transfer.Entry
+	ents := make(map[*transfer.Entry]entry)
+	unsupported := false
+	done := func(te *transfer.Entry, err error) {
+		e := ents[te]
+		delete(ents, te)
+		if errors.Is(err, transfer.ErrEntriesUnsupported) {
+			unsupported = true
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		rec := record{Path: e.Local, Remote: e.Remote, Type: "directory", Status: statusCommitted}
+		if e.Kind == kindSymlink {
+			rec.Type, rec.Target = "symlink", e.Target
+		}
+		if err == nil {
+			if e.Kind == kindSymlink {
+				sum.add(rec)
+				if s.verbose && !s.quiet {
+					s.printf("ferry: linked %s → %s (to %s)\n", escapeName(e.Local), transfer.QuoteName(e.Remote), escapeName(e.Target))
+				}
+				if werr := s.emit(rec); werr != nil {
+					note(werr)
+				}
+			}
+			return
+		}
+		rec.Status = statusOf(transfer.Report{}, err)
+		rec.Reason = oneLine(err)
+		rec.Error = rec.Reason
+		s.printf("ferry: %s: %s\n", escapeName(e.Local), s.describe(err))
+		sum.add(rec)
+		_ = s.emit(rec) // the entry's error is the one to report
+		note(fmt.Errorf("%w: %w", errReported, err))
+	}
+	flush := func() error {
+		if len(batch) == 0 || unsupported {
+			return nil
+		}
+		err := s.engine.SendEntries(ctx, batch, done)
+		batch = batch[:0]
+		if errors.Is(err, transfer.ErrEntriesUnsupported) {
+			if !s.quiet {
+				s.printf("ferry: %s\n", oneLine(err))
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errReported, err)
+		}
+		return nil
+	}
+	err := walkEntries(ctx, paths, dest, s.links, func(e entry) error {
+		te := &transfer.Entry{Kind: transfer.EntryDir, Mode: uint32(e.Mode.Perm()), MtimeNs: e.ModTime.UnixNano(), Name: e.Remote}
+		if e.Kind == kindSymlink {
+			te.Kind, te.Mode, te.MtimeNs, te.Target = transfer.EntrySymlink, 0, 0, e.Target
+		}
+		ents[te] = e
+		batch = append(batch, te)
+		if len(batch) == transfer.MaxEntryBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	return err
 }
 
 // errStopWalk ends the walk after a failure that the next file would meet
@@ -495,11 +597,38 @@ func (s *sender) emit(rec record) error {
 	if !s.json {
 		return nil
 	}
+	rec.Path, rec.PathB64 = jsonName(rec.Path)
+	rec.Remote, rec.RemoteB64 = jsonName(rec.Remote)
 	b, _ := json.Marshal(rec) // a record of strings and numbers always encodes
 	if _, err := fmt.Fprintf(s.stdout, "%s\n", b); err != nil {
 		return fmt.Errorf("writing --json record: %w", err)
 	}
 	return nil
+}
+
+// jsonName returns name as a --json record shows it: unchanged with no
+// base64 when it is valid UTF-8; otherwise with each invalid byte written
+// as \xNN (and a backslash as \\, so that the form is unambiguous) and
+// the raw bytes in standard base64, which json.Marshal would otherwise
+// lose (it turns invalid bytes into U+FFFD).
+func jsonName(name string) (shown, b64 string) {
+	if utf8.ValidString(name) {
+		return name, ""
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); {
+		r, n := utf8.DecodeRuneInString(name[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", name[i])
+		case r == '\\':
+			b.WriteString("\\\\")
+		default:
+			b.WriteString(name[i : i+n])
+		}
+		i += n
+	}
+	return b.String(), base64.StdEncoding.EncodeToString([]byte(name))
 }
 
 // describe is the one-line reason a file failed.

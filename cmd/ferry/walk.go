@@ -48,10 +48,19 @@ package main
 // and "dir/.." name the directory they lead to, and "link/.." is the
 // directory holding link, as with cd in a shell. Its base name goes under
 // DEST: a file is sent as DEST/name, a directory as a tree under
-// DEST/name. A trailing slash changes nothing (unlike rsync, "dir/" and
-// "dir" both send DEST/dir/...). The PATH itself is followed if it is a
-// symlink (the user named it); below it, symlinks are skipped. DEST is
-// put in front as typed, not cleaned: the daemon judges names.
+// DEST/name. A PATH that ends in a slash sends the directory's contents,
+// as rsync does: "dir/" sends DEST/..., "dir" sends DEST/dir/.... The PATH
+// itself is followed if it is a symlink (the user named it); below it,
+// symlinks are skipped, or with --links (walker.links) sent as links when
+// their target, resolved lexically from the link's directory, stays
+// inside the PATH's tree. DEST is put in front as typed, not cleaned: the
+// daemon judges names.
+//
+// Entries. walkPaths sends regular files only. walkEntries walks the same
+// PATHs again, after the files have settled, and visits the directories
+// (each after everything below it, so that its mtime is set last) and,
+// with links, the symlinks kept: the tree entries that are not file data.
+// It warns about nothing: the file walk did.
 
 import (
 	"context"
@@ -59,6 +68,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -83,10 +93,24 @@ type entry struct {
 	Mode     os.FileMode
 	ModTime  time.Time
 
+	// Kind is kindFile for walkPaths' entries; walkEntries' are
+	// kindDir or kindSymlink, with the link's text in Target.
+	Kind   entryKind
+	Target string
+
 	// top is the absolute, cleaned PATH the entry was found under; rel is
 	// the slash-separated path below it, "" when the PATH is the file.
 	top, rel string
 }
+
+// entryKind says what an entry is.
+type entryKind uint8
+
+const (
+	kindFile entryKind = iota
+	kindDir
+	kindSymlink
+)
 
 // errNotRegular is what warn's err wraps for an entry below a PATH that
 // is neither a regular file nor a directory: skipped by design. A PATH
@@ -100,6 +124,23 @@ var errNotRegular = errors.New("not a regular file or directory; skipped")
 // error, or context.Cause(ctx) when ctx is cancelled; problems with single
 // files and directories go to warn, and the walk continues.
 func walkPaths(ctx context.Context, paths []string, dest string, visit func(entry) error, warn func(path string, err error)) error {
+	return walkMode(ctx, paths, dest, false, false, visit, warn)
+}
+
+// walkEntries visits the directories under paths, each after what it
+// holds, and with links the symlinks that stay inside their PATH's tree;
+// see the comment at the top of this file.
+func walkEntries(ctx context.Context, paths []string, dest string, links bool, visit func(entry) error) error {
+	return walkMode(ctx, paths, dest, links, true, visit, func(string, error) {})
+}
+
+// walkFiles is walkPaths, told whether --links keeps symlinks (which are
+// then not reported to warn).
+func walkFiles(ctx context.Context, paths []string, dest string, links bool, visit func(entry) error, warn func(path string, err error)) error {
+	return walkMode(ctx, paths, dest, links, false, visit, warn)
+}
+
+func walkMode(ctx context.Context, paths []string, dest string, links, entries bool, visit func(entry) error, warn func(path string, err error)) error {
 	tops := make([]string, len(paths))
 	for i, p := range paths {
 		top, err := resolvePath(p)
@@ -108,13 +149,45 @@ func walkPaths(ctx context.Context, paths []string, dest string, visit func(entr
 		}
 		tops[i] = top
 	}
-	w := walker{ctx: ctx, visit: visit, warn: warn}
+	w := walker{ctx: ctx, visit: visit, warn: warn, links: links, entries: entries}
 	for i, p := range paths {
-		if err := w.walkTop(p, tops[i], destJoin(dest, filepath.Base(tops[i]))); err != nil {
+		remote := destJoin(dest, filepath.Base(tops[i]))
+		contents := strings.HasSuffix(p, "/")
+		if contents {
+			remote = strings.TrimRight(dest, "/")
+			if remote == "" && strings.HasPrefix(dest, "/") {
+				remote = "/"
+			}
+		}
+		if err := w.walkTop(p, tops[i], remote, contents); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// remoteJoin names the entry name of a directory named remote ("" for
+// the contents of a PATH sent to the root).
+func remoteJoin(remote, name string) string {
+	switch remote {
+	case "":
+		return name
+	case "/":
+		return "/" + name
+	}
+	return remote + "/" + name
+}
+
+// linkInside reports whether a symlink at rel (slash-separated, below its
+// PATH) holding target stays inside the PATH's tree, resolved lexically
+// from the link's directory: not absolute, and no ".." climbing above the
+// PATH.
+func linkInside(rel, target string) bool {
+	if target == "" || strings.HasPrefix(target, "/") {
+		return false
+	}
+	to := path.Join(path.Dir(rel), target)
+	return to != ".." && !strings.HasPrefix(to, "../")
 }
 
 // resolvePath returns PATH p made absolute and cleaned, or a usage error if
@@ -152,6 +225,8 @@ func destJoin(dest, base string) string {
 
 type walker struct {
 	ctx       context.Context
+	links     bool // --links: symlinks inside the tree are entries, not warnings
+	entries   bool // walkEntries: visit directories and links, warn nothing
 	visit     func(entry) error
 	warn      func(path string, err error)
 	ancestors []fileID // of the directory being walked, from the PATH down
@@ -164,9 +239,10 @@ type fileID struct{ dev, ino uint64 }
 // (through a bind mount): it is walked once.
 var errLoop = errors.New("a directory inside itself (a bind mount?); skipped the second time")
 
-// walkTop sends PATH p, resolved to top, under the name remote. The PATH
-// itself is followed if it is a symlink: the user named it.
-func (w *walker) walkTop(p, top, remote string) error {
+// walkTop sends PATH p, resolved to top, under the name remote (a
+// directory's contents only, under remote, when contents is set). The
+// PATH itself is followed if it is a symlink: the user named it.
+func (w *walker) walkTop(p, top, remote string, contents bool) error {
 	if err := context.Cause(w.ctx); err != nil {
 		return err
 	}
@@ -177,6 +253,9 @@ func (w *walker) walkTop(p, top, remote string) error {
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
+		if w.entries {
+			return nil
+		}
 		return w.visit(newEntry(p, remote, top, "", &st))
 	case unix.S_IFDIR:
 		fd, err := openRetry(func() (int, error) {
@@ -197,7 +276,13 @@ func (w *walker) walkTop(p, top, remote string) error {
 			w.warn(p, errNotSame)
 			return nil
 		}
-		return w.walkDir(d, fd, p, top, "", remote, &now)
+		if err := w.walkDir(d, fd, p, top, "", remote, &now); err != nil || !w.entries || contents {
+			return err
+		}
+		return w.visitDir(p, remote, top, "", &now)
+	}
+	if w.entries {
+		return nil
 	}
 	// Not errNotRegular: the user named this file, and it is not sent.
 	w.warn(p, fmt.Errorf("%s, not a regular file or directory; not sent", kindOf(uint32(st.Mode))))
@@ -227,7 +312,7 @@ func (w *walker) walkDir(d *os.File, fd int, local, top, rel, remote string, st 
 		if err := context.Cause(w.ctx); err != nil {
 			return err
 		}
-		if err := w.walkEntry(fd, name, filepath.Join(local, name), top, pathJoin(rel, name), remote+"/"+name); err != nil {
+		if err := w.walkEntry(fd, name, filepath.Join(local, name), top, pathJoin(rel, name), remoteJoin(remote, name)); err != nil {
 			return err
 		}
 	}
@@ -245,7 +330,12 @@ func (w *walker) walkEntry(dirfd int, name, local, top, rel, remote string) erro
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
+		if w.entries {
+			return nil
+		}
 		return w.visit(newEntry(local, remote, top, rel, &st))
+	case unix.S_IFLNK:
+		return w.walkLink(dirfd, name, local, top, rel, remote, &st)
 	case unix.S_IFDIR:
 		fd, err := openRetry(func() (int, error) {
 			return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -270,10 +360,56 @@ func (w *walker) walkEntry(dirfd int, name, local, top, rel, remote string) erro
 			w.warn(local, errNotSame)
 			return nil
 		}
-		return w.walkDir(d, fd, local, top, rel, remote, &now)
+		if err := w.walkDir(d, fd, local, top, rel, remote, &now); err != nil || !w.entries {
+			return err
+		}
+		return w.visitDir(local, remote, top, rel, &now)
 	}
 	w.warn(local, fmt.Errorf("%s, %w", kindOf(uint32(st.Mode)), errNotRegular))
 	return nil
+}
+
+// visitDir visits the directory described by st as an entry (walkEntries).
+func (w *walker) visitDir(local, remote, top, rel string, st *unix.Stat_t) error {
+	e := newEntry(local, remote, top, rel, st)
+	e.Kind = kindDir
+	return w.visit(e)
+}
+
+// errLinkSkipped is what warn's err wraps for a symlink without --links.
+var errLinkSkipped = fmt.Errorf("%w (--links sends those that stay inside the tree)", errNotRegular)
+
+// walkLink handles the symlink name in the directory open as dirfd: with
+// --links one whose target stays inside the tree is visited by
+// walkEntries; any other is reported to warn by walkPaths.
+func (w *walker) walkLink(dirfd int, name, local, top, rel, remote string, st *unix.Stat_t) error {
+	if !w.links {
+		if !w.entries {
+			w.warn(local, fmt.Errorf("a symbolic link, %w", errLinkSkipped))
+		}
+		return nil
+	}
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		if !w.entries {
+			w.warn(local, fmt.Errorf("reading symbolic link: %w", err))
+		}
+		return nil
+	}
+	target := string(buf[:n])
+	if !linkInside(rel, target) {
+		if !w.entries {
+			w.warn(local, fmt.Errorf("a symbolic link to %s, outside the sent tree, %w", escapeName(target), errNotRegular))
+		}
+		return nil
+	}
+	if !w.entries {
+		return nil
+	}
+	e := newEntry(local, remote, top, rel, st)
+	e.Kind, e.Target = kindSymlink, target
+	return w.visit(e)
 }
 
 func newEntry(local, remote, top, rel string, st *unix.Stat_t) entry {

@@ -110,8 +110,8 @@ func TestWalkOrderTypesAndNames(t *testing.T) {
 		t.Errorf("remote names\n %q\nwant\n %q", got, wantRemote)
 	}
 	wantWarns := []string{
-		filepath.Join(tree, "a/link") + ": a symbolic link, " + errNotRegular.Error(),
-		filepath.Join(tree, "dirlink") + ": a symbolic link, " + errNotRegular.Error(),
+		filepath.Join(tree, "a/link") + ": a symbolic link, " + errLinkSkipped.Error(),
+		filepath.Join(tree, "dirlink") + ": a symbolic link, " + errLinkSkipped.Error(),
 		filepath.Join(tree, "fifo") + ": a named pipe, " + errNotRegular.Error(),
 		filepath.Join(tree, "sock") + ": a socket, " + errNotRegular.Error(),
 	}
@@ -156,7 +156,8 @@ func TestWalkPathNames(t *testing.T) {
 		{"dot-dot", "..", []string{"../a/b/f.txt", "../a/g.txt", "../top.txt"},
 			[]string{"X/Y/one/a/b/f.txt", "X/Y/one/a/g.txt", "X/Y/one/top.txt"}},
 		{"dir/..", "b/..", []string{"b/f.txt", "g.txt"}, []string{"X/Y/a/b/f.txt", "X/Y/a/g.txt"}},
-		{"trailing slash", "b/", []string{"b/f.txt"}, []string{"X/Y/b/f.txt"}},
+		// A trailing slash sends the contents, as rsync does.
+		{"trailing slash", "b/", []string{"b/f.txt"}, []string{"X/Y/f.txt"}},
 		{"trailing slash-dot", "b/.", []string{"b/f.txt"}, []string{"X/Y/b/f.txt"}},
 		{"dot-slash file", "./g.txt", []string{"./g.txt"}, []string{"X/Y/g.txt"}},
 		{"file", "b/f.txt", []string{"b/f.txt"}, []string{"X/Y/f.txt"}},
@@ -382,4 +383,52 @@ func memTempDir(t *testing.T) string {
 		}
 	})
 	return dir
+}
+
+// TestWalkEntries: the second walk visits each directory after all it
+// holds (so its mtime is set last), the PATH's own directory last and not
+// at all for "dir/", and with links the symlinks that stay inside the
+// PATH's tree; it warns about nothing. The first walk, with links, no
+// longer warns about the links it keeps.
+func TestWalkEntries(t *testing.T) {
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "t")
+	mkfiles(t, tree, "a/b/f.txt", "a/empty/", "c.txt")
+	for link, target := range map[string]string{"a/in": "../c.txt", "a/b/up": "../../a", "out": "../x", "abs": "/etc", "a/top": ".."} {
+		if err := os.Symlink(target, filepath.Join(tree, filepath.FromSlash(link))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	visit := func(e entry) error {
+		s := e.Remote
+		if e.Kind == kindSymlink {
+			s += " -> " + e.Target
+		}
+		got = append(got, s)
+		return nil
+	}
+	if err := walkEntries(t.Context(), []string{tree}, "X", true, visit); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"X/t/a/b/up -> ../../a", "X/t/a/b", "X/t/a/empty", "X/t/a/in -> ../c.txt", "X/t/a/top -> ..", "X/t/a", "X/t"}
+	if !slices.Equal(got, want) {
+		t.Errorf("entries\n %q\nwant\n %q", got, want)
+	}
+	got = nil
+	if err := walkEntries(t.Context(), []string{tree + "/"}, "", false, visit); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a/b", "a/empty", "a"}; !slices.Equal(got, want) {
+		t.Errorf("entries of %q without links\n %q\nwant\n %q", tree+"/", got, want)
+	}
+	var warns []string
+	err := walkFiles(t.Context(), []string{tree}, "X", true, func(entry) error { return nil },
+		func(p string, err error) { warns = append(warns, strings.TrimPrefix(p, tree+"/")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"abs", "out"}; !slices.Equal(warns, want) {
+		t.Errorf("warnings with --links for %q, want %q", warns, want)
+	}
 }
