@@ -135,3 +135,41 @@ func TestTokenPrefixJoin(t *testing.T) {
 		s.checkCommitted(t, name, data, res)
 	}
 }
+
+// TestTokenPrefixEntries: directories and symbolic links a token sends
+// are confined to its prefix as its files are; a link may not lead out of
+// the prefix either (a review found entries joined no prefix: a confined
+// token could chmod any directory of the root).
+func TestTokenPrefixEntries(t *testing.T) {
+	s, _ := newAuthServer(t, false, auth.Token{Name: "a", Dest: "pa"})
+	if err := os.Mkdir(filepath.Join(s.root, "other"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err := transfer.Handshake(context.Background(), s.dial(t), transfer.ClientOptions{ChunkSize: testChunk, Token: "secret-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs, err := c.SendEntries(context.Background(), []*transfer.Entry{
+		{Kind: transfer.EntryDir, Mode: 0o700, Name: "other"},
+		{Kind: transfer.EntrySymlink, Name: "l", Target: "other"},
+		{Kind: transfer.EntrySymlink, Name: "out", Target: "../other"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs[0] != nil || errs[1] != nil || !errors.Is(errs[2], transfer.ErrBadName) {
+		t.Fatalf("entries: %v, want made, made, refused as a bad name", errs)
+	}
+	if fi, err := os.Stat(filepath.Join(s.root, "other")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the root's own directory: %v %v, want untouched (0755)", fi, err)
+	}
+	if fi, err := os.Stat(filepath.Join(s.root, "pa", "other")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("pa/other: %v %v, want made with mode 0700", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(s.root, "out")); err == nil {
+		t.Error("a link was made at the root")
+	}
+	if _, err := os.Lstat(filepath.Join(s.root, "pa", "out")); err == nil {
+		t.Error("pa/out, a link out of the prefix, was made")
+	}
+}

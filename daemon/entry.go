@@ -166,8 +166,14 @@ func (ss *session) entry(e *transfer.Entry) error {
 		return fmt.Errorf("%w: entry with the ID of open transfer %d", transfer.ErrProtocol, e.ID)
 	}
 	ss.lastID = max(ss.lastID, e.ID)
-	log := ss.log.With("name", e.Name)
 	err := transfer.ValidateName(e.Name)
+	if err == nil && e.Kind == transfer.EntrySymlink {
+		// Checked on the sender's name first: a token's link must not
+		// lead out of its prefix, as its files cannot.
+		err = CheckLinkTarget(e.Name, e.Target)
+	}
+	name := ss.scoped(e.Name)
+	log := ss.log.With("name", name)
 	es, ok := ss.srv.cfg.Store.(EntryStore)
 	if err == nil && !ok {
 		err = fmt.Errorf("%w: this daemon's storage keeps no directories or symbolic links", transfer.ErrBadName)
@@ -176,10 +182,10 @@ func (ss *session) entry(e *transfer.Entry) error {
 	if err == nil {
 		switch e.Kind {
 		case transfer.EntryDir:
-			err = es.MakeDir(e.Name, os.FileMode(e.Mode)&os.ModePerm, time.Unix(0, e.MtimeNs))
+			err = es.MakeDir(name, os.FileMode(e.Mode)&os.ModePerm, time.Unix(0, e.MtimeNs))
 		case transfer.EntrySymlink:
 			what = "symbolic link"
-			err = es.MakeSymlink(e.Name, e.Target)
+			err = es.MakeSymlink(name, e.Target)
 		}
 	}
 	if err != nil {
@@ -196,4 +202,17 @@ func (ss *session) entry(e *transfer.Entry) error {
 	}
 	_ = ss.send(&transfer.Committed{ID: e.ID}) // a failed write ends the session
 	return nil
+}
+
+// scoped returns name, as the sender gave it, as a name under the root:
+// below the prefix of the session's token when it has one. A name that
+// is not valid is returned as it is, for admission to refuse. Both are
+// valid relative names (no "..", no empty component), so the joined name
+// is one below the prefix; admission checks its length and depth again,
+// and os.Root resolves it inside the root.
+func (ss *session) scoped(name string) string {
+	if tok := ss.tok.Load(); tok != nil && tok.Dest != "" && transfer.ValidateName(name) == nil {
+		return tok.Dest + "/" + name
+	}
+	return name
 }

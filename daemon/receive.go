@@ -287,13 +287,7 @@ func (ss *session) offer(o *transfer.Offer) error {
 		return fmt.Errorf("%w: more than %d transfers in flight", transfer.ErrProtocol, transfer.MaxWindowFiles)
 	}
 	ss.cur = nil
-	if tok := ss.tok.Load(); tok != nil && tok.Dest != "" && transfer.ValidateName(o.Name) == nil {
-		// The token's names are relative to its prefix. Both are
-		// valid relative names (no "..", no empty component), so the
-		// joined name is one below the prefix; admit checks its length
-		// and depth again, and os.Root resolves it inside the root.
-		o.Name = tok.Dest + "/" + o.Name
-	}
+	o.Name = ss.scoped(o.Name)
 	t := &rxTransfer{id: o.ID, o: o, key: partialKey(ss.cred, o.Name), start: time.Now(),
 		log: ss.log.With("name", o.Name, "size", o.Size)} // slog escapes control characters and invalid UTF-8
 	speculative := o.Flags&transfer.OfferData != 0
