@@ -246,9 +246,12 @@ func (s *DirStore) OpenCommitted(name string) (CommittedFile, error) {
 // commit that was cut short after the link.
 func (s *DirStore) Committing(key, name string) bool {
 	data, _, _ := s.paths(key)
-	a, err1 := s.fs.Lstat(data)
-	b, err2 := s.fs.Lstat(name)
-	return err1 == nil && err2 == nil && sameFile(a, b)
+	a, err := s.fs.Lstat(data)
+	if err != nil {
+		return false // no partial: the common case, one lookup
+	}
+	b, err := s.fs.Lstat(name)
+	return err == nil && sameFile(a, b)
 }
 
 // FinishCommit implements Store.
