@@ -63,6 +63,7 @@ type sender struct {
 	addr                 string // as the user typed it, for messages
 	quiet, json, verbose bool
 	stdout               io.Writer
+	jsonOut              *lineBatcher // stdout's buffer with --json, else nil
 	stderr               io.Writer
 	bars                 bool
 	locals               sync.Map // remote name → local path, for retry lines
@@ -96,6 +97,10 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	s := &sender{
 		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"),
 		stdout: stdout, stderr: stderr,
+	}
+	if s.json {
+		s.jsonOut = newLineBatcher(stdout)
+		s.stdout = s.jsonOut
 	}
 	s.engine = &transfer.Sender{
 		Network: network, Addr: addr,
@@ -275,6 +280,7 @@ func (sum *summary) line() string {
 // terminal, shows the whole run.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
+	defer s.flushJSON()    //nolint:errcheck // on the paths without a summary; that one checks it
 	for _, p := range paths {
 		if _, err := resolvePath(p); err != nil {
 			return err // before the bar: nothing is sent
@@ -399,6 +405,8 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		b, _ := json.Marshal(sum) // numbers only
 		if _, err := fmt.Fprintf(s.stdout, "%s\n", b); err != nil {
 			note(fmt.Errorf("writing --json summary: %w", err))
+		} else if err := s.flushJSON(); err != nil {
+			note(fmt.Errorf("writing --json records: %w", err))
 		}
 	} else if !s.quiet && !s.single {
 		s.printf("%s", sum.line())
@@ -479,6 +487,14 @@ func (s *sender) local(remote string) string {
 		return l.(string)
 	}
 	return remote
+}
+
+// flushJSON writes the --json records still buffered.
+func (s *sender) flushJSON() error {
+	if s.jsonOut == nil {
+		return nil
+	}
+	return s.jsonOut.Flush()
 }
 
 // emit writes rec to stdout as a --json line, if asked to. A record that
