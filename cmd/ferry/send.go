@@ -161,7 +161,7 @@ func parseTo(to string) (network, addr string, err error) {
 type file struct {
 	local  string // for messages and --json "path"; never opened by name
 	remote string
-	entry  entry // opened with openEntry, which refuses a swapped file
+	entry  entry // opened with an entryOpener, which refuses a swapped file
 }
 
 // record is the --json object for one file.
@@ -346,6 +346,8 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		walkErr <- walkPaths(wctx, paths, dest, visit, warn)
 	}()
 	s.overall.startBar()
+	opener := newEntryOpener()
+	defer opener.Close() //nolint:errcheck // a read-only directory handle
 	started := make(map[string]time.Time)
 	progs := make(map[string]*fileProgress)
 	next := func() (transfer.File, bool) {
@@ -360,7 +362,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		progs[f.remote] = fp
 		mu.Unlock()
 		return transfer.File{Name: f.remote, Path: f.local, Progress: fp.update,
-			Open: func() (*os.File, error) { return openEntry(f.entry) }}, true
+			Open: func() (*os.File, error) { return opener.open(f.entry) }}, true
 	}
 	stopped := false
 	done := func(tf transfer.File, rep transfer.Report, err error) {
