@@ -50,7 +50,7 @@ func checkOpened(fd int, e entry) (*os.File, error) {
 	}
 	// O_NONBLOCK kept the open from hanging on a named pipe swapped in;
 	// a regular file does not need it.
-	if err := unix.SetNonblock(fd, false); err != nil {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil { // one call: O_NONBLOCK is the only status flag set
 		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
 		return nil, fmt.Errorf("opening: %w", err)
 	}
