@@ -80,3 +80,30 @@ func TestQuickCheckDirSwappedForSymlink(t *testing.T) {
 		t.Errorf("the outside file changed: %v", err)
 	}
 }
+
+// TestStartWriteback: with DirStore.StartWriteback, the hint given as each
+// chunk is written changes nothing a sender sees: files of one chunk and
+// of many commit with their content.
+func TestStartWriteback(t *testing.T) {
+	srv := newServerWrapped(t, t.TempDir(), daemon.Config{}, func(s daemon.Store) daemon.Store {
+		s.(*daemon.DirStore).StartWriteback = true
+		return s
+	})
+	small, smallData := jobs(20, 1000, "small")
+	large, largeData := jobs(2, 5*testChunk+3, "large")
+	all := append(small, large...)
+	data := append(smallData, largeData...)
+	c := srv.connect(t)
+	defer c.Close()
+	unsettled, _, err := c.SendAll(context.Background(), feed(all), func(j *transfer.Job, err error) {
+		if err != nil {
+			t.Errorf("%s: %v", j.Name, err)
+		}
+	}, transfer.WindowOptions{})
+	if err != nil || len(unsettled) != 0 {
+		t.Fatalf("SendAll: %v, %d unsettled", err, len(unsettled))
+	}
+	for i, j := range all {
+		srv.checkCommitted(t, j.Name, data[i], j.Last)
+	}
+}

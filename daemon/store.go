@@ -154,6 +154,14 @@ type DirStore struct {
 	// Sync makes a group's data durable. Defaults to ParallelFsync.
 	Sync SyncStrategy
 
+	// StartWriteback, when set, starts each written chunk's writeback at
+	// once (sync_file_range SYNC_FILE_RANGE_WRITE on Linux), so that
+	// the fsyncs of a group commit wait less. It makes nothing durable by
+	// itself. Off by default: on the 20,000-file tree it did not shorten
+	// the send measurably and cost the daemon about 1.4 s more CPU
+	// (bench/doc.go, "Fsync strategies"). Set it before the store is used.
+	StartWriteback bool
+
 	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
 }
 
@@ -572,7 +580,15 @@ func (p *dirPartial) State() State { return p.st }
 // SetRemote implements RemoteRecorder.
 func (p *dirPartial) SetRemote(addr string) { p.st.Remote = truncateRemote(addr) }
 
-func (p *dirPartial) WriteAt(b []byte, off int64) error { return p.writeAt(b, off) }
+func (p *dirPartial) WriteAt(b []byte, off int64) error {
+	if err := p.writeAt(b, off); err != nil {
+		return err
+	}
+	if p.s.StartWriteback {
+		startWriteback(p.f, off, int64(len(b)))
+	}
+	return nil
+}
 
 func (p *dirPartial) Sync(stack *transfer.MergeStack) error {
 	if err := p.f.Sync(); err != nil {
