@@ -105,7 +105,7 @@
 //     1,000-file directories on -million-dir (/dev/shm), daemon root there
 //     too; the sender is stopped with SIGTERM after -million-time (3m) if
 //     not done, and the run reports how many files were committed, sender
-//     and daemon peak RSS, and the sender's VmHWM every 10 s.
+//     and daemon peak RSS, and each side's VmHWM every 10 s.
 //
 // Each round runs every workload with every tool in turn, each to a fresh
 // destination after sync(2) and the pause: ferry (`ferry send --json` of
