@@ -442,12 +442,6 @@ func (w *window) start(job *Job) error {
 		if err := WriteMessage(w.frames(), offer); err != nil {
 			return err
 		}
-		// Out at once, as its chunk and trailer will be: the daemon
-		// starts on each file of a first send as soon as it can, so
-		// that its commits begin early.
-		if err := w.flush(); err != nil {
-			return err
-		}
 		return w.dataRun(f, 0, false)
 	}
 	return WriteMessage(w.frames(), offer)
@@ -603,12 +597,7 @@ func (w *window) fileFailed(f *flight, err error) error {
 }
 
 func (w *window) writeChunk(f *flight, c *Chunk) error {
-	// A chunk goes out at once, with the frames buffered before it:
-	// only offers and Data frames wait to be batched.
 	if err := WriteChunk(w.frames(), c); err != nil {
-		return err
-	}
-	if err := w.flush(); err != nil {
 		return err
 	}
 	n := int64(len(c.Data))
@@ -710,8 +699,9 @@ func (w *window) trailer(f *flight) error {
 		}
 	}
 	w.mu.Unlock()
-	// The trailer goes out at once too: the daemon commits the file
-	// as soon as it has it.
+	// A trailer goes out at once, with the frames buffered before it
+	// (a small file's offer and chunk): the daemon commits the file as
+	// soon as it has it.
 	if err := WriteMessage(w.frames(), &Trailer{ID: f.id, Hash: h}); err != nil {
 		return err
 	}
