@@ -461,7 +461,7 @@ func (s *DirStore) resume(key string, st *State, chunkSize int) (*dirPartial, er
 		_ = f.Close() // never written
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
-	p := &dirPartial{s: s, key: key, f: f, st: *st}
+	p := &dirPartial{s: s, key: key, f: f, st: *st, writeback: s.StartWriteback}
 	if err := p.verifyTail(chunkSize); err != nil {
 		_ = f.Close() // the error above is the one to report
 		return nil, err
@@ -549,7 +549,7 @@ func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPar
 	// A file committed in one go never has a state record, and needs no
 	// fsync of the partials' directory at all (group commit, issue 9).
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true}, nil
+	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true, writeback: s.StartWriteback}, nil
 }
 
 // dirPartial is a DirStore partial.
@@ -569,6 +569,8 @@ type dirPartial struct {
 	replace bool
 	hash    transfer.Hash // the whole file's BLAKE3, once SetHash was called
 	hashed  bool
+	// writeback starts each write's writeback (DirStore.StartWriteback).
+	writeback bool
 }
 
 // SetHash gives the partial its verified whole-file BLAKE3, which the
@@ -584,7 +586,7 @@ func (p *dirPartial) WriteAt(b []byte, off int64) error {
 	if err := p.writeAt(b, off); err != nil {
 		return err
 	}
-	if p.s.StartWriteback {
+	if p.writeback {
 		startWriteback(p.f, off, int64(len(b)))
 	}
 	return nil
