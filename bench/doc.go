@@ -105,7 +105,7 @@
 //     1,000-file directories on -million-dir (/dev/shm), daemon root there
 //     too; the sender is stopped with SIGTERM after -million-time (3m) if
 //     not done, and the run reports how many files were committed, sender
-//     and daemon peak RSS, and the sender's VmHWM every 10 s.
+//     and daemon peak RSS, and each side's VmHWM every 10 s.
 //
 // Each round runs every workload with every tool in turn, each to a fresh
 // destination after sync(2) and the pause: ferry (`ferry send --json` of
@@ -145,6 +145,21 @@
 // column. Strategies interleave within each of -reps (3) repetitions;
 // figures are medians, per file and as a ratio to seq-fsync. Results go to
 // bench/fsync.json (-out).
+//
+// What the daemon does (issue 9): ParallelFsync, 16 at a time, then each
+// directory once. sfr+par8-fsync was the fastest per-file strategy here
+// (bench/fsync.json, bench/fsync-rerun.json: 63-70 us/file at 1,000
+// files against 82-125 for par8/par16-fsync, 0.7-0.9x of them at 5,000
+// files, with repetitions 2-5x apart on this shared machine). In the daemon
+// the same hint, given as each chunk is written (DirStore.StartWriteback),
+// did not win on the 20,000-file tree (bench/results-sfr.json: ferry's
+// time against rsync -a --fsync's in the same rounds 0.62 and 0.92 off,
+// 0.65 and 0.67 on; against rsync -a 1.43 and 1.58 off, 1.56 and 1.29
+// on), and cost the daemon 1.4 s more CPU (7.2 and 7.7 s off, 8.7 and
+// 9.0 s on): the writeback it starts runs in the daemon's threads instead
+// of the kernel's flusher. syncfs is fastest alone and worst beside
+// another writer (11x slower at 100 files beside dd). So StartWriteback
+// stays off.
 //
 // # Profiling
 //

@@ -510,9 +510,9 @@ func printTrees(w io.Writer, res *results) {
 		if !m.Finished {
 			state = fmt.Sprintf("stopped after %.0f s", m.TimeLimitSeconds)
 		}
-		fmt.Fprintf(w, "\nmillion: ferry, %d of %d empty files committed in %.1f s (%s) in %s; sender peak RSS %.1f MiB, daemon %.1f MiB; sender VmHWM every 10 s (MiB): %v\n",
+		fmt.Fprintf(w, "\nmillion: ferry, %d of %d empty files committed in %.1f s (%s) in %s; sender peak RSS %.1f MiB, daemon %.1f MiB; sender VmHWM every 10 s (MiB): %v; daemon's: %v\n",
 			m.Committed, m.Files, m.WallSeconds, state, m.Dir,
-			float64(m.SenderPeakRSSBytes)/mib, float64(m.DaemonPeakRSSBytes)/mib, m.SenderRSSSamplesMiB)
+			float64(m.SenderPeakRSSBytes)/mib, float64(m.DaemonPeakRSSBytes)/mib, m.SenderRSSSamplesMiB, m.DaemonRSSSamplesMiB)
 	}
 	if len(res.Load) == 2 {
 		fmt.Fprintf(w, "load average (1, 5, 15 min) before the tree runs: %s; after: %s\n", res.Load[0], res.Load[1])

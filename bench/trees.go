@@ -423,12 +423,14 @@ type millionResult struct {
 	SenderPeakRSSBytes  int64     `json:"sender_peak_rss_bytes"`
 	DaemonPeakRSSBytes  int64     `json:"daemon_peak_rss_bytes"`
 	SenderRSSSamplesMiB []float64 `json:"sender_rss_samples_mib"` // VmHWM every 10 s
+	DaemonRSSSamplesMiB []float64 `json:"daemon_rss_samples_mib"` // VmHWM every 10 s
 	Dir                 string    `json:"dir"`
 }
 
 // runMillion makes -million-files empty files in 1000-file directories
 // under -million-dir (tmpfs by default), sends them with ferry to a ferryd
-// whose root is there too, and records both peak RSS. The sender is
+// whose root is there too, and records both peak RSS, and each one's
+// VmHWM every 10 s. The sender is
 // killed after -million-time; its peak so far still counts.
 func (b *bench) runMillion(ctx context.Context) error {
 	n := b.cfg.millionFiles
@@ -485,6 +487,9 @@ wait:
 		case <-tick.C:
 			if hwm := procHWM(childPID(p.cmd.Process.Pid)); hwm > 0 {
 				res.SenderRSSSamplesMiB = append(res.SenderRSSSamplesMiB, round3(float64(hwm)/mib))
+			}
+			if hwm := procHWM(childPID(daemon.cmd.Process.Pid)); hwm > 0 {
+				res.DaemonRSSSamplesMiB = append(res.DaemonRSSSamplesMiB, round3(float64(hwm)/mib))
 			}
 		case <-limit.C:
 			// The wrapper passes SIGTERM on and reports the sender's usage,

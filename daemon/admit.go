@@ -163,24 +163,26 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 // hash instead of refusing.
 func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err error) {
 	store := ss.srv.cfg.Store
-	taken, err := store.Exists(o.Name)
-	if err != nil || !taken {
-		return false, false, err
+	// Stat first: a re-sent tree's names are taken by regular files, and
+	// one lookup answers for them.
+	size, mtime, err := store.Stat(o.Name)
+	if err != nil {
+		// Free, or not a regular file: Exists tells which, and refuses a
+		// name that cannot be resolved inside the root.
+		taken, err := store.Exists(o.Name)
+		if err != nil || !taken {
+			return false, false, err
+		}
+		return false, false, existsError(o.Name) // not a regular file: never replaced
 	}
 	if o.Flags&transfer.OfferRestart != 0 {
 		if o.Flags&transfer.OfferUpdate != 0 {
-			if _, _, err := store.Stat(o.Name); err == nil {
-				if !ss.mayOverwrite() {
-					return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
-				}
-				return false, false, nil // replaced, as below
+			if !ss.mayOverwrite() {
+				return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
 			}
+			return false, false, nil // replaced, as below
 		}
 		return false, false, existsError(o.Name) // the sender's file differs from the committed one
-	}
-	size, mtime, err := store.Stat(o.Name)
-	if err != nil {
-		return false, false, existsError(o.Name) // not a regular file: never replaced
 	}
 	same := size == o.Size && mtime.UnixNano() == o.MtimeNs
 	if o.Flags&transfer.OfferUpdate != 0 && !same {

@@ -71,6 +71,7 @@ type FreeSpacer interface {
 // path or a symlink.
 type OSFS struct {
 	root *os.Root
+	dirs dirCache // open handles of recently used directories, for Lstat
 }
 
 var (
@@ -101,8 +102,11 @@ func OpenOSFS(dir string) (*OSFS, error) {
 	return &OSFS{root: r}, nil
 }
 
-// Close releases the root.
-func (f *OSFS) Close() error { return f.root.Close() }
+// Close releases the root and the directory handles it keeps.
+func (f *OSFS) Close() error {
+	f.dirs.close()
+	return f.root.Close()
+}
 
 // Name returns the root directory's path.
 func (f *OSFS) Name() string { return f.root.Name() }
@@ -113,10 +117,17 @@ func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
 }
 
 // Remove implements FS with os.Root.Remove.
-func (f *OSFS) Remove(name string) error { return f.root.Remove(name) }
+func (f *OSFS) Remove(name string) error {
+	f.dirs.forget(name)
+	return f.root.Remove(name)
+}
 
 // Rename implements FS with os.Root.Rename.
-func (f *OSFS) Rename(oldname, newname string) error { return f.root.Rename(oldname, newname) }
+func (f *OSFS) Rename(oldname, newname string) error {
+	f.dirs.forget(oldname)
+	f.dirs.forget(newname)
+	return f.root.Rename(oldname, newname)
+}
 
 // Link implements FS with os.Root.Link.
 func (f *OSFS) Link(oldname, newname string) error { return f.root.Link(oldname, newname) }
@@ -124,8 +135,24 @@ func (f *OSFS) Link(oldname, newname string) error { return f.root.Link(oldname,
 // Mkdir implements FS with os.Root.Mkdir.
 func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }
 
-// Lstat implements FS with os.Root.Lstat.
-func (f *OSFS) Lstat(name string) (os.FileInfo, error) { return f.root.Lstat(name) }
+// Lstat implements FS: os.Root.Lstat of name's last component in its
+// parent directory, whose handle is kept for dirCacheAge (see dirCache),
+// so that a tree's quick checks cost one fstatat each rather than an
+// open and close per directory on the path.
+func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
+	dir, base := path.Split(name)
+	if dir == "" || base == "" || base == "." || base == ".." {
+		return f.root.Lstat(name)
+	}
+	d := f.dirs.get(f.root, dir[:len(dir)-1])
+	if d == nil {
+		// Not a directory under the root (missing, a file, a symlink
+		// out): os.Root says which, as it always did.
+		return f.root.Lstat(name)
+	}
+	defer f.dirs.put(d)
+	return d.root.Lstat(base)
+}
 
 // Chtimes implements FS with os.Root.Chtimes.
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {

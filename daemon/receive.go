@@ -93,7 +93,13 @@ func (ss *session) loop() error {
 		ss.readDeadline()
 		// Nothing buffered: the read waits for the network, and the
 		// committer need not wait for more files (commit.go).
-		ss.waiting.Store(ss.r.Buffered() == 0)
+		idle := ss.r.Buffered() == 0
+		if idle {
+			if err := ss.flushQueued(); err != nil {
+				return err // the connection is closed
+			}
+		}
+		ss.waiting.Store(idle)
 		h, err := transfer.ReadFrameHeader(ss.r, ss.chunkSize)
 		ss.waiting.Store(false)
 		if errors.Is(err, io.EOF) {
@@ -436,7 +442,7 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 func (ss *session) unchanged(t *rxTransfer) error {
 	t.log.Debug("unchanged", "received_bytes", 0)
 	ss.stats.committed.Add(1)
-	if err := ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready | transfer.CommittedUnchanged,
+	if err := ss.sendQueued(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready | transfer.CommittedUnchanged,
 		Size: t.o.Size}); err != nil {
 		return errSessionBroken
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -29,6 +30,12 @@ type session struct {
 	r    *bufio.Reader
 	log  *slog.Logger
 	wmu  sync.Mutex // serialises frames written to conn
+	// queued holds answers of the receive loop not yet written
+	// (sendQueued); guarded by wmu. queuing says the loop queued some
+	// since its last flushQueued; the loop's own, so that it takes wmu
+	// only then (a committer writing its answers holds it).
+	queued  bytes.Buffer
+	queuing bool
 
 	chunkSize int
 	peerMinor uint16    // the sender's protocol minor version, from its Hello
@@ -110,6 +117,10 @@ func (ss *session) readDeadlineIn(d time.Duration) {
 func (ss *session) send(m transfer.Message) error {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
+	if ss.queued.Len() > 0 {
+		_ = transfer.WriteMessage(&ss.queued, m) // a bytes.Buffer takes all
+		return ss.writeQueued()
+	}
 	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
 	if err == nil {
 		err = transfer.WriteMessage(ss.conn, m)
@@ -118,6 +129,55 @@ func (ss *session) send(m transfer.Message) error {
 		ss.writeFailed()
 	}
 	return err
+}
+
+// maxQueued is how many bytes of answers sendQueued holds back at most.
+const maxQueued = 32 << 10
+
+// sendQueued is send for the receive loop's own answers (called by the
+// loop only) that need not go
+// out at once (a quick check's Committed): they are written together
+// with the next frame sent, when the loop is about to wait for the
+// network (flushQueued), or once maxQueued bytes are held, so that a
+// re-sent tree's answers go out many to a write (issue 9).
+func (ss *session) sendQueued(m transfer.Message) error {
+	ss.queuing = true
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	_ = transfer.WriteMessage(&ss.queued, m) // a bytes.Buffer takes all
+	if ss.queued.Len() < maxQueued {
+		return nil
+	}
+	return ss.writeQueued()
+}
+
+// flushQueued writes the answers sendQueued held back. Called by the
+// receive loop.
+func (ss *session) flushQueued() error {
+	if !ss.queuing {
+		return nil
+	}
+	ss.queuing = false
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	if ss.queued.Len() == 0 {
+		return nil
+	}
+	return ss.writeQueued()
+}
+
+// writeQueued writes and empties ss.queued. Called with wmu held.
+func (ss *session) writeQueued() error {
+	err := ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.IdleTimeout))
+	if err == nil {
+		_, err = ss.conn.Write(ss.queued.Bytes())
+	}
+	ss.queued.Reset()
+	if err != nil {
+		ss.writeFailed()
+		return fmt.Errorf("writing answers: %w", err)
+	}
+	return nil
 }
 
 // writeFailed closes the connection after a failed write: the write may

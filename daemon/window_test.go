@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -151,17 +152,44 @@ type windowCut struct {
 	net.Conn
 	mu     sync.Mutex
 	budget int
+
+	// The frames read from the daemon, parsed to count its Committed
+	// answers: the cut waits for the first, so that whether a file
+	// settled before it does not depend on how fast each side runs.
+	in        []byte
+	committed chan struct{} // closed at the first Committed
+	once      sync.Once
 }
 
 func (c *windowCut) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(p) > c.budget {
+		select {
+		case <-c.committed:
+		case <-time.After(10 * time.Second): // cut anyway; the test then fails
+		}
 		c.Conn.Close()
 		return 0, errors.New("link cut")
 	}
 	c.budget -= len(p)
 	return c.Conn.Write(p)
+}
+
+func (c *windowCut) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in = append(c.in, p[:n]...) // one reader goroutine
+	for len(c.in) >= transfer.FrameHeaderSize {
+		size := transfer.FrameHeaderSize + int(binary.BigEndian.Uint32(c.in[1:transfer.FrameHeaderSize]))
+		if len(c.in) < size {
+			break
+		}
+		if transfer.FrameType(c.in[0]) == transfer.FrameCommitted {
+			c.once.Do(func() { close(c.committed) })
+		}
+		c.in = c.in[size:]
+	}
+	return n, err
 }
 
 // TestWindowCutAndResume cuts the link in the middle of a window (a big
@@ -192,7 +220,7 @@ func TestWindowCutAndResume(t *testing.T) {
 			dials++
 			c := srv.dial(t)
 			if dials == 1 {
-				return &windowCut{Conn: c, budget: 40*3000 + 32*testChunk}, nil
+				return &windowCut{Conn: c, budget: 40*3000 + 32*testChunk, committed: make(chan struct{})}, nil
 			}
 			return c, nil
 		}}

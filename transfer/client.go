@@ -80,6 +80,7 @@ type Client struct {
 func (c *Client) interruptRead() {
 	c.reading.Store(true)
 	if d, ok := c.rwc.(*deadlineConn); ok {
+		d.heldUntil.Store(0) // no hold is in progress: SendAll's writer has returned
 		_ = d.d.SetReadDeadline(time.Unix(1, 0))
 	} else if d, ok := c.rwc.(deadliner); ok {
 		_ = d.SetReadDeadline(time.Unix(1, 0))

@@ -29,6 +29,13 @@ type deadlineConn struct {
 	d       deadliner
 	timeout time.Duration
 	slack   atomic.Int64 // extra read allowance in nanoseconds
+
+	// holds counts the waits on this side in progress (hold), during
+	// which a read that times out waits again; heldUntil (Unix
+	// nanoseconds) is when the read deadline of the last one to end runs
+	// out: a read that times out before then waits until then.
+	holds     atomic.Int32
+	heldUntil atomic.Int64
 }
 
 // withDeadlines wraps rwc so that no read or write waits longer than
@@ -44,12 +51,46 @@ func withDeadlines(rwc io.ReadWriteCloser, timeout time.Duration) io.ReadWriteCl
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
 	wait := c.timeout + time.Duration(c.slack.Load())
-	_ = c.d.SetReadDeadline(time.Now().Add(wait)) // a conn that cannot set one fails the Read itself
-	n, err := c.ReadWriteCloser.Read(p)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		err = fmt.Errorf("no answer from the daemon for %v: %w", wait, err)
+	deadline := time.Now().Add(wait)
+	for {
+		_ = c.d.SetReadDeadline(deadline) // a conn that cannot set one fails the Read itself
+		n, err := c.ReadWriteCloser.Read(p)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			if next, held := c.held(wait); held {
+				deadline = next
+				continue
+			}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("no answer from the daemon for %v: %w", wait, err)
+		}
+		return n, err
 	}
-	return n, err
+}
+
+// hold keeps reads from timing out until the returned release is called,
+// and for the read timeout after it: for a wait on this side (the walk's
+// next file, a source's first bytes) during which the daemon may have
+// nothing to say. Unlike holdReads it starts no goroutine, so that it
+// costs nothing per file.
+func (c *deadlineConn) hold() (release func()) {
+	c.holds.Add(1)
+	return func() {
+		c.heldUntil.Store(time.Now().Add(c.timeout + time.Duration(c.slack.Load())).UnixNano())
+		c.holds.Add(-1)
+	}
+}
+
+// held reports whether a read that timed out waits again, and until when.
+func (c *deadlineConn) held(wait time.Duration) (time.Time, bool) {
+	now := time.Now()
+	if c.holds.Load() > 0 {
+		return now.Add(wait), true
+	}
+	if until := c.heldUntil.Load(); until > now.UnixNano() {
+		return time.Unix(0, until), true
+	}
+	return time.Time{}, false
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {

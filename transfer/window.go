@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"errors"
@@ -100,6 +101,12 @@ type window struct {
 	slack    time.Duration
 	progress bool // some transfer committed or moved a durable offset
 	hashers  []*wholeHash
+
+	// out buffers the writer's frames, so that a tree's offers go out
+	// many to a write (issue 9); outSince is when its oldest unflushed
+	// byte was buffered. Used by the writer goroutine only.
+	out      *bufio.Writer
+	outSince time.Time
 }
 
 // SendAll sends files over the session, keeping a window of transfers in
@@ -135,6 +142,7 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 	actx, cancel := context.WithCancel(ctx)
 	w := &window{c: c, ctx: actx, opts: opts,
 		kick: make(chan struct{}, 1), flights: make(map[uint32]*flight), lastID: c.lastID}
+	w.out = bufio.NewWriterSize(windowWriter{w}, outBuffer)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	readDone := make(chan struct{})
@@ -276,6 +284,12 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 		case f != nil:
 			err = w.accepted(f)
 		case room:
+			if w.out.Buffered() > 0 && time.Since(w.outSince) >= outDelay {
+				if err := w.flush(); err != nil {
+					w.fail(err)
+					continue
+				}
+			}
 			var job *Job
 			var ok bool
 			w.local(func() { job, ok = next() })
@@ -285,8 +299,12 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 			}
 			err = w.start(job)
 		case idle:
-			return nil
+			return w.flush()
 		default:
+			if err := w.flush(); err != nil {
+				w.fail(err)
+				continue
+			}
 			select {
 			case <-w.kick:
 			case <-w.ctx.Done():
@@ -299,22 +317,51 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 	}
 }
 
+// outBuffer is the size in bytes of the writer's buffer, and outDelay
+// the longest its frames wait there while the window keeps starting
+// files: it is flushed whenever the writer waits for the daemon, and
+// before it asks for the next file once its oldest frame is that old.
+const (
+	outBuffer = 64 << 10
+	outDelay  = time.Millisecond
+)
+
+// windowWriter is what the writer's buffer writes to: the connection.
+type windowWriter struct{ w *window }
+
+func (ww windowWriter) Write(p []byte) (int, error) { return ww.w.c.rwc.Write(p) }
+
+// frames returns the writer's buffer, to write frames to.
+func (w *window) frames() io.Writer {
+	if w.out.Buffered() == 0 {
+		w.outSince = time.Now()
+	}
+	return w.out
+}
+
+// flush writes the buffered frames out.
+func (w *window) flush() error {
+	if w.out.Buffered() == 0 {
+		return nil
+	}
+	if err := w.out.Flush(); err != nil {
+		return fmt.Errorf("writing to the daemon: %w", err)
+	}
+	return nil
+}
+
 // local runs fn, a wait on this side (the next job, a source's first
 // bytes), keeping the reader's deadline from running out meanwhile: the
 // daemon may have nothing to say until the sender sends more.
 func (w *window) local(fn func()) {
-	if _, ok := w.c.rwc.(*deadlineConn); !ok {
+	c, ok := w.c.rwc.(*deadlineConn)
+	if !ok {
 		fn()
 		return
 	}
-	done, held := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(held)
-		holdReads(w.ctx, w.c.rwc, done)
-	}()
+	release := c.hold()
+	defer release()
 	fn()
-	close(done)
-	<-held
 }
 
 // refusalWait is how long a failed session waits for the refusal that
@@ -395,12 +442,12 @@ func (w *window) start(job *Job) error {
 	w.mu.Unlock()
 	if f.speculative {
 		offer.Flags |= OfferData
-		if err := WriteMessage(w.c.rwc, offer); err != nil {
+		if err := WriteMessage(w.frames(), offer); err != nil {
 			return err
 		}
 		return w.dataRun(f, 0, false)
 	}
-	return WriteMessage(w.c.rwc, offer)
+	return WriteMessage(w.frames(), offer)
 }
 
 // accepted acts on the Accept of a file that waited for one: checks the
@@ -430,7 +477,7 @@ func (w *window) accepted(f *flight) error {
 		f.acc, f.restarted = nil, true
 		f.progress.Restarted = true
 		w.mu.Unlock()
-		return WriteMessage(w.c.rwc, &o)
+		return WriteMessage(w.frames(), &o)
 	}
 	w.mu.Lock()
 	f.resumed, f.durable = acc.DurableOffset, acc.DurableOffset
@@ -508,7 +555,7 @@ func (w *window) dataRun(f *flight, off int64, open bool) error {
 	f.trailer = false
 	w.mu.Unlock()
 	if open {
-		if err := WriteMessage(w.c.rwc, &Data{ID: f.id, Offset: off}); err != nil {
+		if err := WriteMessage(w.frames(), &Data{ID: f.id, Offset: off}); err != nil {
 			return err
 		}
 	}
@@ -557,7 +604,7 @@ func (w *window) fileFailed(f *flight, err error) error {
 }
 
 func (w *window) writeChunk(f *flight, c *Chunk) error {
-	if err := WriteChunk(w.c.rwc, c); err != nil {
+	if err := WriteChunk(w.frames(), c); err != nil {
 		return err
 	}
 	n := int64(len(c.Data))
@@ -649,6 +696,9 @@ func (w *window) trailer(f *flight) error {
 		}
 	}
 	if f.whole.done != nil {
+		if err := w.flush(); err != nil {
+			return err
+		}
 		holdReads(w.ctx, w.c.rwc, f.whole.done) // the wait is on this side
 	}
 	h, err := f.whole.sum(w.ctx)
@@ -679,7 +729,13 @@ func (w *window) trailer(f *flight) error {
 		}
 	}
 	w.mu.Unlock()
-	return WriteMessage(w.c.rwc, &Trailer{ID: f.id, Hash: h})
+	// A trailer goes out at once, with the frames buffered before it
+	// (a small file's offer and chunk): the daemon commits the file as
+	// soon as it has it.
+	if err := WriteMessage(w.frames(), &Trailer{ID: f.id, Hash: h}); err != nil {
+		return err
+	}
+	return w.flush()
 }
 
 func (w *window) report(f *flight) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,6 +33,12 @@ func openEntry(e entry) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	return checkOpened(fd, e)
+}
+
+// checkOpened checks that fd, just opened for e, is the regular file the
+// walk saw, and returns it as e.Local; it closes fd on error.
+func checkOpened(fd int, e entry) (*os.File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
@@ -43,7 +50,7 @@ func openEntry(e entry) (*os.File, error) {
 	}
 	// O_NONBLOCK kept the open from hanging on a named pipe swapped in;
 	// a regular file does not need it.
-	if err := unix.SetNonblock(fd, false); err != nil {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil { // one call: O_NONBLOCK is the only status flag set
 		_ = unix.Close(fd) // read-only descriptor; the error at hand is the one to report
 		return nil, fmt.Errorf("opening: %w", err)
 	}
@@ -92,4 +99,93 @@ func openBelow(top, rel string) (int, error) {
 		}
 		dir, rel = fd, rest
 	}
+}
+
+// entryOpener opens entries as openEntry does, keeping the directory of
+// the last one open, so that the files of one directory cost one open
+// each, not one per component of their path (issue 9). The directory was
+// opened as openEntry opens it (its PATH followed, each component below
+// with O_NOFOLLOW), and each file is opened in it with O_NOFOLLOW and
+// checked against the walk's device and inode: it is always the file the
+// walk saw. A directory on the path swapped since the handle was opened
+// is not followed either: the handle still names the directory the walk
+// read. Safe for concurrent use.
+type entryOpener struct {
+	mu       sync.Mutex
+	top, dir string // the open directory: rel dir below top
+	fd       int    // -1 when none is open
+}
+
+func newEntryOpener() *entryOpener { return &entryOpener{fd: -1} }
+
+// open opens e; see openEntry for the errors.
+func (o *entryOpener) open(e entry) (*os.File, error) {
+	if e.rel == "" {
+		return openEntry(e) // the PATH itself
+	}
+	dir, base := "", e.rel
+	if i := strings.LastIndexByte(e.rel, '/'); i >= 0 {
+		dir, base = e.rel[:i], e.rel[i+1:]
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fd < 0 || o.top != e.top || o.dir != dir {
+		o.closeLocked()
+		fd, err := openDirBelow(e.top, dir)
+		if err != nil {
+			return nil, err
+		}
+		o.fd, o.top, o.dir = fd, e.top, dir
+	}
+	const file = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_NOFOLLOW
+	fd, err := openRetry(func() (int, error) { return unix.Openat(o.fd, base, file, 0) })
+	switch {
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		return nil, errNotSame
+	case err != nil:
+		return nil, fmt.Errorf("opening: %w", err)
+	}
+	return checkOpened(fd, e)
+}
+
+// Close closes the directory kept open.
+func (o *entryOpener) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closeLocked()
+	return nil
+}
+
+func (o *entryOpener) closeLocked() {
+	if o.fd >= 0 {
+		_ = unix.Close(o.fd) // read-only directory handle
+		o.fd = -1
+	}
+}
+
+// openDirBelow opens top (following it, as the walk does), then each
+// slash-separated component of rel as a directory without following
+// symlinks, and returns the last descriptor. Errors are openBelow's.
+func openDirBelow(top, rel string) (int, error) {
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	dir, err := openRetry(func() (int, error) { return unix.Open(top, dirFlags, 0) })
+	if err != nil {
+		if errors.Is(err, unix.ENOTDIR) {
+			return -1, errNotSame
+		}
+		return -1, fmt.Errorf("opening %s: %w", escapeName(top), err)
+	}
+	for rel != "" {
+		name, rest, _ := strings.Cut(rel, "/")
+		fd, err := openRetry(func() (int, error) { return unix.Openat(dir, name, dirFlags|unix.O_NOFOLLOW, 0) })
+		_ = unix.Close(dir) // read-only descriptor; the error at hand is the one to report
+		switch {
+		case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+			return -1, errNotSame
+		case err != nil:
+			return -1, fmt.Errorf("opening directory %s: %w", escapeName(name), err)
+		}
+		dir, rel = fd, rest
+	}
+	return dir, nil
 }

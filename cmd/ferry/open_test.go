@@ -175,3 +175,73 @@ func TestOpenEntryErrors(t *testing.T) {
 		t.Errorf("openEntry of a file rewritten in place = %q, %v; want its new content", got, err)
 	}
 }
+
+// TestEntryOpenerRefusesSwaps: the entryOpener keeps the directory of the
+// last entry open (issue 9). With that directory open before the swaps of
+// TestOpenEntryRefusesSwaps, it still opens only the file the walk saw:
+// a swapped file is refused (errNotSame), and a swapped directory is not
+// followed, so the file is either refused or read from the directory the
+// walk read, never from where a symlink points.
+func TestEntryOpenerRefusesSwaps(t *testing.T) {
+	tests := []struct {
+		name   string
+		remote string
+		swap   func(t *testing.T, base string)
+	}{
+		{"file swapped for a symlink out of the tree", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree/sub/z.txt", func(p string) error { return os.Symlink(filepath.Join(base, "secret.key"), p) })
+		}},
+		{"file swapped for a hard link to another file", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree/sub/z.txt", func(p string) error { return os.Link(filepath.Join(base, "secret.key"), p) })
+		}},
+		{"file swapped for a named pipe", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree/sub/z.txt", func(p string) error { return unix.Mkfifo(p, 0o644) })
+		}},
+		{"directory swapped for a symlink to a directory outside", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree/sub", func(p string) error { return os.Symlink(filepath.Join(base, "outside"), p) })
+		}},
+		{"parent directory swapped for a symlink outside", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree", func(p string) error { return os.Symlink(filepath.Join(base, "outside"), p) })
+		}},
+		{"directory swapped for another directory", "tree/sub/z.txt", func(t *testing.T, base string) {
+			replace(t, base, "tree/sub", func(p string) error { return os.Rename(filepath.Join(base, "outside/sub"), p) })
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			mkfiles(t, base, "secret.key", "outside/z.txt", "outside/sub/z.txt", "tree/sub/a.txt", "tree/sub/z.txt")
+			listed := entriesOf(t, filepath.Join(base, "tree"))
+			o := newEntryOpener()
+			defer o.Close()
+			read := func(e entry) (string, error) {
+				f, err := o.open(e)
+				if err != nil {
+					return "", err
+				}
+				defer f.Close()
+				b, err := io.ReadAll(f)
+				return string(b), err
+			}
+			if got, err := read(listed["tree/sub/a.txt"]); err != nil || got != "tree/sub/a.txt" {
+				t.Fatalf("tree/sub/a.txt: %q, %v", got, err)
+			}
+			tt.swap(t, base)
+			done := make(chan struct{})
+			var got string
+			var err error
+			go func() {
+				defer close(done)
+				got, err = read(listed[tt.remote])
+			}()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("open hangs")
+			}
+			if !errors.Is(err, errNotSame) && (err != nil || got != tt.remote) {
+				t.Fatalf("open(%s) = %q, %v; want the walk's file (%q) or an error wrapping errNotSame", tt.remote, got, err, tt.remote)
+			}
+		})
+	}
+}

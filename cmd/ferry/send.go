@@ -70,6 +70,7 @@ type sender struct {
 	quiet, json, verbose bool
 	links                bool // --links
 	stdout               io.Writer
+	jsonOut              *lineBatcher // stdout's buffer with --json, else nil
 	stderr               io.Writer
 	bars                 bool
 	locals               sync.Map // remote name → local path, for retry lines
@@ -107,6 +108,10 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 	s := &sender{
 		addr: addr, quiet: c.Bool("quiet"), json: c.Bool("json"), verbose: c.Bool("verbose"), links: c.Bool("links"),
 		stdout: stdout, stderr: stderr,
+	}
+	if s.json {
+		s.jsonOut = newLineBatcher(stdout)
+		s.stdout = s.jsonOut
 	}
 	s.engine = &transfer.Sender{
 		Network: network, Addr: addr,
@@ -168,7 +173,7 @@ func parseTo(to string) (network, addr string, err error) {
 type file struct {
 	local  string // for messages and --json "path"; never opened by name
 	remote string
-	entry  entry // opened with openEntry, which refuses a swapped file
+	entry  entry // opened with an entryOpener, which refuses a swapped file
 }
 
 // record is the --json object for one file.
@@ -299,6 +304,7 @@ func (sum *summary) line() string {
 // terminal, shows the whole run.
 func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error {
 	defer s.engine.Close() //nolint:errcheck // every result is in; the session holds nothing more
+	defer s.flushJSON()    //nolint:errcheck // on the paths without a summary; that one checks it
 	for _, p := range paths {
 		if _, err := resolvePath(p); err != nil {
 			return err // before the bar: nothing is sent
@@ -364,6 +370,8 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		walkErr <- walkFiles(wctx, paths, dest, s.links, visit, warn)
 	}()
 	s.overall.startBar()
+	opener := newEntryOpener()
+	defer opener.Close() //nolint:errcheck // a read-only directory handle
 	started := make(map[string]time.Time)
 	progs := make(map[string]*fileProgress)
 	next := func() (transfer.File, bool) {
@@ -378,7 +386,7 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		progs[f.remote] = fp
 		mu.Unlock()
 		return transfer.File{Name: f.remote, Path: f.local, Progress: fp.update,
-			Open: func() (*os.File, error) { return openEntry(f.entry) }}, true
+			Open: func() (*os.File, error) { return opener.open(f.entry) }}, true
 	}
 	stopped := false
 	done := func(tf transfer.File, rep transfer.Report, err error) {
@@ -432,6 +440,8 @@ func (s *sender) sendAll(ctx context.Context, paths []string, dest string) error
 		b, _ := json.Marshal(sum) // numbers only
 		if _, err := fmt.Fprintf(s.stdout, "%s\n", b); err != nil {
 			note(fmt.Errorf("writing --json summary: %w", err))
+		} else if err := s.flushJSON(); err != nil {
+			note(fmt.Errorf("writing --json records: %w", err))
 		}
 	} else if !s.quiet && !s.single {
 		s.printf("%s", sum.line())
@@ -589,6 +599,14 @@ func (s *sender) local(remote string) string {
 		return l.(string)
 	}
 	return remote
+}
+
+// flushJSON writes the --json records still buffered.
+func (s *sender) flushJSON() error {
+	if s.jsonOut == nil {
+		return nil
+	}
+	return s.jsonOut.Flush()
 }
 
 // emit writes rec to stdout as a --json line, if asked to. A record that
