@@ -232,3 +232,21 @@ func TestChildPID(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestProfileDirectIO checks that -profile's daemon writes as ferryd does
+// by default, with O_DIRECT: a profile of page-cache writes puts most of
+// the CPU in copies ferryd does not make.
+func TestProfileDirectIO(t *testing.T) {
+	cfg, err := parseFlags([]string{"ferrybench", "-profile"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, store, err := inProcessStore(t.TempDir(), cfg.profDirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close() //nolint:errcheck // a directory handle
+	if !store.DirectIO {
+		t.Error("-profile's store writes through the page cache; ferryd's default is --direct-io")
+	}
+}

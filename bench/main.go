@@ -91,6 +91,7 @@ type config struct {
 	profileSize size
 	cpuProfile  string
 	execTrace   string
+	profDirect  bool // -profile's daemon writes with O_DIRECT, as ferryd does by default
 
 	restart     bool
 	restartSize size
@@ -130,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
 	fs.StringVar(&cfg.execTrace, "trace", "", "execution trace written by -profile (go tool trace), none if empty")
+	fs.BoolVar(&cfg.profDirect, "profile-direct-io", true, "-profile's daemon writes chunks with O_DIRECT, as ferryd's default --direct-io does")
 	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
 	var restartSize string
 	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")
