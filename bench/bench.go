@@ -53,6 +53,7 @@ type bench struct {
 	self          string // this binary, started as raw-send and raw-recv
 	ferry, ferryd string
 	rsync         *rsyncInfo // nil when not run
+	scp           *scpInfo   // nil when not run
 	work          string     // temporary directory: sources, runs/, logs/
 	seq           int        // numbers runs, for unique directory and log names
 	background    float64    // CPU busy fraction during the last settle pause
@@ -120,6 +121,16 @@ func newBench(cfg *config, stderr io.Writer) (*bench, error) {
 	for _, d := range []string{"runs", "logs"} {
 		if err := os.Mkdir(filepath.Join(b.work, d), 0o755); err != nil {
 			return nil, err
+		}
+	}
+	if slices.Contains(cfg.tools, "scp") {
+		var why string
+		if b.scp, why, err = findScp(context.Background(), filepath.Join(b.work, "ssh")); err != nil {
+			b.cleanup()
+			return nil, err
+		}
+		if b.scp == nil {
+			fmt.Fprintf(stderr, "ferrybench: running without scp: %s\n", why)
 		}
 	}
 	return b, nil
@@ -244,7 +255,7 @@ func (b *bench) runAll(ctx context.Context) error {
 func (b *bench) tools() []string {
 	var ts []string
 	for _, t := range allTools {
-		if slices.Contains(b.cfg.tools, t) && (t != "rsync" || b.rsync != nil) {
+		if slices.Contains(b.cfg.tools, t) && (t != "rsync" || b.rsync != nil) && (t != "scp" || b.scp != nil) {
 			ts = append(ts, t)
 		}
 	}
@@ -331,6 +342,8 @@ func (b *bench) runTool(ctx context.Context, tool string, j job) (sample, error)
 		return b.runFerry(ctx, j)
 	case "rsync":
 		return b.runRsync(ctx, j)
+	case "scp":
+		return b.runScp(ctx, j)
 	}
 	return sample{}, errors.New("bug: unknown tool " + tool)
 }

@@ -98,7 +98,7 @@ type config struct {
 }
 
 // allTools lists the tools in the order they run within a round.
-var allTools = []string{"raw", "ferry", "rsync"}
+var allTools = []string{"raw", "ferry", "rsync", "scp"}
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet(filepath.Base(args[0]), flag.ContinueOnError)
@@ -112,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds per size; each round runs every tool once")
 	fs.DurationVar(&cfg.pause, "pause", 3*time.Second, "pause after sync before each run")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "before a run, wait up to this long for other processes to leave the CPUs idle")
-	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync is skipped when not installed")
+	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync, and scp (which needs sshd), are skipped when not installed")
 	fs.StringVar(&cfg.binDir, "bin", "bin", "directory holding the ferry and ferryd binaries")
 	fs.StringVar(&cfg.workParent, "dir", "", "directory for the temporary work directory (default $TMPDIR); must have room for the files")
 	fs.StringVar(&cfg.out, "out", filepath.Join("bench", "results.json"), "results JSON file; empty skips")

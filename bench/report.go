@@ -90,6 +90,8 @@ type settings struct {
 	FerrydArgs       string  `json:"ferryd_args"`
 	Rsync            string  `json:"rsync"`
 	RsyncDurability  string  `json:"rsync_durability"`
+	Scp              string  `json:"scp"` // ssh -V; empty when scp did not run
+	ScpDurability    string  `json:"scp_durability"`
 	FirstChunkMethod string  `json:"first_chunk_method"`
 	// RSSFloorBytes is the peak RSS reported for `true`: every child runs
 	// under the rusage-exec wrapper, and a child's peak includes the
@@ -155,6 +157,9 @@ func (b *bench) results(started time.Time) *results {
 	}
 	if b.rsync != nil {
 		res.Settings.Rsync, res.Settings.RsyncDurability = b.rsync.version, b.rsync.durability()
+	}
+	if b.scp != nil {
+		res.Settings.Scp, res.Settings.ScpDurability = b.scp.version, b.scp.durability()
 	}
 	for _, s := range b.rec.all {
 		res.Rows = append(res.Rows, s.row())
@@ -258,9 +263,11 @@ func targets(rows []row) []target {
 			fmt.Sprintf("%.3fx", *ferry.RatioToRaw), *ferry.RatioToRaw <= 1.10))
 	}
 	if ferry != nil {
-		if rs := find("sizes", "rsync", func(r row) bool { return r.Bytes == ferry.Bytes }); rs != nil {
-			ts = append(ts, check(fmt.Sprintf("ferry %s faster than rsync", ferry.Size),
-				fmt.Sprintf("%.3f s vs %.3f s", ferry.WallSeconds, rs.WallSeconds), ferry.WallSeconds < rs.WallSeconds))
+		for _, tool := range []string{"rsync", "scp"} {
+			if rs := find("sizes", tool, func(r row) bool { return r.Bytes == ferry.Bytes }); rs != nil {
+				ts = append(ts, check(fmt.Sprintf("ferry %s faster than %s", ferry.Size, tool),
+					fmt.Sprintf("%.3f s vs %.3f s", ferry.WallSeconds, rs.WallSeconds), ferry.WallSeconds < rs.WallSeconds))
+			}
 		}
 	}
 	if sp := find("sparse", "ferry", nil); sp != nil && sp.FirstChunkMs != nil {
@@ -309,6 +316,9 @@ func printTable(w io.Writer, res *results) {
 	printTrees(w, res)
 	if res.Settings.Rsync != "" {
 		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
+	}
+	if res.Settings.Scp != "" {
+		fmt.Fprintf(w, "scp: %s; durability: %s\n", res.Settings.Scp, res.Settings.ScpDurability)
 	}
 	fmt.Fprintf(w, "peak RSS floor (the measuring wrapper's own, reported for `true`): %.1f MiB\n", float64(res.Settings.RSSFloorBytes)/mib)
 }
