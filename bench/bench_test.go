@@ -295,3 +295,52 @@ func TestScpRun(t *testing.T) {
 		t.Errorf("sample %+v: wall and both sides' CPU must be counted", got)
 	}
 }
+
+// TestRatioToRawSameMemory checks that a tool's ratio is taken over raw's
+// in the same memory state and, per round, over raw's in the same round.
+func TestRatioToRawSameMemory(t *testing.T) {
+	src := source{size: size{bytes: 1 << 30, label: "1G"}}
+	var rec recorder
+	walls := map[string][]time.Duration{ // settled raw is slow, fresh raw fast
+		"raw " + memSettled: {2 * time.Second, 4 * time.Second}, "ferry " + memSettled: {time.Second, 1 * time.Second},
+		"raw " + memFresh: {time.Second / 2, time.Second / 2}, "ferry " + memFresh: {time.Second, 2 * time.Second},
+	}
+	for round := range 2 {
+		for _, mem := range allMemory {
+			for _, tool := range []string{"raw", "ferry"} {
+				rec.add(tool, job{group: "sizes", src: src, senders: 1, memory: mem}, sample{wall: walls[tool+" "+mem][round]})
+			}
+		}
+	}
+	var rows []row
+	for _, s := range rec.all {
+		r := s.row()
+		r.RatioToRawPerRound = rec.perRoundRatio(s)
+		rows = append(rows, r)
+	}
+	want := map[string][2]float64{memSettled: {1.0 / 3, 0.375}, memFresh: {3, 3}} // ratio of medians, median of round ratios
+	for i := range rows {
+		r := &rows[i]
+		if r.Tool != "ferry" {
+			continue
+		}
+		got := ratioToRaw(rows, r)
+		if got == nil || r.RatioToRawPerRound == nil {
+			t.Fatalf("%s: no ratio", r.Memory)
+		}
+		if w := want[r.Memory]; *got != round3(w[0]) || *r.RatioToRawPerRound != round3(w[1]) {
+			t.Errorf("%s: ratio %v, per round %v; want %v", r.Memory, *got, *r.RatioToRawPerRound, w)
+		}
+	}
+}
+
+// TestFreshen checks that the ballast is written and gone afterwards.
+func TestFreshen(t *testing.T) {
+	dir := t.TempDir()
+	if err := freshen(dir, 3<<20+1); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		t.Errorf("after freshen: %v, %v; want an empty directory", ents, err)
+	}
+}
