@@ -63,11 +63,11 @@ func exitCode(stderr io.Writer, err error) int {
 
 // config is the benchmark's flags.
 type config struct {
-	sizes          []size // random files, run in rounds
+	sizes          []size   // random files, run in rounds
 	memory         []string // memory states each size runs in (allMemory), interleaved in a round
-	sparse         size   // sparse file for first chunk and memory; 0 skips
-	concurrent     int    // senders in the concurrent run; 0 skips
-	concurrentSize size   // bytes per concurrent sender
+	sparse         size     // sparse file for first chunk and memory; 0 skips
+	concurrent     int      // senders in the concurrent run; 0 skips
+	concurrentSize size     // bytes per concurrent sender
 	rounds         int
 	pause          time.Duration
 	quietWait      time.Duration // longest wait for other processes to go quiet

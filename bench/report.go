@@ -22,7 +22,7 @@ import (
 type series struct {
 	group, tool, size string
 	memory            string // memSettled or memFresh
-	bytes             int64 // per sender
+	bytes             int64  // per sender
 	senders           int
 	samples           []sample
 	firstChunks       []time.Duration // from timed runs and probes
