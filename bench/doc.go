@@ -40,12 +40,10 @@
 //     user space, which ferry cannot do because it hashes every byte. Wall
 //     time runs from the sender's start until both processes have exited,
 //     that is until the receiver's fsync returned.
-//
 //   - ferry: `ferry send --json --retries 0` to a ferryd started for this
 //     run only. Wall time runs from the sender's start to its exit, which
 //     follows the daemon's commit: whole-file hash check, fsync, link into
 //     place, directory fsync. The daemon's BLAKE3 must equal the source's.
-//
 //   - rsync: `rsync --fsync --whole-file FILE rsync://127.0.0.1:PORT/bench/`
 //     to an `rsync --daemon --no-detach` started for this run on a free port
 //     (rsync cannot listen on port 0). --fsync makes the receiver fsync the
@@ -53,7 +51,6 @@
 //     after the client exits, inside the clock, and the results say which
 //     (settings.rsync_durability). Wall time runs to the client's exit,
 //     which waits for the daemon's receiver.
-//
 //   - scp: `scp -c aes128-gcm@openssh.com FILE 127.0.0.1:DIR/` to a
 //     private `sshd -D` started for this run on a free loopback port, with a
 //     host key and a client key made for the benchmark (nothing of the
