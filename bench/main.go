@@ -123,7 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.concurrent, "concurrent", 8, "number of concurrent ferry senders to one daemon; 0 skips")
 	fs.StringVar(&concSize, "concurrent-size", "256M", "file size per concurrent sender")
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds per size; each round runs every tool once in each -memory state")
-	fs.StringVar(&memory, "memory", strings.Join(allMemory, ","), "comma-separated `LIST` of memory states the sizes run in: settled (after sync and the pause), fresh (right after a ballast file of twice the bytes was written and deleted)")
+	fs.StringVar(&memory, "memory", strings.Join(allMemory, ","), "comma-separated `LIST` of memory states the sizes run in: settled (after sync and the pause), fresh (right after a ballast file of twice the bytes was written and deleted); -profile runs in the first")
 	fs.DurationVar(&cfg.pause, "pause", 3*time.Second, "pause after sync before each run")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "before a run, wait up to this long for other processes to leave the CPUs idle")
 	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync, and scp (which needs sshd), are skipped when not installed")

@@ -40,6 +40,12 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	defer stopServer()
 
 	bg := settle(cfg.pause, cfg.quietWait, stderr)
+	if cfg.memory[0] == memFresh {
+		// -memory fresh: the run starts as the benchmark's fresh runs do.
+		if err := freshen(work, 2*src.size.bytes); err != nil {
+			return err
+		}
+	}
 	prof, err := startCPUProfile(cfg.cpuProfile)
 	if err != nil {
 		return err
@@ -66,8 +72,8 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if got := fmt.Sprintf("%x", res.Hash[:]); got != src.blake3 {
 		return fmt.Errorf("committed BLAKE3 %s, source %s", got, src.blake3)
 	}
-	fmt.Fprintf(stdout, "in-process transfer of %s: %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
-		src.size.label, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
+	fmt.Fprintf(stdout, "in-process transfer of %s (%s memory, direct I/O %t): %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
+		src.size.label, cfg.memory[0], cfg.profDirect, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
 	fmt.Fprintf(stdout, "CPU profile: %s\nread it with: go tool pprof -top %s %s\n", cfg.cpuProfile, os.Args[0], cfg.cpuProfile)
 	return nil
 }
