@@ -23,7 +23,9 @@ soak:
 demo: build
 	$(GO) run ./demo -ferry bin/ferry -ferryd bin/ferryd $(if $(FILE),-file $(FILE))
 
-# Throughput, first chunk and memory against a raw TCP copy and rsync (issue 4);
+# Throughput, first chunk and memory against a raw TCP copy and rsync (issue 4),
+# and scp when OpenSSH's client and server are installed, each size in two
+# memory states, settled and fresh (issue 10; bench/doc.go);
 # writes bench/results.json. Quick run:
 #   make bench BENCHFLAGS='-sizes 100M -rounds 1 -sparse 0 -concurrent 0'
 bench: build

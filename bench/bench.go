@@ -20,6 +20,9 @@ type job struct {
 	senders int
 	repeat  int  // raw only: the file goes this many times down one connection; 0 means once
 	relay   bool // ferry only: through the relay, to time the first chunk
+	// memory is the state the run starts in: memSettled, or memFresh for
+	// a sizes run that asks for it.
+	memory string
 }
 
 // bytes is what one sender sends.
@@ -53,9 +56,11 @@ type bench struct {
 	self          string // this binary, started as raw-send and raw-recv
 	ferry, ferryd string
 	rsync         *rsyncInfo // nil when not run
+	scp           *scpInfo   // nil when not run
 	work          string     // temporary directory: sources, runs/, logs/
 	seq           int        // numbers runs, for unique directory and log names
 	background    float64    // CPU busy fraction during the last settle pause
+	ballast       int64      // bytes settle writes and deletes after its pause (memFresh); 0 for none
 	rec           recorder
 
 	trees              []*treeSeries  // tree runs, in the order first measured
@@ -122,6 +127,16 @@ func newBench(cfg *config, stderr io.Writer) (*bench, error) {
 			return nil, err
 		}
 	}
+	if slices.Contains(cfg.tools, "scp") {
+		var why string
+		if b.scp, why, err = findScp(context.Background(), filepath.Join(b.work, "ssh")); err != nil {
+			b.cleanup()
+			return nil, err
+		}
+		if b.scp == nil {
+			fmt.Fprintf(stderr, "ferrybench: running without scp: %s\n", why)
+		}
+	}
 	return b, nil
 }
 
@@ -180,6 +195,35 @@ func (b *bench) newRun(tool string) (dir, logs string, err error) {
 // -quiet-wait, and records how busy the last one was.
 func (b *bench) settle() {
 	b.background = settle(b.cfg.pause, b.cfg.quietWait, b.stderr)
+	if b.ballast > 0 {
+		if err := freshen(b.work, b.ballast); err != nil {
+			fmt.Fprintf(b.stderr, "ferrybench: warning: run not in the fresh memory state: %v\n", err)
+		}
+	}
+}
+
+// freshen writes a ballast file of n bytes in dir through the page cache
+// and deletes it, so that the next n bytes of buffered writes land in
+// pages the guest holds already (memFresh): for a few seconds, until the
+// guest reports the freed pages to the host. The ballast is never written
+// back: it is deleted while still dirty.
+func freshen(dir string, n int64) error {
+	f, err := os.CreateTemp(dir, "ballast-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) //nolint:errcheck // deleted below; this covers the error paths
+	buf := make([]byte, 1<<20)
+	for left := n; left > 0; left -= int64(len(buf)) {
+		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+			_ = f.Close() // the write error is the one to report
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Remove(f.Name())
 }
 
 // settle syncs, then pauses until a pause is quiet or quietWait has passed,
@@ -244,7 +288,7 @@ func (b *bench) runAll(ctx context.Context) error {
 func (b *bench) tools() []string {
 	var ts []string
 	for _, t := range allTools {
-		if slices.Contains(b.cfg.tools, t) && (t != "rsync" || b.rsync != nil) {
+		if slices.Contains(b.cfg.tools, t) && (t != "rsync" || b.rsync != nil) && (t != "scp" || b.scp != nil) {
 			ts = append(ts, t)
 		}
 	}
@@ -267,10 +311,12 @@ func (b *bench) runSize(ctx context.Context, src source, tools []string) error {
 		}
 	}
 	for r := range b.cfg.rounds {
-		for _, t := range tools {
-			j := job{group: "sizes", src: src, senders: 1}
-			if err := b.measure(ctx, t, j, fmt.Sprintf("round %d/%d", r+1, b.cfg.rounds)); err != nil {
-				return err
+		for _, m := range b.cfg.memory {
+			for _, t := range tools {
+				j := job{group: "sizes", src: src, senders: 1, memory: m}
+				if err := b.measure(ctx, t, j, fmt.Sprintf("round %d/%d", r+1, b.cfg.rounds)); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -297,6 +343,14 @@ func (b *bench) runConcurrent(ctx context.Context) error {
 
 // measure runs one timed transfer and records it.
 func (b *bench) measure(ctx context.Context, tool string, j job, what string) error {
+	if j.memory == "" {
+		j.memory = memSettled
+	}
+	b.ballast = 0
+	if j.memory == memFresh {
+		b.ballast = 2 * j.total()
+	}
+	defer func() { b.ballast = 0 }()
 	s, err := b.runTool(ctx, tool, j)
 	if err != nil {
 		return fmt.Errorf("%s %s %s: %w", j.label(), what, tool, err)
@@ -304,7 +358,7 @@ func (b *bench) measure(ctx context.Context, tool string, j job, what string) er
 	s.background = b.background
 	b.rec.add(tool, j, s)
 	mibs := float64(j.total()) / mib / s.wall.Seconds()
-	fmt.Fprintf(b.stderr, "ferrybench: %-6s %-12s %-6s %8.3f s %8.1f MiB/s\n", j.label(), what, tool, s.wall.Seconds(), mibs)
+	fmt.Fprintf(b.stderr, "ferrybench: %-6s %-12s %-7s %-6s %8.3f s %8.1f MiB/s\n", j.label(), what, j.memory, tool, s.wall.Seconds(), mibs)
 	return nil
 }
 
@@ -331,6 +385,8 @@ func (b *bench) runTool(ctx context.Context, tool string, j job) (sample, error)
 		return b.runFerry(ctx, j)
 	case "rsync":
 		return b.runRsync(ctx, j)
+	case "scp":
+		return b.runScp(ctx, j)
 	}
 	return sample{}, errors.New("bug: unknown tool " + tool)
 }

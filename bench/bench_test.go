@@ -232,3 +232,115 @@ func TestChildPID(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestProfileDirectIO checks that -profile's daemon writes as ferryd does
+// by default, with O_DIRECT: a profile of page-cache writes puts most of
+// the CPU in copies ferryd does not make.
+func TestProfileDirectIO(t *testing.T) {
+	cfg, err := parseFlags([]string{"ferrybench", "-profile"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, store, err := inProcessStore(t.TempDir(), cfg.profDirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close() //nolint:errcheck // a directory handle
+	if !store.DirectIO {
+		t.Error("-profile's store writes through the page cache; ferryd's default is --direct-io")
+	}
+}
+
+// TestScpSkippedWhenAbsent checks that a machine without OpenSSH runs the
+// benchmark without scp, saying why, rather than failing.
+func TestScpSkippedWhenAbsent(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if _, err := os.Stat("/usr/sbin/sshd"); err == nil {
+		// findScp looks there too, but only for sshd: scp is still absent.
+		t.Log("sshd is installed; scp is not on the empty PATH")
+	}
+	s, why, err := findScp(context.Background(), filepath.Join(t.TempDir(), "ssh"))
+	if err != nil || s != nil || why == "" {
+		t.Fatalf("findScp = %v, %q, %v; want nil, a reason, no error", s, why, err)
+	}
+}
+
+// TestScpRun sends a small file with scp to the private sshd and checks
+// that it arrived and that both sides' CPU was counted. Skipped without
+// OpenSSH's client and server.
+func TestScpRun(t *testing.T) {
+	work := t.TempDir()
+	for _, d := range []string{"runs", "logs"} {
+		if err := os.Mkdir(filepath.Join(work, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, why, err := findScp(context.Background(), filepath.Join(work, "ssh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s == nil {
+		t.Skip(why)
+	}
+	src, err := makeRandom(work, size{bytes: 3<<20 + 5, label: "3M"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bench{cfg: &config{pause: time.Millisecond}, stderr: io.Discard, scp: s, work: work}
+	got, err := b.runScp(context.Background(), job{group: "sizes", src: src, senders: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.wall <= 0 || got.sender.cpu <= 0 || got.receiver.cpu <= 0 {
+		t.Errorf("sample %+v: wall and both sides' CPU must be counted", got)
+	}
+}
+
+// TestRatioToRawSameMemory checks that a tool's ratio is taken over raw's
+// in the same memory state and, per round, over raw's in the same round.
+func TestRatioToRawSameMemory(t *testing.T) {
+	src := source{size: size{bytes: 1 << 30, label: "1G"}}
+	var rec recorder
+	walls := map[string][]time.Duration{ // settled raw is slow, fresh raw fast
+		"raw " + memSettled: {2 * time.Second, 4 * time.Second}, "ferry " + memSettled: {time.Second, 1 * time.Second},
+		"raw " + memFresh: {time.Second / 2, time.Second / 2}, "ferry " + memFresh: {time.Second, 2 * time.Second},
+	}
+	for round := range 2 {
+		for _, mem := range allMemory {
+			for _, tool := range []string{"raw", "ferry"} {
+				rec.add(tool, job{group: "sizes", src: src, senders: 1, memory: mem}, sample{wall: walls[tool+" "+mem][round]})
+			}
+		}
+	}
+	var rows []row
+	for _, s := range rec.all {
+		r := s.row()
+		r.RatioToRawPerRound = rec.perRoundRatio(s)
+		rows = append(rows, r)
+	}
+	want := map[string][2]float64{memSettled: {1.0 / 3, 0.375}, memFresh: {3, 3}} // ratio of medians, median of round ratios
+	for i := range rows {
+		r := &rows[i]
+		if r.Tool != "ferry" {
+			continue
+		}
+		got := ratioToRaw(rows, r)
+		if got == nil || r.RatioToRawPerRound == nil {
+			t.Fatalf("%s: no ratio", r.Memory)
+		}
+		if w := want[r.Memory]; *got != round3(w[0]) || *r.RatioToRawPerRound != round3(w[1]) {
+			t.Errorf("%s: ratio %v, per round %v; want %v", r.Memory, *got, *r.RatioToRawPerRound, w)
+		}
+	}
+}
+
+// TestFreshen checks that the ballast is written and gone afterwards.
+func TestFreshen(t *testing.T) {
+	dir := t.TempDir()
+	if err := freshen(dir, 3<<20+1); err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		t.Errorf("after freshen: %v, %v; want an empty directory", ents, err)
+	}
+}

@@ -28,7 +28,8 @@
 // trusted.
 //
 // Sizes run in rounds, and within a round the tools run in turn
-// (raw, ferry, rsync, raw, ferry, rsync, ...), so that drift of the machine
+// (raw, ferry, rsync, scp, raw, ferry, rsync, scp, ..., once per memory
+// state), so that drift of the machine
 // hits all tools alike. Figures are medians over the rounds; peak RSS is the
 // maximum.
 //
@@ -50,6 +51,15 @@
 //     after the client exits, inside the clock, and the results say which
 //     (settings.rsync_durability). Wall time runs to the client's exit,
 //     which waits for the daemon's receiver.
+//   - scp: `scp -c aes128-gcm@openssh.com FILE 127.0.0.1:DIR/` to a
+//     private `sshd -D` started for this run on a free loopback port, with a
+//     host key and a client key made for the benchmark (nothing of the
+//     user's ssh setup is read or changed), then `sync FILE` inside the
+//     clock: scp never fsyncs. Receiver CPU is sshd's, which includes the
+//     session it forked and reaped, plus sync's. Skipped, with the reason
+//     printed, when scp, ssh, ssh-keygen or sshd is not installed
+//     (apt-get install openssh-client openssh-server); as root the
+//     benchmark creates /run/sshd, which sshd requires.
 //
 // The concurrent run starts -concurrent senders of one -concurrent-size file
 // at once against one ferryd, each under its own --dest. Its reference is
@@ -57,6 +67,29 @@
 // one connection into one file), not of one file: a 256 MiB copy is mostly
 // absorbed by the host's write cache and measures twice the speed a 2 GiB
 // one does, which says nothing about the daemon.
+//
+// # Memory states
+//
+// On these virtual machines the cost of a buffered write depends on where
+// the page cache gets its pages. Memory the guest freed is reported back
+// to the host a few seconds later; writing into such pages faults each one
+// in again, which shows as about 2 CPU-seconds per GiB of copying in the
+// kernel (copy_folio_from_iter_atomic) and makes a raw copy with fsync take
+// 1.3-3 s. Right after a large file was deleted (or caches were dropped),
+// the freed pages are still the guest's and the same copy costs about
+// 0.2 s: a raw copy takes 0.4-0.6 s. ferry's O_DIRECT writes are not
+// affected either way. So the sizes run in two states, each tool in each
+// state within every round (-memory):
+//
+//   - settled: after sync(2) and the pause, as above;
+//   - fresh: after the pause, a ballast file of twice the run's bytes is
+//     written through the page cache and deleted (still dirty, so it is
+//     never written back), and the clock starts at once.
+//
+// Rows carry their state ("memory" in the JSON) and ratios are taken
+// against raw in the same state: both the ratio of medians (x raw, with
+// raw's median beside it) and the median over rounds of the ratio within
+// each round (x raw/round), which drift of a shared machine moves less.
 //
 // CPU is user+sys seconds and peak RSS is ru_maxrss, both from the
 // rusage wait4(2) returns for each child. Every child runs under

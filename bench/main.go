@@ -65,10 +65,11 @@ func exitCode(stderr io.Writer, err error) int {
 
 // config is the benchmark's flags.
 type config struct {
-	sizes          []size // random files, run in rounds
-	sparse         size   // sparse file for first chunk and memory; 0 skips
-	concurrent     int    // senders in the concurrent run; 0 skips
-	concurrentSize size   // bytes per concurrent sender
+	sizes          []size   // random files, run in rounds
+	memory         []string // memory states each size runs in (allMemory), interleaved in a round
+	sparse         size     // sparse file for first chunk and memory; 0 skips
+	concurrent     int      // senders in the concurrent run; 0 skips
+	concurrentSize size     // bytes per concurrent sender
 	rounds         int
 	pause          time.Duration
 	quietWait      time.Duration // longest wait for other processes to go quiet
@@ -93,27 +94,41 @@ type config struct {
 	profileSize size
 	cpuProfile  string
 	execTrace   string
+	profDirect  bool // -profile's daemon writes with O_DIRECT, as ferryd does by default
 
 	restart     bool
 	restartSize size
 }
 
+// Memory states of the VM for the sizes' runs (bench/doc.go, "Memory
+// states"): settled, after sync and the pause, when the memory the guest
+// freed has gone back to the host and buffered writes fault every page in
+// again; fresh, right after a ballast file of twice the run's bytes was
+// written and deleted, when buffered writes land in pages the guest holds.
+const (
+	memSettled = "settled"
+	memFresh   = "fresh"
+)
+
+var allMemory = []string{memSettled, memFresh}
+
 // allTools lists the tools in the order they run within a round.
-var allTools = []string{"raw", "ferry", "rsync"}
+var allTools = []string{"raw", "ferry", "rsync", "scp"}
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet(filepath.Base(args[0]), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &config{}
-	var sizes, sparse, concSize, tools, syncBytes, profSize, trees string
+	var sizes, sparse, concSize, tools, syncBytes, profSize, trees, memory string
 	fs.StringVar(&sizes, "sizes", "100M,1G", "comma-separated `LIST` of random file sizes (K, M, G, T: binary units)")
 	fs.StringVar(&sparse, "sparse", "16G", "size of the sparse file sent once for first chunk and memory; 0 skips")
 	fs.IntVar(&cfg.concurrent, "concurrent", 8, "number of concurrent ferry senders to one daemon; 0 skips")
 	fs.StringVar(&concSize, "concurrent-size", "256M", "file size per concurrent sender")
-	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds per size; each round runs every tool once")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds per size; each round runs every tool once in each -memory state")
+	fs.StringVar(&memory, "memory", strings.Join(allMemory, ","), "comma-separated `LIST` of memory states the sizes run in: settled (after sync and the pause), fresh (right after a ballast file of twice the bytes was written and deleted); -profile runs in the first")
 	fs.DurationVar(&cfg.pause, "pause", 3*time.Second, "pause after sync before each run")
 	fs.DurationVar(&cfg.quietWait, "quiet-wait", 2*time.Minute, "before a run, wait up to this long for other processes to leave the CPUs idle")
-	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync is skipped when not installed")
+	fs.StringVar(&tools, "tools", strings.Join(allTools, ","), "tools to run; rsync, and scp (which needs sshd), are skipped when not installed")
 	fs.StringVar(&cfg.binDir, "bin", "bin", "directory holding the ferry and ferryd binaries")
 	fs.StringVar(&cfg.workParent, "dir", "", "directory for the temporary work directory (default $TMPDIR); must have room for the files")
 	fs.StringVar(&cfg.out, "out", filepath.Join("bench", "results.json"), "results JSON file; empty skips")
@@ -132,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&profSize, "profile-size", "1G", "file size for -profile")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
 	fs.StringVar(&cfg.execTrace, "trace", "", "execution trace written by -profile (go tool trace), none if empty")
+	fs.BoolVar(&cfg.profDirect, "profile-direct-io", true, "-profile's daemon writes chunks with O_DIRECT, as ferryd's default --direct-io does")
 	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
 	var restartSize string
 	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")
@@ -149,6 +165,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if err == nil {
 		err = cfg.parseTrees(trees)
+	}
+	if err == nil {
+		err = cfg.parseMemory(memory)
 	}
 	if err == nil && cfg.rounds < 1 {
 		err = errors.New("-rounds must be at least 1")
@@ -185,6 +204,19 @@ func (cfg *config) parseValues(sizes, sparse, concSize, tools, syncBytes, profSi
 			return fmt.Errorf("-tools: unknown tool %q (want %s)", t, strings.Join(allTools, ", "))
 		}
 		cfg.tools = append(cfg.tools, t)
+	}
+	return nil
+}
+
+func (cfg *config) parseMemory(list string) error {
+	for _, m := range strings.Split(list, ",") {
+		m = strings.TrimSpace(m)
+		if !slices.Contains(allMemory, m) {
+			return fmt.Errorf("-memory: unknown state %q (want %s)", m, strings.Join(allMemory, ", "))
+		}
+		if !slices.Contains(cfg.memory, m) {
+			cfg.memory = append(cfg.memory, m)
+		}
 	}
 	return nil
 }

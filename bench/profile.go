@@ -33,13 +33,19 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	addr, stopServer, err := serveInProcess(filepath.Join(work, "root"))
+	addr, stopServer, err := serveInProcess(filepath.Join(work, "root"), cfg.profDirect)
 	if err != nil {
 		return err
 	}
 	defer stopServer()
 
 	bg := settle(cfg.pause, cfg.quietWait, stderr)
+	if cfg.memory[0] == memFresh {
+		// -memory fresh: the run starts as the benchmark's fresh runs do.
+		if err := freshen(work, 2*src.size.bytes); err != nil {
+			return err
+		}
+	}
 	prof, err := startCPUProfile(cfg.cpuProfile)
 	if err != nil {
 		return err
@@ -66,22 +72,17 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if got := fmt.Sprintf("%x", res.Hash[:]); got != src.blake3 {
 		return fmt.Errorf("committed BLAKE3 %s, source %s", got, src.blake3)
 	}
-	fmt.Fprintf(stdout, "in-process transfer of %s: %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
-		src.size.label, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
+	fmt.Fprintf(stdout, "in-process transfer of %s (%s memory, direct I/O %t): %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
+		src.size.label, cfg.memory[0], cfg.profDirect, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
 	fmt.Fprintf(stdout, "CPU profile: %s\nread it with: go tool pprof -top %s %s\n", cfg.cpuProfile, os.Args[0], cfg.cpuProfile)
 	return nil
 }
 
 // serveInProcess starts a daemon.Server on a loopback port with a DirStore
-// in root, as ferryd does with default settings.
-func serveInProcess(root string) (addr string, stop func(), err error) {
-	fsys, err := daemon.OpenOSFS(root)
+// in root, as ferryd does with default settings: direct is its --direct-io.
+func serveInProcess(root string, direct bool) (addr string, stop func(), err error) {
+	fsys, store, err := inProcessStore(root, direct)
 	if err != nil {
-		return "", nil, err
-	}
-	store, err := daemon.NewDirStore(fsys)
-	if err != nil {
-		_ = fsys.Close() // the error above is the one to report
 		return "", nil, err
 	}
 	srv, err := daemon.NewServer(daemon.Config{Store: store, Logger: slog.New(slog.DiscardHandler), Agent: "ferrybench"})
@@ -104,6 +105,24 @@ func serveInProcess(root string) (addr string, stop func(), err error) {
 		_ = fsys.Close()      // a directory handle; nothing to flush
 	}
 	return ln.Addr().String(), stop, nil
+}
+
+// inProcessStore opens root as ferryd opens its root: a DirStore that
+// writes full chunks with O_DIRECT when direct is set, as ferryd's default
+// --direct-io does. A profile without it measures page-cache copies that
+// ferryd does not make.
+func inProcessStore(root string, direct bool) (*daemon.OSFS, *daemon.DirStore, error) {
+	fsys, err := daemon.OpenOSFS(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := daemon.NewDirStore(fsys)
+	if err != nil {
+		_ = fsys.Close() // the error above is the one to report
+		return nil, nil, err
+	}
+	store.DirectIO = direct
+	return fsys, store, nil
 }
 
 // sendInProcess sends path to the daemon at addr as `ferry send` would.

@@ -21,7 +21,8 @@ import (
 // series is every measurement of one tool on one job.
 type series struct {
 	group, tool, size string
-	bytes             int64 // per sender
+	memory            string // memSettled or memFresh
+	bytes             int64  // per sender
 	senders           int
 	samples           []sample
 	firstChunks       []time.Duration // from timed runs and probes
@@ -33,12 +34,13 @@ type recorder struct {
 }
 
 func (r *recorder) get(tool string, j job) *series {
+	mem := cmp.Or(j.memory, memSettled)
 	for _, s := range r.all {
-		if s.group == j.group && s.tool == tool && s.size == j.label() && s.senders == j.senders {
+		if s.group == j.group && s.tool == tool && s.size == j.label() && s.senders == j.senders && s.memory == mem {
 			return s
 		}
 	}
-	s := &series{group: j.group, tool: tool, size: j.label(), bytes: j.bytes(), senders: j.senders}
+	s := &series{group: j.group, tool: tool, size: j.label(), bytes: j.bytes(), senders: j.senders, memory: mem}
 	r.all = append(r.all, s)
 	return s
 }
@@ -90,6 +92,8 @@ type settings struct {
 	FerrydArgs       string  `json:"ferryd_args"`
 	Rsync            string  `json:"rsync"`
 	RsyncDurability  string  `json:"rsync_durability"`
+	Scp              string  `json:"scp"` // ssh -V; empty when scp did not run
+	ScpDurability    string  `json:"scp_durability"`
 	FirstChunkMethod string  `json:"first_chunk_method"`
 	// RSSFloorBytes is the peak RSS reported for `true`: every child runs
 	// under the rusage-exec wrapper, and a child's peak includes the
@@ -106,7 +110,11 @@ type row struct {
 	Size    string `json:"size"`
 	Bytes   int64  `json:"bytes"` // sent by each sender
 	Senders int    `json:"senders"`
-	Runs    int    `json:"runs"`
+	// Memory is the state the runs started in: "settled" (after sync and
+	// the pause) or "fresh" (right after a ballast file was written and
+	// deleted); see bench/doc.go.
+	Memory string `json:"memory"`
+	Runs   int    `json:"runs"`
 
 	WallSeconds  float64 `json:"wall_seconds"`
 	MiBPerSecond float64 `json:"mib_per_second"` // all senders' bytes over the wall time
@@ -114,6 +122,12 @@ type row struct {
 	// size: the wall-time ratio for one sender, the inverse of the
 	// throughput ratio for several. Null when raw did not run.
 	RatioToRaw *float64 `json:"ratio_to_raw"`
+	// RawWallSeconds is raw's median wall time beside RatioToRaw, and
+	// RatioToRawPerRound the median over rounds of this tool's wall time
+	// over raw's in the same round, which drift of a shared machine
+	// between rounds moves less. Null when raw did not run.
+	RawWallSeconds     *float64 `json:"raw_wall_seconds"`
+	RatioToRawPerRound *float64 `json:"ratio_to_raw_per_round"`
 
 	SenderCPUSeconds     float64  `json:"sender_cpu_seconds"`
 	ReceiverCPUSeconds   float64  `json:"receiver_cpu_seconds"`
@@ -156,12 +170,24 @@ func (b *bench) results(started time.Time) *results {
 	if b.rsync != nil {
 		res.Settings.Rsync, res.Settings.RsyncDurability = b.rsync.version, b.rsync.durability()
 	}
+	if b.scp != nil {
+		res.Settings.Scp, res.Settings.ScpDurability = b.scp.version, b.scp.durability()
+	}
 	for _, s := range b.rec.all {
-		res.Rows = append(res.Rows, s.row())
+		r := s.row()
+		r.RatioToRawPerRound = b.rec.perRoundRatio(s)
+		res.Rows = append(res.Rows, r)
 	}
 	sortRows(res.Rows)
 	for i := range res.Rows {
 		res.Rows[i].RatioToRaw = ratioToRaw(res.Rows, &res.Rows[i])
+		if res.Rows[i].RatioToRaw != nil {
+			v := res.Rows[i].WallSeconds / *res.Rows[i].RatioToRaw
+			if res.Rows[i].Senders == 1 {
+				v = round3(v)
+				res.Rows[i].RawWallSeconds = &v
+			}
+		}
 	}
 	res.Targets = targets(res.Rows)
 	res.Trees = treeRows(b.trees)
@@ -180,6 +206,7 @@ func sortRows(rows []row) {
 		return cmp.Or(
 			cmp.Compare(slices.Index(groups, a.Group), slices.Index(groups, b.Group)),
 			cmp.Compare(a.total(), b.total()),
+			cmp.Compare(slices.Index(allMemory, a.Memory), slices.Index(allMemory, b.Memory)),
 			cmp.Compare(slices.Index(allTools, a.Tool), slices.Index(allTools, b.Tool)),
 			cmp.Compare(a.Senders, b.Senders),
 		)
@@ -187,7 +214,7 @@ func sortRows(rows []row) {
 }
 
 func (s *series) row() row {
-	r := row{Group: s.group, Tool: s.tool, Size: s.size, Bytes: s.bytes, Senders: s.senders, Runs: len(s.samples)}
+	r := row{Group: s.group, Tool: s.tool, Size: s.size, Bytes: s.bytes, Senders: s.senders, Memory: s.memory, Runs: len(s.samples)}
 	var walls, scpu, rcpu []float64
 	for _, x := range s.samples {
 		walls = append(walls, x.wall.Seconds())
@@ -213,14 +240,40 @@ func (s *series) row() row {
 	return r
 }
 
-// ratioToRaw compares r's time per byte with raw's in the same group for
-// the same bytes in all.
+// ratioToRaw compares r's time per byte with raw's in the same group and
+// memory state for the same bytes in all.
 func ratioToRaw(rows []row, r *row) *float64 {
 	for _, raw := range rows {
-		if raw.Tool == "raw" && raw.Group == r.Group && raw.total() == r.total() && raw.MiBPerSecond > 0 {
+		if raw.Tool == "raw" && raw.Group == r.Group && raw.Memory == r.Memory && raw.total() == r.total() && raw.MiBPerSecond > 0 {
 			v := round3(raw.MiBPerSecond / r.MiBPerSecond)
 			return &v
 		}
+	}
+	return nil
+}
+
+// perRoundRatio returns the median over rounds of s's wall time over raw's
+// in the same round (same group, memory state and bytes; samples are kept
+// in round order), or nil without raw or for several senders.
+func (r *recorder) perRoundRatio(s *series) *float64 {
+	if s.senders != 1 {
+		return nil
+	}
+	for _, raw := range r.all {
+		if raw.tool != "raw" || raw.group != s.group || raw.memory != s.memory || raw.size != s.size || raw.senders != 1 {
+			continue
+		}
+		var rs []float64
+		for i := range min(len(s.samples), len(raw.samples)) {
+			if w := raw.samples[i].wall; w > 0 {
+				rs = append(rs, s.samples[i].wall.Seconds()/w.Seconds())
+			}
+		}
+		if len(rs) == 0 {
+			return nil
+		}
+		v := round3(median(rs))
+		return &v
 	}
 	return nil
 }
@@ -252,16 +305,27 @@ func targets(rows []row) []target {
 		return best
 	}
 	var ts []target
-	ferry := find("sizes", "ferry", nil) // the largest size: 1 GiB by default
-	if ferry != nil && ferry.RatioToRaw != nil {
-		ts = append(ts, check(fmt.Sprintf("ferry %s within 1.10x raw wall time", ferry.Size),
-			fmt.Sprintf("%.3fx", *ferry.RatioToRaw), *ferry.RatioToRaw <= 1.10))
-	}
-	if ferry != nil {
-		if rs := find("sizes", "rsync", func(r row) bool { return r.Bytes == ferry.Bytes }); rs != nil {
-			ts = append(ts, check(fmt.Sprintf("ferry %s faster than rsync", ferry.Size),
-				fmt.Sprintf("%.3f s vs %.3f s", ferry.WallSeconds, rs.WallSeconds), ferry.WallSeconds < rs.WallSeconds))
+	for _, mem := range allMemory {
+		inMem := func(r row) bool { return r.Memory == mem }
+		ferry := find("sizes", "ferry", inMem) // the largest size: 1 GiB by default
+		if ferry == nil {
+			continue
 		}
+		if ferry.RatioToRaw != nil {
+			raw := find("sizes", "raw", func(r row) bool { return inMem(r) && r.Bytes == ferry.Bytes })
+			ts = append(ts, check(fmt.Sprintf("ferry %s within 1.10x raw wall time (%s memory)", ferry.Size, mem),
+				fmt.Sprintf("%.3fx (raw %.3f s)", *ferry.RatioToRaw, raw.WallSeconds), *ferry.RatioToRaw <= 1.10))
+		}
+		for _, tool := range []string{"rsync", "scp"} {
+			if rs := find("sizes", tool, func(r row) bool { return inMem(r) && r.Bytes == ferry.Bytes }); rs != nil {
+				ts = append(ts, check(fmt.Sprintf("ferry %s faster than %s (%s memory)", ferry.Size, tool, mem),
+					fmt.Sprintf("%.3f s vs %.3f s", ferry.WallSeconds, rs.WallSeconds), ferry.WallSeconds < rs.WallSeconds))
+			}
+		}
+		cpu := ferry.SenderCPUSeconds + ferry.ReceiverCPUSeconds
+		gib := float64(ferry.Bytes) / (1 << 30)
+		ts = append(ts, check(fmt.Sprintf("ferry at most 2.0 CPU-seconds per GiB, both sides (%s memory)", mem),
+			fmt.Sprintf("%.2f s/GiB (sender %.2f + daemon %.2f s for %s)", cpu/gib, ferry.SenderCPUSeconds, ferry.ReceiverCPUSeconds, ferry.Size), cpu/gib <= 2.0))
 	}
 	if sp := find("sparse", "ferry", nil); sp != nil && sp.FirstChunkMs != nil {
 		ts = append(ts, check(fmt.Sprintf("first chunk within 100 ms (%s sparse)", sp.Size),
@@ -310,19 +374,22 @@ func printTable(w io.Writer, res *results) {
 	if res.Settings.Rsync != "" {
 		fmt.Fprintf(w, "\nrsync: %s; durability: %s\n", res.Settings.Rsync, res.Settings.RsyncDurability)
 	}
+	if res.Settings.Scp != "" {
+		fmt.Fprintf(w, "scp: %s; durability: %s\n", res.Settings.Scp, res.Settings.ScpDurability)
+	}
 	fmt.Fprintf(w, "peak RSS floor (the measuring wrapper's own, reported for `true`): %.1f MiB\n", float64(res.Settings.RSSFloorBytes)/mib)
 }
 
 func printSizes(w io.Writer, res *results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tool\tsize\tsenders\truns\twall s\tMiB/s\tx raw\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\tbg cpu %\t")
+	fmt.Fprintln(tw, "tool\tsize\tmemory\tsenders\truns\twall s\tMiB/s\tx raw\traw s\tx raw/round\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\tbg cpu %\t")
 	for _, r := range res.Rows {
 		size := r.Size
 		if r.Group == "sparse" {
 			size += " sparse"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.3f\t%.1f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.0f\t\n",
-			r.Tool, size, r.Senders, r.Runs, r.WallSeconds, r.MiBPerSecond, optional(r.RatioToRaw, "%.3f"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.3f\t%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.0f\t\n",
+			r.Tool, size, r.Memory, r.Senders, r.Runs, r.WallSeconds, r.MiBPerSecond, optional(r.RatioToRaw, "%.3f"), optional(r.RawWallSeconds, "%.3f"), optional(r.RatioToRawPerRound, "%.3f"),
 			r.SenderCPUSeconds, r.ReceiverCPUSeconds,
 			float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, optional(r.FirstChunkMs, "%.1f"), 100*r.BackgroundCPU)
 	}

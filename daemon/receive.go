@@ -51,12 +51,12 @@ func (ss *session) serve() error {
 	ss.commits = newCommitter(ss)
 	// The chunk buffers are held while the session runs. Their data
 	// parts are aligned for direct I/O (the slack pays for that). There
-	// are writeDepth of them, so that one is written while the next is
+	// are writeDepth of them, so that one is written while the next are
 	// read (chunkWriter); control frames use the first, once the writer
 	// is drained.
 	n := transfer.ChunkHeaderSize + ss.chunkSize
 	pool := ss.srv.pool(n + DirectAlign)
-	ss.bufs = make([][]byte, writeDepth)
+	ss.bufs = make([][]byte, writeDepth(ss.chunkSize))
 	for i := range ss.bufs {
 		buf := pool.Get()
 		defer pool.Put(buf)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferry-dev/ferry/transfer"
 )
@@ -197,5 +198,56 @@ func TestSyncerKeepsPartBoundary(t *testing.T) {
 	}
 	if d := s.durable(); d != 8*cs {
 		t.Errorf("durable %d after the flush, want the pending part boundary %d", d, 8*cs)
+	}
+}
+
+// TestWriteDepthReadsAhead: with 1 MiB chunks, while one chunk's write is
+// held by the device, the session still has buffers to read, verify and
+// queue three more chunks, so that an O_DIRECT write's varying latency
+// does not stall the reads (issue 10: with one spare buffer the session
+// waited for the writer a fifth of a quiet transfer's time). Chunks above
+// 2 MiB keep two buffers, bounding a session's memory.
+func TestWriteDepthReadsAhead(t *testing.T) {
+	if got := writeDepth(4 << 20); got != 2 {
+		t.Errorf("writeDepth(4 MiB) = %d, want 2", got)
+	}
+	const cs = 16 << 10 // the buffers' size does not matter here
+	p := &gatedPartial{gate: make(chan error)}
+	start := pointAt(t, cs, 0)
+	s := newSyncer(p, start, func(int64) {})
+	var bufs [][]byte
+	for range writeDepth(1 << 20) {
+		bufs = append(bufs, make([]byte, cs))
+	}
+	w := newChunkWriter(p, s, start, bufs)
+	queued := make(chan int, 4)
+	go func() {
+		for i := range 4 { // the first is held at the gate
+			b := w.buffer()
+			w.write(writeJob{buf: b, data: b, off: int64(i) * cs, pt: pointAt(t, cs, i+1)})
+			queued <- i + 1
+		}
+	}()
+	n := 0
+	for timeout := time.After(time.Second); n < 4; {
+		select {
+		case n = <-queued:
+			continue
+		case <-timeout:
+		}
+		break
+	}
+	if n < 4 {
+		t.Errorf("queued %d chunks while the first was being written, want 4", n)
+	}
+	for range n {
+		p.gate <- nil
+	}
+	for n < 4 { // let a blocked reader finish
+		p.gate <- nil
+		n = <-queued
+	}
+	if written, err := w.stop(); err != nil || written.offset != 4*cs {
+		t.Fatalf("stop = %d, %v; want %d, nil", written.offset, err, 4*cs)
 	}
 }
