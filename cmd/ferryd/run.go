@@ -66,12 +66,14 @@ func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.Ap
 			"keeps partial uploads durably and resumes them after any interruption. It logs on stderr. " +
 			"Every option also reads the FERRY_* environment variable shown with it. Sizes take units (512KiB, 10G). " +
 			"SIGTERM or SIGINT drains: sessions make their data durable, then ferryd exits 0; a second signal exits at once. " +
+			"TCP listeners speak TLS 1.3 only, with the key under ROOT/.ferry/tls (generated on first start) or --tls-cert/--tls-key; " +
+			"the listening line shows the key's fingerprint=SHA256:…, and SIGHUP reloads the certificate. " +
 			"Exit status: 0 after a drain, 1 on a failure to run, 2 on a usage error.",
 		Version:   version,
 		Writer:    stdout,
 		ErrWriter: stderr,
-		Flags:     flags(),
-		Commands:  []*cli.Command{partialsCommand(stdout, st)},
+		Flags:     append(flags(), tlsFlags()...),
+		Commands:  []*cli.Command{partialsCommand(stdout, st), fingerprintCommand(stdout, st)},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			st.code = exitUsage
 			return err
@@ -156,6 +158,10 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		return err
 	}
 	defer lock.Close() //nolint:errcheck // released on exit either way
+	cert, err := serverCertificate(c, fsys, code)
+	if err != nil {
+		return err
+	}
 	store, err := daemon.NewDirStore(fsys)
 	if err != nil {
 		return fmt.Errorf("opening root %s: %w", root, err)
@@ -212,6 +218,8 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 			return err
 		}
 	}
+	inherited, lns = withTLS(inherited, cert.ServerTLS()), withTLS(lns, cert.ServerTLS())
+	defer reloadOnHangup(cert, log)()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	errc := make(chan error, len(inherited)+len(lns)+1)
@@ -225,11 +233,11 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		defer ms.close()
 	}
 	for _, ln := range inherited {
-		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd")
+		log.Info("listening", append([]any{"addr", ln.Addr().String(), "root", fsys.Name(), "from", "systemd"}, listeningAttrs(ln, cert)...)...)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	for _, ln := range lns {
-		log.Info("listening", "addr", ln.Addr().String(), "root", fsys.Name())
+		log.Info("listening", append([]any{"addr", ln.Addr().String(), "root", fsys.Name()}, listeningAttrs(ln, cert)...)...)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	if ms != nil {
