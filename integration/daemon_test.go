@@ -139,7 +139,7 @@ func startDaemonOn(t *testing.T, root, listen string, flags ...string) *daemon {
 func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin.ferryd, args...)
-	cmd.Env = append(childEnv(), env...)
+	cmd.Env = append(childEnv(t), env...)
 	return startDaemonCmd(t, cmd)
 }
 

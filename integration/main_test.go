@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -51,16 +52,30 @@ func build(dir string) error {
 
 // childEnv is the environment of every process started here: ours without
 // FERRY_* (a developer's FERRY_TO must not steer a test) and without
-// NOTIFY_SOCKET (a test run under systemd must not notify it).
-func childEnv() []string {
+// NOTIFY_SOCKET (a test run under systemd must not notify it), with
+// XDG_CONFIG_HOME and HOME in a directory of t's own, so that the
+// known-hosts file a sender writes is t's and never the user's (ports
+// are reused by other daemons with other keys).
+func childEnv(t testing.TB) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "FERRY_") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+		if !strings.HasPrefix(kv, "FERRY_") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") &&
+			!strings.HasPrefix(kv, "XDG_CONFIG_HOME=") && !strings.HasPrefix(kv, "HOME=") {
 			env = append(env, kv)
 		}
 	}
-	return env
+	v, ok := homes.Load(t)
+	if !ok {
+		v = t.TempDir()
+		homes.Store(t, v)
+		t.Cleanup(func() { homes.Delete(t) })
+	}
+	dir := v.(string)
+	return append(env, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
 }
+
+// homes maps a test to the home directory of its processes.
+var homes sync.Map
 
 // testContext is cancelled when t ends or after waitTimeout.
 func testContext(t *testing.T) context.Context {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 )
 
 // ErrIdentity is matched (errors.Is) by an *IdentityError: the daemon's
@@ -172,17 +173,20 @@ func (opts *TLSOptions) clientTLS(addr string) (*tls.Config, error) {
 	}, nil
 }
 
-// tlsClient runs the TLS handshake over conn as opts say, within ctx.
-// It returns the identity error, or the handshake's I/O error wrapped;
-// on error conn is closed.
-func tlsClient(ctx context.Context, conn net.Conn, addr string, opts *TLSOptions) (net.Conn, error) {
+// tlsClient runs the TLS handshake over conn as opts say, within ctx and
+// timeout. It returns the identity error, or the handshake's I/O error
+// wrapped; on error conn is closed.
+func tlsClient(ctx context.Context, conn net.Conn, addr string, opts *TLSOptions, timeout time.Duration) (net.Conn, error) {
 	cfg, err := opts.clientTLS(addr)
 	if err != nil {
 		_ = conn.Close() // the configuration error is the one to report
 		return nil, err
 	}
 	tc := tls.Client(conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	_ = conn.SetDeadline(time.Now().Add(timeout)) // a conn that cannot set one fails the handshake itself
+	err = tc.HandshakeContext(ctx)
+	_ = conn.SetDeadline(time.Time{})
+	if err != nil {
 		_ = conn.Close() // the handshake's error is the one to report
 		var rh tls.RecordHeaderError
 		if errors.As(err, &rh) {

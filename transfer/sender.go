@@ -468,7 +468,7 @@ func (s *Sender) connect(ctx context.Context) error {
 		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
 	}
 	if s.TLS != nil && network == "tcp" {
-		if conn, err = tlsClient(ctx, conn, s.Addr, s.TLS); err != nil {
+		if conn, err = tlsClient(ctx, conn, s.Addr, s.TLS, timeout); err != nil {
 			return fmt.Errorf("connecting to %s: %w", s.Addr, err)
 		}
 	}

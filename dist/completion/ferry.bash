@@ -9,7 +9,7 @@ _ferry() {
 	done
 	local flags
 	case $cmd in
-	send) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --update --quiet --verbose --json --help' ;;
+	send) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --update --quiet --verbose --json --fingerprint --known-hosts --help' ;;
 	hash) flags='--help' ;;
 	*)
 		if [[ $cur != -* ]]; then
