@@ -102,6 +102,9 @@ func (l *lineLog) wait(from int, subs ...string) int {
 type daemon struct {
 	t      *testing.T
 	addr   string // the address it logged as listening on
+	// fingerprint is the key it logged on that line (TCP); the test's
+	// senders trust it (known hosts).
+	fingerprint string
 	cmd    *exec.Cmd
 	log    *lineLog
 	exited chan struct{} // closed once the process has been reaped
@@ -175,6 +178,10 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
 	}
 	if d.addr = loggedAddr(d.log.snapshot()[i]); d.addr == "" {
 		t.Fatalf("no addr= in %q", d.log.snapshot()[i])
+	}
+	if m := loggedFingerprint.FindStringSubmatch(d.log.snapshot()[i]); m != nil {
+		d.fingerprint = m[1]
+		trust(t, d.addr, d.fingerprint)
 	}
 	return d
 }

@@ -18,14 +18,21 @@ import (
 
 // dialTLS connects to a ferryd TCP listener and wraps the connection in
 // TLS 1.3 without checking the daemon's key (these tests speak the
-// protocol by hand; the sender's checks have tests of their own). The
-// handshake runs on the first read or write.
+// protocol by hand; the sender's checks have tests of their own), after
+// the TLS handshake.
 func dialTLS(addr string) (net.Conn, error) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}), nil
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	tc.SetDeadline(time.Now().Add(waitTimeout))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
 }
 
 // testCert is a key and a certificate for it, issued by parent (self-signed
@@ -90,5 +97,6 @@ func listenTLS(t *testing.T) (net.Listener, string) {
 	return ln, c.fingerprint()
 }
 
-// loggedFingerprint finds fingerprint=SHA256:… in a log line.
-var loggedFingerprint = regexp.MustCompile(`\bfingerprint=(SHA256:[A-Za-z0-9+/]{43})\b`)
+// loggedFingerprint finds fingerprint=SHA256:… in a log line, text or
+// JSON.
+var loggedFingerprint = regexp.MustCompile(`\bfingerprint"?[=:]"?(SHA256:[A-Za-z0-9+/]{43})`)
