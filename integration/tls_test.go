@@ -100,3 +100,6 @@ func listenTLS(t *testing.T) (net.Listener, string) {
 // loggedFingerprint finds fingerprint=SHA256:… in a log line, text or
 // JSON.
 var loggedFingerprint = regexp.MustCompile(`\bfingerprint"?[=:]"?(SHA256:[A-Za-z0-9+/]{43})`)
+
+// x509MarshalKey encodes c's key as PKCS #8 DER.
+func x509MarshalKey(c *testCert) ([]byte, error) { return x509.MarshalPKCS8PrivateKey(c.key) }
