@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -193,6 +194,9 @@ func tlsClient(ctx context.Context, conn net.Conn, addr string, opts *TLSOptions
 			// Whatever answers is no TLS server: not a ferryd, or one
 			// from before TLS.
 			return nil, fmt.Errorf("%w: TLS handshake: %w", ErrNotFerry, err)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("TLS handshake: no answer from the daemon for %v: %w", timeout, err)
 		}
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
