@@ -102,13 +102,14 @@ func (l *lineLog) wait(from int, subs ...string) int {
 type daemon struct {
 	t      *testing.T
 	addr   string // the address it logged as listening on
-	// fingerprint is the key it logged on that line (TCP); the test's
-	// senders trust it (known hosts).
-	fingerprint string
 	cmd    *exec.Cmd
 	log    *lineLog
 	exited chan struct{} // closed once the process has been reaped
 	err    error         // from Wait
+
+	// fingerprint is the key it logged on its listening line (TCP); the
+	// test's senders trust it (known hosts).
+	fingerprint string
 }
 
 // listeningAddr finds the address in a listening line, text or JSON.

@@ -1,8 +1,8 @@
 package faultproxy
 
 import (
-	"crypto/tls"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"

@@ -1,6 +1,7 @@
 package faultproxy
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,10 +10,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"math/big"
-	"context"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"sync"
 	"time"
