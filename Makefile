@@ -102,3 +102,4 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzValidateName$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMergeStack$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeState$$' ./daemon/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzParseKnownHosts$$' ./internal/knownhosts/
