@@ -69,8 +69,12 @@ func (s *sender) identityLine(err error) string {
 	var how string
 	switch ie.Source {
 	case "known hosts":
+		line := ie.Addr
+		if n, err := knownhosts.NormalizeAddr(ie.Addr); err == nil {
+			line = n // as the file spells it
+		}
 		how = fmt.Sprintf("; if its key changed legitimately (check `ferryd fingerprint` on the daemon), remove the line for %s from %s or pass --fingerprint %s",
-			ie.Addr, s.knownHosts, ie.Got)
+			line, s.knownHosts, ie.Got)
 	case "pinned":
 		how = fmt.Sprintf("; if its key changed legitimately (check `ferryd fingerprint` on the daemon), pass --fingerprint %s", ie.Got)
 	default:
