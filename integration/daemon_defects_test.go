@@ -39,7 +39,7 @@ func dialRaw(t *testing.T, addr, from string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}) // see dialTLS
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, DynamicRecordSizingDisabled: true}) // see dialTLS
 	if _, err := tc.Write(helloFrame(protocolMajor)); err != nil {
 		t.Fatal(err)
 	}
