@@ -3,6 +3,9 @@ package integration
 import (
 	"bytes"
 	"encoding/pem"
+	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -235,4 +238,42 @@ func TestFingerprintCommand(t *testing.T) {
 	if during.code != 0 || strings.TrimSpace(during.stdout) != d.fingerprint {
 		t.Errorf("ferryd fingerprint while ferryd runs: %s; want %s", during, d.fingerprint)
 	}
+}
+
+// TestPlaintextTCPRefused: TCP is TLS only. A sender from before TLS (a
+// plaintext hello) gets no ferry answer, a peer that never starts TLS is
+// dropped after --handshake-timeout, and the daemon serves the next
+// sender.
+func TestPlaintextTCPRefused(t *testing.T) {
+	root := t.TempDir()
+	d := startDaemon(t, root, "--handshake-timeout", "1s")
+	plain, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.Write(helloFrame(protocolMajor)); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	for _, c := range []net.Conn{plain, idle} {
+		c.SetReadDeadline(time.Now().Add(waitTimeout))
+		b, err := io.ReadAll(c)
+		if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("reading until the daemon closes: %v", err)
+		}
+		if len(b) >= 1 && b[0] == frameHello {
+			t.Errorf("the daemon answered a plaintext peer with a hello: %q", b)
+		}
+		if len(b) > 0 && b[0] != 0x15 { // a TLS alert record, or nothing
+			t.Errorf("the daemon sent %q to a plaintext peer, want a TLS alert or nothing", b)
+		}
+	}
+	src := filepath.Join(t.TempDir(), "after.bin")
+	writeRandom(t, src, 1000, 15)
+	wantCode(t, runFerry(t, sendArgs(d.addr, src)...), exitOK)
 }
