@@ -54,6 +54,8 @@ func TestSocketActivation(t *testing.T) {
 				to = "unix:" + to
 			} else if to != ln.Addr().String() {
 				t.Fatalf("listening line %q, want addr=%s", line, ln.Addr())
+			} else if loggedFingerprint.FindString(line) == "" {
+				t.Errorf("listening line %q of a TCP socket from systemd has no fingerprint: it must serve TLS", line)
 			}
 			src := filepath.Join(t.TempDir(), "f.bin")
 			writeRandom(t, src, 300<<10, 3)
