@@ -93,6 +93,9 @@ type KnownHosts interface {
 //     the key's; when none is recorded, the key's is recorded and
 //     OnFirstUse is called (trust on first use).
 //
+// A key KnownHosts records for Addr is accepted before step 2 is tried,
+// which gives the same outcome without loading the system roots.
+//
 // Anything else fails the session with an *IdentityError, before the
 // Hello.
 type TLSOptions struct {
@@ -141,6 +144,16 @@ func (opts *TLSOptions) clientTLS(addr string) (*tls.Config, error) {
 				}
 				return nil
 			}
+			var known []string
+			if opts.KnownHosts != nil {
+				var err error
+				if known, err = opts.KnownHosts.Lookup(addr); err != nil {
+					return fmt.Errorf("%w: reading known hosts: %w", ErrInvalidConfig, err)
+				}
+				if slices.Contains(known, got) {
+					return nil // before step 2: loading the system roots takes milliseconds
+				}
+			}
 			inter := x509.NewCertPool()
 			for _, c := range cs.PeerCertificates[1:] {
 				inter.AddCert(c)
@@ -150,13 +163,6 @@ func (opts *TLSOptions) clientTLS(addr string) (*tls.Config, error) {
 			}
 			if opts.KnownHosts == nil {
 				return &IdentityError{Addr: addr, Got: got, Source: "unverified"}
-			}
-			known, err := opts.KnownHosts.Lookup(addr)
-			if err != nil {
-				return fmt.Errorf("%w: reading known hosts: %w", ErrInvalidConfig, err)
-			}
-			if slices.Contains(known, got) {
-				return nil
 			}
 			if len(known) > 0 {
 				return &IdentityError{Addr: addr, Want: known[len(known)-1], Got: got, Source: "known hosts"}

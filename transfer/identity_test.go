@@ -164,6 +164,7 @@ func TestSenderChecksIdentity(t *testing.T) {
 		{name: "known, matches", served: self, known: []string{Fingerprint(other.cert), Fingerprint(self.cert)}, wantKnown: []string{Fingerprint(other.cert), Fingerprint(self.cert)}},
 		{name: "known, differs", served: self, known: []string{Fingerprint(other.cert)}, wantErr: ErrIdentity, wantKnown: []string{Fingerprint(other.cert)}},
 		{name: "valid chain, not recorded", served: issued, opts: TLSOptions{RootCAs: roots}},
+		{name: "valid chain, another key known", served: issued, opts: TLSOptions{RootCAs: roots}, known: []string{Fingerprint(other.cert)}, wantKnown: []string{Fingerprint(other.cert)}},
 		{name: "chain from unknown CA, first use", served: issued, wantKnown: []string{Fingerprint(issued.cert)}, firstUse: 1},
 	}
 	for _, tt := range tests {
