@@ -113,3 +113,4 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMergeStack$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeState$$' ./daemon/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzParseTokens$$' ./daemon/auth/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzParseKnownHosts$$' ./internal/knownhosts/

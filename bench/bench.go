@@ -46,6 +46,7 @@ type sample struct {
 	sender     usage         // summed over senders
 	receiver   usage
 	firstChunk time.Duration // sender start to first data on the wire; 0 if not measured
+	handshake  time.Duration // sender's connect to first chunk (TCP, TLS, hello, offer); 0 if not measured
 	background float64       // busy fraction of all CPUs in the pause before the run
 }
 
@@ -369,8 +370,8 @@ func (b *bench) probe(ctx context.Context, j job) error {
 	if err != nil {
 		return fmt.Errorf("%s first-chunk probe: %w", j.label(), err)
 	}
-	b.rec.addFirstChunk("ferry", j, s.firstChunk)
-	fmt.Fprintf(b.stderr, "ferrybench: %-6s %-12s %-6s first chunk after %.1f ms\n", j.label(), "probe", "ferry", ms(s.firstChunk))
+	b.rec.addFirstChunk("ferry", j, s.firstChunk, s.handshake)
+	fmt.Fprintf(b.stderr, "ferrybench: %-6s %-12s %-6s first chunk after %.1f ms, %.1f ms after connecting\n", j.label(), "probe", "ferry", ms(s.firstChunk), ms(s.handshake))
 	return nil
 }
 

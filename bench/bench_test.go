@@ -12,10 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
-
-	"github.com/ferry-dev/ferry/transfer"
 )
 
 func TestParseSize(t *testing.T) {
@@ -64,23 +63,26 @@ func TestMedian(t *testing.T) {
 	}
 }
 
-func frame(typ transfer.FrameType, payload string) []byte {
-	b := make([]byte, transfer.FrameHeaderSize, transfer.FrameHeaderSize+len(payload))
-	b[0] = byte(typ)
-	binary.BigEndian.PutUint32(b[1:], uint32(len(payload)))
+// record is a TLS record of type typ carrying payload.
+func record(typ byte, payload string) []byte {
+	b := []byte{typ, 3, 3, 0, 0}
+	binary.BigEndian.PutUint16(b[3:], uint16(len(payload)))
 	return append(b, payload...)
 }
 
-// TestRelayWatch checks that the relay passes control frames through
-// unchanged and stops right after the first chunk frame's header.
+// TestRelayWatch checks that the relay passes the handshake and the first
+// few KiB of application data through unchanged and stops right after
+// the header of the record that takes the sender past firstChunkAfter
+// bytes of application data.
 func TestRelayWatch(t *testing.T) {
 	var in bytes.Buffer
-	in.Write(frame(transfer.FrameHello, "hello"))
-	in.Write(frame(transfer.FrameOffer, "offer with a chunk type byte \x05 inside"))
-	chunk := frame(transfer.FrameChunk, "chunk data")
+	in.Write(record(22, "client hello"))
+	in.Write(record(20, "\x01"))                                          // change cipher spec
+	in.Write(record(tlsAppData, strings.Repeat("f", 53)))                 // Finished
+	in.Write(record(tlsAppData, strings.Repeat("o", firstChunkAfter-53))) // hello and offer, exactly at the limit
+	chunk := record(tlsAppData, "chunk data")
 	in.Write(chunk)
-	want := in.Bytes()[:in.Len()-len(chunk)+transfer.FrameHeaderSize]
-	want = bytes.Clone(want)
+	want := bytes.Clone(in.Bytes()[:in.Len()-len(chunk)+tlsRecordHeader])
 
 	var r relay
 	var out bytes.Buffer
@@ -88,18 +90,18 @@ func TestRelayWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), want) {
-		t.Errorf("relayed %q, want %q", out.Bytes(), want)
+		t.Errorf("relayed %d bytes, want %d", out.Len(), len(want))
 	}
 	if r.FirstChunk().IsZero() {
 		t.Error("first chunk not timestamped")
 	}
 	if rest := in.String(); rest != "chunk data" {
-		t.Errorf("left %q unread, want the chunk payload", rest)
+		t.Errorf("left %q unread, want the chunk record's payload", rest)
 	}
 }
 
 func TestRelayWatchNoChunk(t *testing.T) {
-	in := bytes.NewReader(frame(transfer.FrameHello, "hello"))
+	in := bytes.NewReader(record(tlsAppData, "hello"))
 	var r relay
 	var out bytes.Buffer
 	if err := r.watch(&out, in); err != nil {

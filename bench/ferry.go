@@ -41,7 +41,7 @@ func (b *bench) runFerry(ctx context.Context, j job) (sample, error) {
 	}
 	b.settle()
 	start := time.Now()
-	su, end, sendErr := b.ferrySenders(ctx, j, to, logs)
+	su, end, sendErr := b.ferrySenders(ctx, j, to, daemon.fingerprint, logs)
 	du, stopErr := daemon.stop()
 	s := sample{wall: end.Sub(start), sender: su, receiver: du}
 	if rl != nil {
@@ -51,6 +51,7 @@ func (b *bench) runFerry(ctx context.Context, j job) (sample, error) {
 		if first := rl.FirstChunk(); !first.IsZero() {
 			s.firstChunk = first.Sub(start)
 		}
+		s.handshake = rl.Handshake()
 	}
 	if err := errors.Join(sendErr, stopErr); err != nil {
 		return sample{}, err
@@ -71,13 +72,13 @@ func (b *bench) ferrydArgs(root string) []string {
 
 // ferrySenders starts j.senders senders together and waits for all. It
 // returns their summed usage and when the last one exited.
-func (b *bench) ferrySenders(ctx context.Context, j job, to, logs string) (usage, time.Time, error) {
+func (b *bench) ferrySenders(ctx context.Context, j job, to, fingerprint, logs string) (usage, time.Time, error) {
 	procs := make([]*proc, 0, j.senders)
 	var errs []error
 	for i := range j.senders {
 		// --retries 0: a failure must fail the run, not hide in a resume.
 		p, err := startProc(ctx, fmt.Sprintf("%s-send%d.log", logs, i), b.ferry,
-			"send", "--to", to, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path)
+			"send", "--to", to, "--fingerprint", fingerprint, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path)
 		if err != nil {
 			errs = append(errs, err)
 			break

@@ -43,6 +43,9 @@ type proc struct {
 	usageFile string // where the wrapper writes the child's usage
 	stdout    bytes.Buffer
 	ended     time.Time // when Wait returned
+	// fingerprint is, for a ferryd started by startListener on TCP, the
+	// key it logged on its listening line; senders pin it.
+	fingerprint string
 }
 
 // startProc starts name with args, its stderr appended to logPath.
@@ -127,6 +130,9 @@ func (p *proc) logTail() string {
 
 var listeningAddr = regexp.MustCompile(`msg=listening.* addr=(\S+)`)
 
+// listeningFingerprint finds the TCP listener's key on its listening line.
+var listeningFingerprint = regexp.MustCompile(`msg=listening.* fingerprint=(SHA256:\S+)`)
+
 // startListener starts a daemon that logs msg=listening addr=HOST:PORT on
 // stderr (ferryd, raw-recv) and returns it with that address. logPath must
 // be new, or an old address would be found.
@@ -139,6 +145,9 @@ func startListener(ctx context.Context, logPath, name string, args ...string) (*
 	for time.Now().Before(deadline) {
 		b, _ := os.ReadFile(logPath)
 		if m := listeningAddr.FindSubmatch(b); m != nil {
+			if f := listeningFingerprint.FindSubmatch(b); f != nil {
+				p.fingerprint = string(f[1])
+			}
 			return p, string(m[1]), nil
 		}
 		time.Sleep(5 * time.Millisecond)

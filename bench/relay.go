@@ -8,13 +8,16 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"github.com/ferry-dev/ferry/transfer"
 )
 
 // relay forwards sessions from senders to a daemon and records when the
-// first chunk frame leaves a sender: the hello and the offer before it are
-// parsed frame by frame, everything after it is copied blind. A relay with
+// first chunk leaves a sender. The session is TLS: the relay parses TLS
+// record headers (5 bytes: type, version, length) and takes the record
+// that carries the sender's application data past firstChunkAfter bytes
+// (the hello and the offer take less; a chunk frame is larger) as the
+// first chunk; everything after it is copied blind. It also records when
+// it accepted the sender's connection, so that connect to first chunk
+// (TCP, TLS handshake, hello, offer) is measured apart from process start. A relay with
 // a delay (startDelayRelay) instead parses nothing and holds every byte
 // for that long in each direction, in order, as a long link would.
 type relay struct {
@@ -23,9 +26,10 @@ type relay struct {
 	delay  time.Duration // one way; 0 copies at once and watches for the first chunk
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	first time.Time // header of the first chunk frame seen; zero if none yet
-	err   error     // first forwarding error
+	mu        sync.Mutex
+	first     time.Time // header of the first chunk frame seen; zero if none yet
+	connected time.Time // when the first sender connection was accepted
+	err       error     // first forwarding error
 }
 
 // startRelay listens on a loopback port and forwards to target.
@@ -53,6 +57,17 @@ func startDelayRelay(target string, delay time.Duration) (*relay, error) {
 	r.wg.Add(1)
 	go r.serve()
 	return r, nil
+}
+
+// Handshake returns how long the first session took from the sender's
+// connect to its first chunk; 0 if not seen.
+func (r *relay) Handshake() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.first.IsZero() || r.connected.IsZero() {
+		return 0
+	}
+	return r.first.Sub(r.connected)
 }
 
 // Addr is where senders connect.
@@ -102,6 +117,11 @@ func (r *relay) fail(err error) {
 // have ended.
 func (r *relay) forward(sender net.Conn) error {
 	defer sender.Close() //nolint:errcheck // the pipes report the copy errors
+	r.mu.Lock()
+	if r.connected.IsZero() {
+		r.connected = time.Now()
+	}
+	r.mu.Unlock()
 	daemon, err := net.Dial("tcp", r.target)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
@@ -127,32 +147,47 @@ func (r *relay) forward(sender net.Conn) error {
 	return err
 }
 
-// watch copies frames from sender to daemon up to and including the
-// header of the first chunk frame, and timestamps that header.
+// firstChunkAfter is how many bytes of TLS application data from the
+// sender precede its first chunk at most: its Finished, hello and offer.
+const firstChunkAfter = 4096
+
+// tlsRecordHeader is the size of a TLS record header; tlsAppData is the
+// record type TLS 1.3 sends everything after the ServerHello in.
+const (
+	tlsRecordHeader = 5
+	tlsAppData      = 23
+)
+
+// watch copies TLS records from sender to daemon up to and including the
+// header of the record that carries the first chunk, and timestamps that
+// header.
 func (r *relay) watch(daemon io.Writer, sender io.Reader) error {
-	var hdr [transfer.FrameHeaderSize]byte
+	var hdr [tlsRecordHeader]byte
+	var appData int64
 	for {
 		if _, err := io.ReadFull(sender, hdr[:]); err != nil {
 			if err == io.EOF {
 				return nil // a session that ends before any chunk
 			}
-			return fmt.Errorf("relay: reading frame header: %w", err)
+			return fmt.Errorf("relay: reading TLS record header: %w", err)
 		}
 		now := time.Now()
 		if _, err := daemon.Write(hdr[:]); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
-		if transfer.FrameType(hdr[0]) == transfer.FrameChunk {
-			r.mu.Lock()
-			if r.first.IsZero() {
-				r.first = now
+		n := int64(binary.BigEndian.Uint16(hdr[3:]))
+		if hdr[0] == tlsAppData {
+			if appData += n; appData > firstChunkAfter {
+				r.mu.Lock()
+				if r.first.IsZero() {
+					r.first = now
+				}
+				r.mu.Unlock()
+				return nil
 			}
-			r.mu.Unlock()
-			return nil
 		}
-		n := int64(binary.BigEndian.Uint32(hdr[1:]))
 		if _, err := io.CopyN(daemon, sender, n); err != nil {
-			return fmt.Errorf("relay: copying %d-byte frame: %w", n, err)
+			return fmt.Errorf("relay: copying %d-byte record: %w", n, err)
 		}
 	}
 }

@@ -26,6 +26,7 @@ type series struct {
 	senders           int
 	samples           []sample
 	firstChunks       []time.Duration // from timed runs and probes
+	handshakes        []time.Duration // connect to first chunk, same runs
 }
 
 // recorder keeps series in the order they were first measured.
@@ -51,12 +52,19 @@ func (r *recorder) add(tool string, j job, s sample) {
 	if s.firstChunk > 0 {
 		sr.firstChunks = append(sr.firstChunks, s.firstChunk)
 	}
+	if s.handshake > 0 {
+		sr.handshakes = append(sr.handshakes, s.handshake)
+	}
 }
 
-func (r *recorder) addFirstChunk(tool string, j job, d time.Duration) {
+func (r *recorder) addFirstChunk(tool string, j job, d, handshake time.Duration) {
 	if d > 0 {
 		sr := r.get(tool, j)
 		sr.firstChunks = append(sr.firstChunks, d)
+	}
+	if handshake > 0 {
+		sr := r.get(tool, j)
+		sr.handshakes = append(sr.handshakes, handshake)
 	}
 }
 
@@ -134,6 +142,10 @@ type row struct {
 	SenderPeakRSSBytes   int64    `json:"sender_peak_rss_bytes"`
 	ReceiverPeakRSSBytes int64    `json:"receiver_peak_rss_bytes"`
 	FirstChunkMs         *float64 `json:"first_chunk_ms"`
+	// HandshakeMs is the median time from the sender's connect to its
+	// first chunk (TCP, TLS handshake, hello, offer), seen by the relay;
+	// null when not measured.
+	HandshakeMs *float64 `json:"handshake_ms"`
 	// BackgroundCPU is the largest busy fraction of all CPUs in the
 	// pauses before the runs: well above 0 means something else ran.
 	BackgroundCPU float64 `json:"background_cpu"`
@@ -236,6 +248,14 @@ func (s *series) row() row {
 		}
 		v := round3(median(f))
 		r.FirstChunkMs = &v
+	}
+	if len(s.handshakes) > 0 {
+		var f []float64
+		for _, d := range s.handshakes {
+			f = append(f, ms(d))
+		}
+		v := round3(median(f))
+		r.HandshakeMs = &v
 	}
 	return r
 }
@@ -382,16 +402,16 @@ func printTable(w io.Writer, res *results) {
 
 func printSizes(w io.Writer, res *results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tool\tsize\tmemory\tsenders\truns\twall s\tMiB/s\tx raw\traw s\tx raw/round\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\tbg cpu %\t")
+	fmt.Fprintln(tw, "tool\tsize\tmemory\tsenders\truns\twall s\tMiB/s\tx raw\traw s\tx raw/round\tsend cpu s\trecv cpu s\tsend rss MiB\trecv rss MiB\tfirst chunk ms\thandshake ms\tbg cpu %\t")
 	for _, r := range res.Rows {
 		size := r.Size
 		if r.Group == "sparse" {
 			size += " sparse"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.3f\t%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%.0f\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.3f\t%.1f\t%s\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%s\t%s\t%.0f\t\n",
 			r.Tool, size, r.Memory, r.Senders, r.Runs, r.WallSeconds, r.MiBPerSecond, optional(r.RatioToRaw, "%.3f"), optional(r.RawWallSeconds, "%.3f"), optional(r.RatioToRawPerRound, "%.3f"),
 			r.SenderCPUSeconds, r.ReceiverCPUSeconds,
-			float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, optional(r.FirstChunkMs, "%.1f"), 100*r.BackgroundCPU)
+			float64(r.SenderPeakRSSBytes)/mib, float64(r.ReceiverPeakRSSBytes)/mib, optional(r.FirstChunkMs, "%.1f"), optional(r.HandshakeMs, "%.1f"), 100*r.BackgroundCPU)
 	}
 	_ = tw.Flush() // to the terminal, like the prints around it
 	fmt.Fprintln(w)

@@ -70,7 +70,7 @@ func restartRead(ctx context.Context, cfg *config, stdout, stderr io.Writer) err
 	}
 	start = time.Now()
 	snd, err := startProc(ctx, logs+"-send.log", filepath.Join(cfg.binDir, "ferry"),
-		"send", "--to", addr, "--json", "--quiet", "--retries", "0", srcPath)
+		"send", "--to", addr, "--fingerprint", fd.fingerprint, "--json", "--quiet", "--retries", "0", srcPath)
 	if err != nil {
 		_, _ = fd.stop() // the start error is the one to report
 		return err

@@ -220,7 +220,7 @@ func (b *bench) runFerryTree(ctx context.Context, src treeSource, root, logs str
 	}
 	b.settle()
 	start := time.Now()
-	p, err := startProc(ctx, logs+"-send.log", b.ferry, "send", "--to", to, "--json", "--quiet", "--retries", "0", src.path)
+	p, err := startProc(ctx, logs+"-send.log", b.ferry, "send", "--to", to, "--fingerprint", daemon.fingerprint, "--json", "--quiet", "--retries", "0", src.path)
 	var su usage
 	if err == nil {
 		su, err = p.wait()
@@ -463,7 +463,7 @@ func (b *bench) runMillion(ctx context.Context) error {
 	}
 	b.settle()
 	start := time.Now()
-	p, err := startProc(ctx, logs+"-send.log", b.ferry, "send", "--to", addr, "--json", "--quiet", "--retries", "0", src)
+	p, err := startProc(ctx, logs+"-send.log", b.ferry, "send", "--to", addr, "--fingerprint", daemon.fingerprint, "--json", "--quiet", "--retries", "0", src)
 	if err != nil {
 		_, _ = daemon.stop() // the start error is the one to report
 		return err

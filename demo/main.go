@@ -138,7 +138,7 @@ func sendThroughCrash(ctx context.Context, cfg config, src, root string) error {
 		return err
 	}
 	defer d.stop()
-	say("ferryd (pid %d) listening on %s, root %s", d.cmd.Process.Pid, d.addr, root)
+	say("ferryd (pid %d) listening on %s, root %s, key %s", d.cmd.Process.Pid, d.addr, root, d.fingerprint)
 
 	proxy, err := faultproxy.New(d.addr)
 	if err != nil {
@@ -152,7 +152,9 @@ func sendThroughCrash(ctx context.Context, cfg config, src, root string) error {
 	proxy.Throttle(rate)
 	say("fault proxy on %s → %s, throttled to %s/s so the send takes about %v", proxy.Addr(), d.addr, human(rate), sendTime)
 
-	args := []string{"send", "--to", proxy.Addr(), "--retries", "20", "--backoff", "200ms", "--json", src}
+	// The proxy relays TLS untouched: the sender sees ferryd's key, and
+	// pins it rather than trusting a random port on first use.
+	args := []string{"send", "--to", proxy.Addr(), "--fingerprint", d.fingerprint, "--retries", "20", "--backoff", "200ms", "--json", src}
 	say("running: %s %s", cfg.ferry, strings.Join(args, " "))
 	sender := exec.CommandContext(ctx, cfg.ferry, args...)
 	var stdout strings.Builder
@@ -281,9 +283,14 @@ type daemon struct {
 	cmd    *exec.Cmd
 	addr   string
 	exited chan struct{}
+
+	fingerprint string // of its TLS key, from the listening line; the sender pins it
 }
 
-var addrRE = regexp.MustCompile(`\baddr=(\S+)`)
+var (
+	addrRE        = regexp.MustCompile(`\baddr=(\S+)`)
+	fingerprintRE = regexp.MustCompile(`\bfingerprint=(SHA256:\S+)`)
+)
 
 // startDaemon starts ferryd on a kernel-chosen loopback port and waits
 // for its msg=listening line.
@@ -297,13 +304,17 @@ func startDaemon(ctx context.Context, ferryd, root string) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{cmd: cmd, exited: make(chan struct{})}
-	addrc := make(chan string, 1)
+	addrc := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			if m := addrRE.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "msg=listening") {
+				var fp string
+				if f := fingerprintRE.FindStringSubmatch(sc.Text()); f != nil {
+					fp = f[1]
+				}
 				select {
-				case addrc <- m[1]:
+				case addrc <- [2]string{m[1], fp}:
 				default:
 				}
 			}
@@ -313,7 +324,8 @@ func startDaemon(ctx context.Context, ferryd, root string) (*daemon, error) {
 		close(d.exited)
 	}()
 	select {
-	case d.addr = <-addrc:
+	case l := <-addrc:
+		d.addr, d.fingerprint = l[0], l[1]
 		return d, nil
 	case <-d.exited:
 		return nil, errors.New("ferryd exited before it listened")

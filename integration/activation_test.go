@@ -42,7 +42,7 @@ func TestSocketActivation(t *testing.T) {
 			defer f.Close()
 			root := t.TempDir()
 			cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin.ferryd, "--root", root}, tt.listen...)...)
-			cmd.Env = append(childEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=ferryd.socket")
+			cmd.Env = append(childEnv(t), "LISTEN_FDS=1", "LISTEN_FDNAMES=ferryd.socket")
 			cmd.ExtraFiles = []*os.File{f} // fd 3
 			d := startDaemonCmd(t, cmd)
 			line := d.waitLine(0, "msg=listening", "from=systemd")
@@ -54,6 +54,8 @@ func TestSocketActivation(t *testing.T) {
 				to = "unix:" + to
 			} else if to != ln.Addr().String() {
 				t.Fatalf("listening line %q, want addr=%s", line, ln.Addr())
+			} else if loggedFingerprint.FindString(line) == "" {
+				t.Errorf("listening line %q of a TCP socket from systemd has no fingerprint: it must serve TLS", line)
 			}
 			src := filepath.Join(t.TempDir(), "f.bin")
 			writeRandom(t, src, 300<<10, 3)
@@ -80,7 +82,7 @@ func TestSocketActivationNotAListener(t *testing.T) {
 	}
 	defer f.Close()
 	cmd := exec.CommandContext(testContext(t), "sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin.ferryd, "--root", t.TempDir())
-	cmd.Env = append(childEnv(), "LISTEN_FDS=1")
+	cmd.Env = append(childEnv(t), "LISTEN_FDS=1")
 	cmd.ExtraFiles = []*os.File{f}
 	out, err := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != exitUsage {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,10 +39,11 @@ func dialRaw(t *testing.T, addr, from string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(helloFrame(protocolMajor)); err != nil {
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, DynamicRecordSizingDisabled: true}) // see dialTLS
+	if _, err := tc.Write(helloFrame(protocolMajor)); err != nil {
 		t.Fatal(err)
 	}
-	return &rawConn{t, c}
+	return &rawConn{t, tc}
 }
 
 // frame reads one frame: its type and payload.
@@ -108,7 +110,7 @@ func TestSecondDaemonOnRootRefused(t *testing.T) {
 	d := startDaemon(t, root)
 
 	cmd := exec.Command(bin.ferryd, "--listen", "127.0.0.1:0", "--root", root)
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(t)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +162,7 @@ func TestResetBeforeAcceptReleasesSpace(t *testing.T) {
 		if _, err := c.Write(offerFrame(fmt.Sprintf("big%d", i), uint64(free-256<<10))); err != nil {
 			t.Fatal(err)
 		}
-		c.Conn.(*net.TCPConn).SetLinger(0) // close with a reset
+		c.Conn.(*tls.Conn).NetConn().(*net.TCPConn).SetLinger(0) // close with a reset
 		c.Close()
 	}
 	for i, n := from, 0; n < resets; n++ {

@@ -106,6 +106,10 @@ type daemon struct {
 	log    *lineLog
 	exited chan struct{} // closed once the process has been reaped
 	err    error         // from Wait
+
+	// fingerprint is the key it logged on its listening line (TCP); the
+	// test's senders trust it (known hosts).
+	fingerprint string
 }
 
 // listeningAddr finds the address in a listening line, text or JSON.
@@ -139,7 +143,7 @@ func startDaemonOn(t *testing.T, root, listen string, flags ...string) *daemon {
 func startDaemonEnv(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin.ferryd, args...)
-	cmd.Env = append(childEnv(), env...)
+	cmd.Env = append(childEnv(t), env...)
 	return startDaemonCmd(t, cmd)
 }
 
@@ -175,6 +179,10 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
 	}
 	if d.addr = loggedAddr(d.log.snapshot()[i]); d.addr == "" {
 		t.Fatalf("no addr= in %q", d.log.snapshot()[i])
+	}
+	if m := loggedFingerprint.FindStringSubmatch(d.log.snapshot()[i]); m != nil {
+		d.fingerprint = m[1]
+		trust(t, d.addr, d.fingerprint)
 	}
 	return d
 }

@@ -16,7 +16,7 @@ import (
 func runFerryd(t *testing.T, args ...string) result {
 	t.Helper()
 	cmd := exec.CommandContext(testContext(t), bin.ferryd, args...)
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(t)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

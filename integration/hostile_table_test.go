@@ -333,7 +333,7 @@ func TestHostileThousandSlowConnections(t *testing.T) {
 	}
 	var conns []slow
 	dial := func(kind string) net.Conn {
-		c, err := net.Dial("tcp", d.addr)
+		c, err := dialTLS(d.addr)
 		if err != nil {
 			t.Fatalf("connection %d: %v", len(conns)+1, err)
 		}

@@ -175,7 +175,7 @@ func TestBadPeersDaemonStaysUp(t *testing.T) {
 	}
 	conns := make([]net.Conn, len(tests))
 	for i, tt := range tests {
-		c, err := net.Dial("tcp", d.addr)
+		c, err := dialTLS(d.addr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -26,7 +26,7 @@ func TestJSONRecordWriteFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin.ferry, sendArgs(d.addr, src)...)
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(t)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = full, &stderr
 	err = cmd.Run()

@@ -102,7 +102,7 @@ func TestJSONLogsStartupFailure(t *testing.T) {
 func runDaemon(t *testing.T, args ...string) result {
 	t.Helper()
 	cmd := exec.CommandContext(testContext(t), bin.ferryd, args...)
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(t)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()

@@ -36,7 +36,7 @@ func TestRootParentsNotCreated(t *testing.T) {
 	root := filepath.Join(base, "missing", "inbox")
 	// Before the fix ferryd created the parents and served: the context ends it.
 	cmd := exec.CommandContext(testContext(t), bin.ferryd, "--listen", "127.0.0.1:0", "--root", root)
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(t)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {

@@ -7,13 +7,18 @@ import (
 	"github.com/ferry-dev/ferry/internal/faultproxy"
 )
 
+// newProxy starts a fault proxy in front of a ferryd at upstream. It
+// terminates TLS (faultproxy.NewTLS), so that its faults and counters act
+// on ferry's frames as they did before TLS, and the test's senders trust
+// its key (known hosts).
 func newProxy(t *testing.T, upstream string) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(upstream)
+	p, err := faultproxy.NewTLS(upstream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
+	trust(t, p.Addr(), p.Fingerprint())
 	return p
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -20,11 +21,33 @@ const s3Part = 8 << 20
 
 // startS3Daemon starts ferryd on gw's bucket, with credentials from the
 // environment as a deployment would give them.
+// The daemons of one test share a bucket and, as behind a real load
+// balancer, one TLS key: --store has no root to generate one in.
 func startS3Daemon(t *testing.T, gw *gwServer, bucket string, flags ...string) *daemon {
 	t.Helper()
+	certFile, keyFile := s3TLSFiles(t)
 	return startDaemonEnv(t, []string{"AWS_ACCESS_KEY_ID=" + gw.AccessKey, "AWS_SECRET_ACCESS_KEY=" + gw.SecretKey},
 		append([]string{"--listen", "127.0.0.1:0", "--store", "s3://" + bucket + "/inbox", "--s3-endpoint", gw.URL, "--s3-region", "us-east-1",
-			"--s3-lease-ttl", leaseTTL}, flags...)...)
+			"--s3-lease-ttl", leaseTTL, "--tls-cert", certFile, "--tls-key", keyFile}, flags...)...)
+}
+
+// s3Certs holds each test's shared certificate files, by test.
+var s3Certs sync.Map // *testing.T → [2]string
+
+// s3TLSFiles returns the certificate and key files every daemon of t
+// serves, made on first use.
+func s3TLSFiles(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	if f, ok := s3Certs.Load(t); ok {
+		files := f.([2]string)
+		return files[0], files[1]
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeCertFiles(t, newTestCert(t, false, nil), certFile, keyFile)
+	s3Certs.Store(t, [2]string{certFile, keyFile})
+	t.Cleanup(func() { s3Certs.Delete(t) })
+	return certFile, keyFile
 }
 
 // leaseTTL is the daemons' lease TTL here: short, so that a dead daemon's
@@ -234,4 +257,15 @@ func TestS3ExpiredLeaseTakenOver(t *testing.T) {
 	if got, want := objectBLAKE3(t, gw, "expired", "inbox/orphan.bin"), fileBLAKE3(t, src); got != want {
 		t.Errorf("object BLAKE3 %s, source's %s", got, want)
 	}
+}
+
+// TestS3StoreNeedsCertificate: --store has no root to keep a generated
+// key in, and the daemons sharing a bucket must present one key, so
+// ferryd refuses to start without --tls-cert and --tls-key (exit 2).
+func TestS3StoreNeedsCertificate(t *testing.T) {
+	r := runFerryd(t, "--listen", "127.0.0.1:0", "--store", "s3://bucket/inbox", "--s3-endpoint", "http://127.0.0.1:1", "--s3-region", "us-east-1")
+	if r.code != exitUsage {
+		t.Fatalf("ferryd exited %d, want 2\n%s", r.code, r)
+	}
+	oneLine(t, "--store without a certificate", r.stderr, "--store needs --tls-cert and --tls-key")
 }

@@ -225,7 +225,7 @@ func TestDaemonBadFlagsExit2(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(bin.ferryd, append([]string{"--listen", "127.0.0.1:0", "--root", t.TempDir()}, tt.args...)...)
-			cmd.Env = childEnv()
+			cmd.Env = childEnv(t)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {
@@ -306,7 +306,7 @@ func TestHashMatchesB3sum(t *testing.T) {
 func runIn(t *testing.T, dir, stdin, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	cmd.Dir, cmd.Env = dir, childEnv()
+	cmd.Dir, cmd.Env = dir, childEnv(t)
 	if stdin != "" {
 		f, err := os.Open(stdin)
 		if err != nil {

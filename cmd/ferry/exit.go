@@ -14,6 +14,7 @@ const (
 	exitUsage     = 2   // bad flags or arguments
 	exitRefused   = 3   // refused by the daemon: name, exists, size, space, credential
 	exitIntegrity = 4   // an integrity failure that retries did not fix
+	exitIdentity  = 5   // the daemon's key did not match the pinned or known fingerprint
 	exitInterrupt = 130 // interrupted by SIGINT or SIGTERM, as shells expect
 )
 
@@ -28,6 +29,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, context.Canceled):
 		return exitInterrupt
+	case errors.Is(err, transfer.ErrIdentity):
+		return exitIdentity
 	case errors.Is(err, errUsage), errors.Is(err, transfer.ErrInvalidConfig):
 		return exitUsage
 	case errors.Is(err, transfer.ErrIntegrity):

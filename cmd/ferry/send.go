@@ -34,7 +34,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 		Name:      "send",
 		Usage:     "send files and directories to a ferryd daemon",
 		ArgsUsage: "PATH...",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "to", EnvVars: []string{"FERRY_TO"}, Usage: "daemon address `ADDR`: HOST[:PORT] (default port 7219) or unix:/path"},
 			&cli.StringFlag{Name: "dest", EnvVars: []string{"FERRY_DEST"}, Usage: "remote directory `DIR`, relative to the daemon's root (default: the root)"},
 			&cli.IntFlag{Name: "retries", Value: 10, EnvVars: []string{"FERRY_RETRIES"}, Usage: "reconnect-and-resume attempts in a row that make no progress, with exponential backoff"},
@@ -51,7 +51,7 @@ func sendCommand(ctx context.Context, stdout, stderr io.Writer) *cli.Command {
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, EnvVars: []string{"FERRY_QUIET"}, Usage: "print only errors"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"FERRY_VERBOSE"}, Usage: "print a line per file with its outcome"},
 			&cli.BoolFlag{Name: "json", EnvVars: []string{"FERRY_JSON"}, Usage: "print one JSON object per file on stdout as it settles, then a summary object"},
-		},
+		}, identityFlags()...),
 		Action: func(c *cli.Context) error {
 			s, err := newSender(c, stdout, stderr)
 			if err != nil {
@@ -77,6 +77,8 @@ type sender struct {
 	overall              *overall // the run's progress, and its bar
 	single               bool     // the run names one regular file
 	outMu                sync.Mutex
+	knownHosts           string    // the known-hosts file in use; "" if none
+	identityOnce         sync.Once // a key mismatch is reported once per run
 }
 
 func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
@@ -120,6 +122,11 @@ func newSender(c *cli.Context, stdout, stderr io.Writer) (*sender, error) {
 		Window: c.Int("window"), Checksum: c.Bool("checksum"), Update: c.Bool("update"),
 		Token:   token,
 		OnRetry: s.retrying,
+	}
+	if network == "tcp" {
+		if s.engine.TLS, err = s.tlsOptions(c); err != nil {
+			return nil, err
+		}
 	}
 	if bw := sizeflag.Get(c, "bwlimit"); bw > 0 {
 		if float64(bw)*s.engine.Timeout.Seconds() < float64(cs) {
@@ -548,7 +555,12 @@ func (s *sender) report(f file, rep transfer.Report, err error, took time.Durati
 	if err != nil {
 		rec.Reason = oneLine(err)
 		rec.Error = rec.Reason
-		s.printf("ferry: %s: %s%s\n", escapeName(f.local), s.describe(err), s.advice(err, rep))
+		if errors.Is(err, transfer.ErrIdentity) {
+			// The run's failure, not the file's: one line per run.
+			s.identityOnce.Do(func() { s.printf("%s", s.identityLine(err)) })
+		} else {
+			s.printf("ferry: %s: %s%s\n", escapeName(f.local), s.describe(err), s.advice(err, rep))
+		}
 		_ = s.emit(rec) // the transfer's error is the one to report
 		return rec, fmt.Errorf("%w: %w", errReported, err)
 	}

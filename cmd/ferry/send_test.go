@@ -70,6 +70,8 @@ func TestExitCode(t *testing.T) {
 		{"not a ferry daemon", fmt.Errorf("handshake: %w", transfer.ErrNotFerry), exitFailed},
 		{"invalid configuration", fmt.Errorf("%w: chunk size", transfer.ErrInvalidConfig), exitUsage},
 		{"interrupted", fmt.Errorf("interrupted: %w", context.Canceled), exitInterrupt},
+		{"identity mismatch", fmt.Errorf("connecting: %w", &transfer.IdentityError{Addr: "h:1", Want: "a", Got: "b", Source: "pinned"}), exitIdentity},
+		{"identity raced in known hosts, wrapped as configuration", fmt.Errorf("%w: %w", transfer.ErrInvalidConfig, &transfer.IdentityError{Source: "known hosts"}), exitIdentity},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

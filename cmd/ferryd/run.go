@@ -67,12 +67,14 @@ func newApp(ctx context.Context, stdout, stderr io.Writer, st *runState) *cli.Ap
 			"keeps partial uploads durably and resumes them after any interruption. It logs on stderr. " +
 			"Every option also reads the FERRY_* environment variable shown with it. Sizes take units (512KiB, 10G). " +
 			"SIGTERM or SIGINT drains: sessions make their data durable, then ferryd exits 0; a second signal exits at once. " +
+			"TCP listeners speak TLS 1.3 only, with the key under ROOT/.ferry/tls (generated on first start) or --tls-cert/--tls-key; " +
+			"the listening line shows the key's fingerprint=SHA256:…, and SIGHUP reloads the certificate. " +
 			"Exit status: 0 after a drain, 1 on a failure to run, 2 on a usage error.",
 		Version:   version,
 		Writer:    stdout,
 		ErrWriter: stderr,
-		Flags:     flags(),
-		Commands:  []*cli.Command{partialsCommand(stdout, st), tokenCommand(stdout, stderr, st)},
+		Flags:     append(flags(), tlsFlags()...),
+		Commands:  []*cli.Command{partialsCommand(stdout, st), tokenCommand(stdout, stderr, st), fingerprintCommand(stdout, st)},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			st.code = exitUsage
 			return err
@@ -152,11 +154,19 @@ func flags() []cli.Flag {
 
 // serve runs the daemon until a signal; it sets *code for usage errors.
 func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) error {
-	store, locker, where, closeStore, err := openStore(c, log, code)
+	if c.String("store") != "" && c.String("tls-cert") == "" {
+		*code = exitUsage // before the store logs anything
+		return errStoreNeedsCert
+	}
+	st, err := openStore(c, log, code)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
+	defer st.close()
+	cert, err := serverCertificate(c, st.fsys, code)
+	if err != nil {
+		return err
+	}
 	if c.Duration("partial-ttl") < 0 {
 		*code = exitUsage
 		return fmt.Errorf("--partial-ttl %v: want a duration of 0 (never) or more", c.Duration("partial-ttl"))
@@ -195,7 +205,7 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 	}
 	srv, err := daemon.NewServer(daemon.Config{
 		WrapConn: wrap, Metrics: metricsReg,
-		Store: store, Locker: locker, Logger: log, Agent: "ferryd/" + version,
+		Store: st.store, Locker: st.locker, Logger: log, Agent: "ferryd/" + version,
 		MaxChunkSize: int(min(sizeflag.Get(c, "max-chunk-size"), math.MaxInt32)), SyncBytes: sizeflag.Get(c, "sync-bytes"),
 		SyncInterval: c.Duration("sync-interval"),
 		IdleTimeout:  c.Duration("idle-timeout"), MaxSize: sizeflag.Get(c, "max-size"), MinFree: sizeflag.Get(c, "min-free"), MaxSessions: c.Int("max-sessions"),
@@ -210,6 +220,8 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		closeAll(lns)
 		return err
 	}
+	inherited, lns = withTLS(inherited, cert.ServerTLS()), withTLS(lns, cert.ServerTLS())
+	defer reloadOnHangup(cert, log)()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	errc := make(chan error, len(inherited)+len(lns)+1)
@@ -223,11 +235,11 @@ func serve(ctx context.Context, c *cli.Context, log *slog.Logger, code *int) err
 		defer ms.close()
 	}
 	for _, ln := range inherited {
-		log.Info("listening", "addr", ln.Addr().String(), "root", where, "from", "systemd")
+		log.Info("listening", append([]any{"addr", ln.Addr().String(), "root", st.where, "from", "systemd"}, listeningAttrs(ln, cert)...)...)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	for _, ln := range lns {
-		log.Info("listening", "addr", ln.Addr().String(), "root", where)
+		log.Info("listening", append([]any{"addr", ln.Addr().String(), "root", st.where}, listeningAttrs(ln, cert)...)...)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	if ms != nil {

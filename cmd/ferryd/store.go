@@ -15,32 +15,39 @@ import (
 	"github.com/ferry-dev/ferry/daemon/s3store"
 )
 
+// openedStore is the store the flags name, with what goes with it.
+type openedStore struct {
+	store  daemon.Store
+	locker daemon.Locker // nil: the server's in-process one
+	where  string        // the root or the s3:// URL, for log lines
+	fsys   *daemon.OSFS  // the root of a directory store (its TLS key lives there); nil for S3
+	close  func()        // releases the root's lock
+}
+
 // openStore opens the store the flags name: --store s3://… or the
-// directory store on --root. It returns the store, the Locker for it
-// (nil: the server's in-process one), where it is for log lines, and what
-// to call on exit.
-func openStore(c *cli.Context, log *slog.Logger, code *int) (daemon.Store, daemon.Locker, string, func(), error) {
+// directory store on --root.
+func openStore(c *cli.Context, log *slog.Logger, code *int) (*openedStore, error) {
 	if u := c.String("store"); u != "" {
 		if c.IsSet("root") {
 			*code = exitUsage
-			return nil, nil, "", nil, fmt.Errorf("--store %s and --root: give one", u)
+			return nil, fmt.Errorf("--store %s and --root: give one", u)
 		}
 		return openS3Store(c, u, log, code)
 	}
 	if c.IsSet("s3-endpoint") || c.IsSet("s3-region") {
 		*code = exitUsage
-		return nil, nil, "", nil, fmt.Errorf("--s3-endpoint and --s3-region need --store s3://BUCKET")
+		return nil, fmt.Errorf("--s3-endpoint and --s3-region need --store s3://BUCKET")
 	}
 	root := rootDir(c)
 	fsys, err := daemon.OpenOSFS(root)
 	if err != nil {
-		return nil, nil, "", nil, fmt.Errorf("opening root: %w", err)
+		return nil, fmt.Errorf("opening root: %w", err)
 	}
 	// One daemon per root, before anything under it is touched.
 	lock, err := daemon.LockRoot(fsys)
 	if err != nil {
 		_ = fsys.Close() // the lock error is the one to report
-		return nil, nil, "", nil, err
+		return nil, err
 	}
 	closeAll := func() {
 		_ = lock.Close() // released on exit either way
@@ -49,7 +56,7 @@ func openStore(c *cli.Context, log *slog.Logger, code *int) (daemon.Store, daemo
 	store, err := daemon.NewDirStore(fsys)
 	if err != nil {
 		closeAll()
-		return nil, nil, "", nil, fmt.Errorf("opening root %s: %w", root, err)
+		return nil, fmt.Errorf("opening root %s: %w", root, err)
 	}
 	store.DirectIO = c.Bool("direct-io")
 	finished, discarded, err := store.FinishCommits()
@@ -61,20 +68,20 @@ func openStore(c *cli.Context, log *slog.Logger, code *int) (daemon.Store, daemo
 	}
 	if err != nil {
 		closeAll()
-		return nil, nil, "", nil, fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
+		return nil, fmt.Errorf("finishing interrupted commits in %s: %w", root, err)
 	}
-	return store, nil, fsys.Name(), closeAll, nil
+	return &openedStore{store: store, where: fsys.Name(), fsys: fsys, close: closeAll}, nil
 }
 
 // openS3Store opens --store s3://BUCKET[/PREFIX] on --s3-endpoint, with
 // credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or
 // AWS_ACCESS_KEY/AWS_SECRET_KEY), then the AWS credential file
 // (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE), then the instance role.
-func openS3Store(c *cli.Context, u string, log *slog.Logger, code *int) (daemon.Store, daemon.Locker, string, func(), error) {
+func openS3Store(c *cli.Context, u string, log *slog.Logger, code *int) (*openedStore, error) {
 	bucket, prefix, err := s3store.ParseURL(u)
 	if err != nil {
 		*code = exitUsage
-		return nil, nil, "", nil, err
+		return nil, err
 	}
 	host, secure := "s3.amazonaws.com", true
 	lookup := minio.BucketLookupAuto
@@ -82,7 +89,7 @@ func openS3Store(c *cli.Context, u string, log *slog.Logger, code *int) (daemon.
 		eu, err := url.Parse(e)
 		if err != nil || eu.Host == "" || eu.Scheme != "http" && eu.Scheme != "https" || eu.Path != "" && eu.Path != "/" {
 			*code = exitUsage
-			return nil, nil, "", nil, fmt.Errorf("--s3-endpoint %q: want http://HOST[:PORT] or https://HOST[:PORT]", e)
+			return nil, fmt.Errorf("--s3-endpoint %q: want http://HOST[:PORT] or https://HOST[:PORT]", e)
 		}
 		host, secure, lookup = eu.Host, eu.Scheme == "https", minio.BucketLookupPath
 	}
@@ -92,16 +99,16 @@ func openS3Store(c *cli.Context, u string, log *slog.Logger, code *int) (daemon.
 	client, err := minio.New(host, &minio.Options{Creds: creds, Secure: secure, Region: c.String("s3-region"), BucketLookup: lookup})
 	if err != nil {
 		*code = exitUsage
-		return nil, nil, "", nil, fmt.Errorf("--s3-endpoint: %w", err)
+		return nil, fmt.Errorf("--s3-endpoint: %w", err)
 	}
 	core := &minio.Core{Client: client}
 	where := "s3://" + bucket + "/" + prefix
 	ttl := c.Duration("s3-lease-ttl")
 	if ttl <= 0 {
 		*code = exitUsage
-		return nil, nil, "", nil, fmt.Errorf("--s3-lease-ttl %v: want a positive duration", ttl)
+		return nil, fmt.Errorf("--s3-lease-ttl %v: want a positive duration", ttl)
 	}
-	return s3store.New(core, bucket, prefix), s3Locker(core, bucket, prefix, ttl, log), where, func() {}, nil
+	return &openedStore{store: s3store.New(core, bucket, prefix), locker: s3Locker(core, bucket, prefix, ttl, log), where: where, close: func() {}}, nil
 }
 
 // rootDir is the directory store's root: --root, else under systemd the

@@ -9,7 +9,7 @@ _ferry() {
 	done
 	local flags= words=
 	case $cmd/$sub in
-	send/) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --links --update --token --token-file --quiet --verbose --json --help' words='' ;;
+	send/) flags='--to --dest --retries --backoff --timeout --chunk-size --window --bwlimit --checksum --links --update --token --token-file --quiet --verbose --json --fingerprint --known-hosts --help' words='' ;;
 	hash/) flags='--help' words='' ;;
 	*) flags='--help --version' words='send hash help' ;;
 	esac

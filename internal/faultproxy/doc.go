@@ -23,6 +23,12 @@
 // forwarded, in total and per connection, WaitBytes and WaitConnBytes let
 // a test act at a chosen point of a transfer without sleeping.
 //
+// NewTLS makes a proxy that terminates TLS on both sides: it serves
+// clients a key of its own (Fingerprint) and speaks TLS to the upstream
+// without checking its key, so that every fault, counter and RecordHead
+// acts on the plaintext stream. New relays bytes as they are: through it,
+// a test sees what the network sees.
+//
 // A Proxy is safe for concurrent use. The zero value is not usable; call
 // New.
 package faultproxy

@@ -2,8 +2,17 @@ package faultproxy
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"sync"
 	"time"
@@ -68,6 +77,9 @@ type Proxy struct {
 	headLimit int
 	changed   chan struct{} // closed and replaced whenever a counter changes
 	closed    bool
+
+	serverTLS   *tls.Config // NewTLS: what clients are served; nil: plain TCP relay
+	fingerprint string      // NewTLS: of the key served to clients
 }
 
 // New starts a proxy on 127.0.0.1 with a port chosen by the kernel,
@@ -84,6 +96,59 @@ func New(upstream string) (*Proxy, error) {
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
+}
+
+// NewTLS starts a proxy that terminates TLS on both sides, so that its
+// faults, counters and RecordHead act on the plaintext stream, exactly as
+// New's do on a plaintext protocol: it serves clients TLS 1.3 with a key
+// and self-signed certificate of its own (Fingerprint), and speaks TLS 1.3
+// to the upstream without checking the upstream's key. It is the man in
+// the middle a client must be told to trust.
+func NewTLS(upstream string) (*Proxy, error) {
+	cert, fp, err := selfSigned()
+	if err != nil {
+		return nil, fmt.Errorf("faultproxy: %w", err)
+	}
+	p, err := New(upstream)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.serverTLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
+	p.fingerprint = fp
+	return p, nil
+}
+
+// Fingerprint returns, for a proxy made by NewTLS, the fingerprint of the
+// key it serves, as ferryd logs one (SHA256: and the unpadded base64 of
+// the SHA-256 of the certificate's SubjectPublicKeyInfo); "" for New's.
+func (p *Proxy) Fingerprint() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fingerprint
+}
+
+// selfSigned makes an ECDSA P-256 key and a self-signed certificate.
+func selfSigned() (tls.Certificate, string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "faultproxy"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, "SHA256:" + base64.RawStdEncoding.EncodeToString(sum[:]), nil
 }
 
 // Addr returns the address clients connect to, as HOST:PORT.
@@ -343,7 +408,10 @@ func (p *Proxy) register(nc net.Conn) *conn {
 	if p.closed {
 		return nil
 	}
-	c := &conn{p: p, id: len(p.conns) + 1, client: nc, cutAt: p.cutNext, headLimit: p.headLimit, done: make(chan struct{})}
+	if p.serverTLS != nil {
+		nc = tls.Server(nc, p.serverTLS) // handshakes on the first read
+	}
+	c := &conn{p: p, id: len(p.conns) + 1, client: nc, upTLS: p.serverTLS != nil, cutAt: p.cutNext, headLimit: p.headLimit, done: make(chan struct{})}
 	p.cutNext = -1
 	p.conns = append(p.conns, c)
 	p.notify()
