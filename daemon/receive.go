@@ -411,6 +411,13 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		}
 		return fmt.Errorf("%w: %d bytes needed for %s", transfer.ErrNoSpace, remaining+dirs, transfer.QuoteName(o.Name))
 	}
+	if err := preallocate(p, res, remaining); err != nil {
+		res.release()
+		if err := p.Close(); err != nil {
+			t.log.Error("closing partial", "err", err)
+		}
+		return err
+	}
 	t.p, t.res = p, res
 	t.rx = newReceiver(ss, t)
 	if restarted && !speculative {

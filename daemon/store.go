@@ -203,15 +203,18 @@ type DirStore struct {
 	// Sync makes a group's data durable. Defaults to ParallelFsync.
 	Sync SyncStrategy
 
-	// Preallocate, when set, reserves a new partial's blocks at once
-	// (fallocate with FALLOC_FL_KEEP_SIZE, so that the file's size stays
-	// what was written) unless the offer says the source is sparse
-	// (OfferSparse). A file system without fallocate is skipped. Set it
-	// before the store is used. Off by default, and not a ferryd flag:
-	// measured on 1 GiB over loopback (3 rounds each, the machine busy
+	// Preallocate, when set, lets a new partial reserve its blocks at
+	// admission (Preallocator: fallocate with FALLOC_FL_KEEP_SIZE, so
+	// that the file's size stays what was written) unless the offer says
+	// the source is sparse (OfferSparse); the admission's promise of
+	// those bytes is then dropped, as free space counts them. A file
+	// system without fallocate is skipped. Set it before the store is
+	// used. Off by default here; ferryd's --preallocate defaults to on.
+	// Measured on 1 GiB over loopback (3 rounds each, the machine busy
 	// with other work) it changed nothing beyond the noise: wall 1.32 s
 	// (1.16–1.76) against 1.38 s (1.08–1.98) without, daemon CPU 0.76 s
-	// against 0.74 s (issue 12).
+	// against 0.74 s (issue 12); what it buys is that an admitted
+	// transfer cannot hit a full disk halfway.
 	Preallocate bool
 
 	// StartWriteback, when set, starts each written chunk's writeback at
@@ -616,14 +619,9 @@ func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPar
 	// record that points at it: writeState syncs the directory first.
 	// A file committed in one go never has a state record, and needs no
 	// fsync of the partials' directory at all (group commit, issue 9).
-	if s.Preallocate && o.Flags&transfer.OfferSparse == 0 && o.Size > int64(chunkSize) {
-		if err := preallocate(f, o.Size); err != nil {
-			_ = f.Close() // the fallocate's error is the one to report
-			return nil, err
-		}
-	}
 	st := State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true, writeback: s.StartWriteback}, nil
+	dense := o.Flags&transfer.OfferSparse == 0 && o.Size > int64(chunkSize)
+	return &dirPartial{s: s, key: key, f: f, st: st, fresh: true, writeback: s.StartWriteback, dense: dense}, nil
 }
 
 // dirPartial is a DirStore partial.
@@ -638,6 +636,8 @@ type dirPartial struct {
 	directTried bool
 	st          State // durable state; written only by Sync, read by the session
 	fresh       bool  // the data file's directory entry may not be durable yet
+	dense       bool  // not sparse, more than a chunk: worth preallocating (Preallocator)
+	prealloc    bool  // blocks up to the file's size were reserved: Close gives back what is past its data
 	// replace says the commit renames the data file over a committed file
 	// at the name (OfferUpdate) instead of linking it beside none.
 	replace bool
@@ -939,6 +939,13 @@ func (p *dirPartial) Close() error {
 	}
 	if p.f == nil {
 		return derr
+	}
+	if p.prealloc {
+		// An unfinished transfer gives back the blocks it reserved past
+		// its data, so that abandoned offers cannot hold the disk; a
+		// resume reserves them again.
+		trimPrealloc(p.f, p.st.Size)
+		p.prealloc = false
 	}
 	err := p.f.Close()
 	p.f = nil

@@ -58,7 +58,10 @@ func TestDiskFullMidTransfer(t *testing.T) {
 	fs := mountTmpfs(t, "24m")
 	root := filepath.Join(fs, "root")
 	// Frequent fsyncs, so that some data is durable before the disk fills.
-	d := startDaemon(t, root, "--sync-bytes", "1048576")
+	// Without preallocation, as on a file system without fallocate or
+	// for a resumed or sparse file: with it the admitted transfer holds
+	// its blocks and the filler cannot take them (TestDiskFullAfterAdmission).
+	d := startDaemon(t, root, "--sync-bytes", "1048576", "--preallocate=false")
 	p := newProxy(t, d.addr)
 	p.Throttle(16 << 20)
 	src := filepath.Join(t.TempDir(), "data.bin")
@@ -96,4 +99,26 @@ func TestDiskFullMidTransfer(t *testing.T) {
 			rec.ResumedFrom, rec.SentBytes, rec.Size)
 	}
 	t.Logf("disk filled after ≥6 MiB: resumed from %d bytes, sent %d", rec.ResumedFrom, rec.SentBytes)
+}
+
+// TestDiskFullAfterAdmission: with preallocation (ferryd's default) a
+// transfer that was admitted holds its blocks, so filling the file system
+// while it runs does not stop it: it commits, bit-identical.
+func TestDiskFullAfterAdmission(t *testing.T) {
+	ctx := testContext(t)
+	fs := mountTmpfs(t, "24m")
+	root := filepath.Join(fs, "root")
+	d := startDaemon(t, root)
+	p := newProxy(t, d.addr)
+	p.Throttle(16 << 20)
+	src := filepath.Join(t.TempDir(), "data.bin")
+	writeRandom(t, src, 16<<20, 5)
+	f := startFerry(t, sendArgs(p.Addr(), "--retries", "0", src)...)
+	if err := p.WaitBytes(ctx, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	fillDisk(t, filepath.Join(fs, "filler"))
+	r := f.wait()
+	wantCode(t, r, exitOK)
+	checkCommitted(t, onlyRecord(t, r), src, filepath.Join(root, "data.bin"))
 }

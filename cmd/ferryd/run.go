@@ -138,6 +138,8 @@ func flags() []cli.Flag {
 			Usage: "how long SIGTERM waits for sessions to make their data durable"},
 		&cli.BoolFlag{Name: "direct-io", Value: true, EnvVars: []string{"FERRY_DIRECT_IO"},
 			Usage: "write received chunks with O_DIRECT, bypassing the page cache, where the file system allows it"},
+		&cli.BoolFlag{Name: "preallocate", Value: true, EnvVars: []string{"FERRY_PREALLOCATE"},
+			Usage: "reserve a new partial's blocks at admission (fallocate, where the file system supports it), so a transfer that was admitted cannot run out of space; never for a sparse file, whose holes stay holes"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FERRY_METRICS_LISTEN"},
 			Usage: "serve Prometheus metrics at http://`ADDR`/metrics (HOST:PORT; :0 for any port); none unless set"},
 		&cli.DurationFlag{Name: "partial-ttl", Value: 7 * 24 * time.Hour, EnvVars: []string{"FERRY_PARTIAL_TTL"},

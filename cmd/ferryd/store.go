@@ -59,6 +59,7 @@ func openStore(c *cli.Context, log *slog.Logger, code *int) (*openedStore, error
 		return nil, fmt.Errorf("opening root %s: %w", root, err)
 	}
 	store.DirectIO = c.Bool("direct-io")
+	store.Preallocate = c.Bool("preallocate")
 	finished, discarded, err := store.FinishCommits()
 	for _, name := range finished {
 		log.Info("interrupted commit finished", "name", name)

@@ -18,7 +18,7 @@ _ferryd() {
 	token/revoke) flags='--root --tokens --help' ;;
 	token/) flags='--help' words='add list revoke' ;;
 	fingerprint/) flags='--root --tls-cert --tls-key --help' words='' ;;
-	*) flags='--listen --root --store --s3-endpoint --s3-region --s3-lease-ttl --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --metrics-listen --partial-ttl --tokens --allow-anonymous --log-level --log-format --tls-cert --tls-key --help --version' words='partials token fingerprint help' ;;
+	*) flags='--listen --root --store --s3-endpoint --s3-region --s3-lease-ttl --sync-bytes --sync-interval --idle-timeout --max-size --min-free --max-sessions --max-sessions-per-ip --min-rate --min-rate-window --max-pending --handshake-timeout --max-rate --max-chunk-size --shutdown-timeout --direct-io --preallocate --metrics-listen --partial-ttl --tokens --allow-anonymous --log-level --log-format --tls-cert --tls-key --help --version' words='partials token fingerprint help' ;;
 	esac
 	if [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
