@@ -613,8 +613,9 @@ func (ss *session) dropTransfer(t *rxTransfer, why error) {
 	if t.rx != nil {
 		t.rx.stop()
 		if why != nil {
+			secs := time.Since(t.start).Seconds()
 			t.log.Warn("transfer interrupted", "resumed_from", t.rx.resumedFrom, "durable_offset", t.rx.sync.durable(),
-				"received_bytes", t.rx.received, "seconds", time.Since(t.start).Seconds(), "err", why)
+				"received_bytes", t.rx.received, "seconds", secs, "rate", int64(float64(t.rx.received)/max(secs, 1e-9)), "err", why)
 		}
 	}
 	if t.p != nil {

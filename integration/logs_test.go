@@ -10,8 +10,8 @@ import (
 	"testing"
 )
 
-// TestJSONLogs runs ferryd with --log-format json through one committed
-// and one refused transfer and a SIGTERM drain (issue 12): every stderr
+// TestJSONLogs runs ferryd with --log-format json through one committed,
+// one refused and one interrupted transfer and a SIGTERM drain (issue 12): every stderr
 // line is a JSON object with msg and level, the transfer lines name the
 // file, its size and the sender, and the refusal names the sender and
 // the code.
@@ -24,6 +24,14 @@ func TestJSONLogs(t *testing.T) {
 	writeRandom(t, big, 4097, 2)
 	wantCode(t, runFerry(t, sendArgs(d.addr, small)...), exitOK)
 	wantCode(t, runFerry(t, sendArgs(d.addr, big)...), exitRefused)
+	// Interrupted: the only connection is cut inside the first chunk.
+	cut := filepath.Join(dir, "cut.bin")
+	writeRandom(t, cut, 4000, 3)
+	p := newProxy(t, d.addr)
+	p.CutAfter(2 << 10)
+	mark := d.mark()
+	wantCode(t, runFerry(t, sendArgs(p.Addr(), "--retries", "0", cut)...), exitFailed)
+	d.waitLine(mark, "transfer interrupted", "cut.bin")
 	if code := d.term(); code != 0 {
 		t.Fatalf("ferryd exited %d after SIGTERM", code)
 	}
@@ -45,10 +53,11 @@ func TestJSONLogs(t *testing.T) {
 		msg    string
 		fields []string
 	}{
-		{"listening", []string{"addr", "root"}},
-		{"transfer started", []string{"name", "size", "remote", "resumed_from"}},
-		{"committed", []string{"name", "size", "remote", "resumed_from", "received_bytes", "seconds", "rate", "blake3"}},
-		{"refused", []string{"remote", "code", "reason"}},
+		{"listening", []string{"addr", "root", "fingerprint"}},
+		{"transfer started", []string{"name", "size", "remote", "token", "resumed_from"}},
+		{"committed", []string{"name", "size", "remote", "token", "resumed_from", "received_bytes", "seconds", "rate", "blake3"}},
+		{"transfer interrupted", []string{"name", "size", "remote", "token", "resumed_from", "durable_offset", "received_bytes", "seconds", "rate", "err"}},
+		{"refused", []string{"name", "remote", "token", "code", "reason"}},
 		{"session ended", []string{"remote", "transfers", "seconds"}},
 		{"stopped", nil},
 	}
