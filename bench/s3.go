@@ -385,14 +385,19 @@ func receivedBytes(ctx context.Context, addr string) (int64, error) {
 	return 0, errors.New("no ferry_received_bytes_total in the metrics")
 }
 
-// childCPU returns the CPU time (user + system) of the first child of
-// pid, the process a rusage-exec wrapper runs, from /proc; 0 if unknown.
+// childCPU returns the CPU time (user + system) of the child of pid, the
+// process a rusage-exec wrapper runs, from /proc; 0 if unknown. The child
+// is listed under the wrapper's thread that started it, not necessarily
+// its main thread.
 func childCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return 0
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var f []string
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err == nil {
+			f = append(f, strings.Fields(string(b))...)
+		}
 	}
-	f := strings.Fields(string(b))
 	if len(f) == 0 {
 		return 0
 	}
