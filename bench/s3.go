@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,14 +44,24 @@ type s3Result struct {
 type s3Round struct {
 	DirectSeconds    float64 `json:"direct_seconds"`
 	DirectCPUSeconds float64 `json:"direct_cpu_seconds"` // the uploader, this process
+	DirectGWCPU      float64 `json:"direct_gateway_cpu_seconds"`
 	FerrySeconds     float64 `json:"ferry_seconds"`
 	FerryCPUSeconds  float64 `json:"ferry_cpu_seconds"` // ferry + ferryd
+	SenderCPUSeconds float64 `json:"sender_cpu_seconds"`
+	FerrydCPUSeconds float64 `json:"ferryd_cpu_seconds"`
+	FerryGWCPU       float64 `json:"ferry_gateway_cpu_seconds"` // versitygw during the ferry send
 	FerrydPeakRSS    int64   `json:"ferryd_peak_rss"`
 	Ratio            float64 `json:"ratio"`
 }
 
 type s3Kill struct {
 	KilledAfter int64 `json:"killed_after"` // bytes through the proxy when ferryd A was killed
+	// ReceivedByA is A's ferry_received_bytes_total read just before the
+	// kill: ReceivedByA - ResumedFrom is what A had received and not made
+	// durable, SentAtKill - ReceivedByA what sat in the socket buffers and
+	// the proxy.
+	ReceivedByA int64 `json:"received_by_a"`
+	SentAtKill  int64 `json:"sent_at_kill"` // the sender's offset at the kill: ResumedFrom + Resent
 	ResumedFrom int64 `json:"resumed_from"`
 	Resent      int64 `json:"resent"` // total_sent_bytes - size
 	Attempts    int   `json:"attempts"`
@@ -123,17 +135,19 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	ferry, ferryd := filepath.Join(*binDir, "ferry"), filepath.Join(*binDir, "ferryd")
 	url := "http://" + endpoint
 	res := s3Result{Size: sz.bytes, PartSize: s3store.DefaultPartSize}
+	gwCPU := func() time.Duration { return childCPU(gw.cmd.Process.Pid) }
 	if res.IdleRSS, err = idleRSS(ctx, work, ferryd, bucket, url); err != nil {
 		return err
 	}
 	for r := range *rounds {
 		var rd s3Round
 		settle(3*time.Second, time.Minute, stderr)
+		g0 := gwCPU()
 		d, cpu, err := directUpload(ctx, core, bucket, fmt.Sprintf("direct-%d", r), src.path, res.PartSize)
 		if err != nil {
 			return fmt.Errorf("direct upload: %w", err)
 		}
-		rd.DirectSeconds, rd.DirectCPUSeconds = d.Seconds(), cpu.Seconds()
+		rd.DirectSeconds, rd.DirectCPUSeconds, rd.DirectGWCPU = d.Seconds(), cpu.Seconds(), (gwCPU() - g0).Seconds()
 		_ = client.RemoveObject(ctx, bucket, fmt.Sprintf("direct-%d", r), minio.RemoveObjectOptions{})
 		settle(3*time.Second, time.Minute, stderr)
 		logs := filepath.Join(work, fmt.Sprintf("round-%d", r))
@@ -142,6 +156,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
+		g0 = gwCPU()
 		start := time.Now()
 		sp, err := startProc(ctx, logs+"-ferry.log", ferry, "send", "--to", addr, "--json", src.path)
 		if err != nil {
@@ -149,6 +164,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		su, sendErr := sp.wait()
 		end := time.Now()
+		rd.FerryGWCPU = (gwCPU() - g0).Seconds()
 		du, stopErr := dp.stop()
 		if err := errors.Join(sendErr, stopErr); err != nil {
 			return err
@@ -157,11 +173,13 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		rd.FerrySeconds, rd.FerryCPUSeconds = end.Sub(start).Seconds(), (su.cpu + du.cpu).Seconds()
+		rd.SenderCPUSeconds, rd.FerrydCPUSeconds = su.cpu.Seconds(), du.cpu.Seconds()
 		rd.FerrydPeakRSS = du.maxRSS
 		rd.Ratio = rd.FerrySeconds / rd.DirectSeconds
 		res.Rounds = append(res.Rounds, rd)
-		fmt.Fprintf(stdout, "round %d: direct %.2fs (cpu %.2fs)  ferry %.2fs (cpu %.2fs)  ratio %.2f  ferryd peak RSS %d MiB\n",
-			r+1, rd.DirectSeconds, rd.DirectCPUSeconds, rd.FerrySeconds, rd.FerryCPUSeconds, rd.Ratio, rd.FerrydPeakRSS/mib)
+		fmt.Fprintf(stdout, "round %d: direct %.2fs (cpu %.2fs, gateway %.2fs)  ferry %.2fs (cpu %.2fs = ferry %.2fs + ferryd %.2fs, gateway %.2fs)  ratio %.2f  ferryd peak RSS %d MiB\n",
+			r+1, rd.DirectSeconds, rd.DirectCPUSeconds, rd.DirectGWCPU, rd.FerrySeconds, rd.FerryCPUSeconds,
+			rd.SenderCPUSeconds, rd.FerrydCPUSeconds, rd.FerryGWCPU, rd.Ratio, rd.FerrydPeakRSS/mib)
 		_ = client.RemoveObject(ctx, bucket, fmt.Sprintf("ferry-%d/%s", r, filepath.Base(src.path)), minio.RemoveObjectOptions{})
 	}
 	ratios := make([]float64, 0, len(res.Rounds))
@@ -180,8 +198,10 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("kill run: %w", err)
 		}
 		res.Kill = k
-		fmt.Fprintf(stdout, "kill: ferryd A killed after %d MiB; resumed on B from %d MiB; resent %d bytes (part %d)\n",
-			k.KilledAfter/mib, k.ResumedFrom/mib, k.Resent, res.PartSize)
+		fmt.Fprintf(stdout, "kill: ferryd A killed after %d bytes through the proxy, %d received by A; sender at %d; "+
+			"resumed on B from %d; resent %d bytes (part %d): %d received by A and not durable, %d in socket buffers and the proxy\n",
+			k.KilledAfter, k.ReceivedByA, k.SentAtKill, k.ResumedFrom, k.Resent, res.PartSize,
+			k.ReceivedByA-k.ResumedFrom, k.SentAtKill-k.ReceivedByA)
 	}
 	if *out == "" {
 		return nil
@@ -233,8 +253,9 @@ func idleRSS(ctx context.Context, work, ferryd, bucket, url string) (int64, erro
 }
 
 // directUpload uploads path as key in parts of partSize, one after
-// another, as ferryd does, and returns the wall time and this process's
-// CPU time.
+// another, with the part options ferryd uses (an unsigned payload: no
+// SHA-256 of the data on either side), and returns the wall time and
+// this process's CPU time.
 func directUpload(ctx context.Context, core *minio.Core, bucket, key, path string, partSize int64) (time.Duration, time.Duration, error) {
 	cpu0 := selfCPU()
 	start := time.Now()
@@ -252,7 +273,8 @@ func directUpload(ctx context.Context, core *minio.Core, bucket, key, path strin
 	for n := 1; ; n++ {
 		m, err := io.ReadFull(f, buf)
 		if m > 0 {
-			info, perr := core.PutObjectPart(ctx, bucket, key, id, n, bytes.NewReader(buf[:m]), int64(m), minio.PutObjectPartOptions{})
+			info, perr := core.PutObjectPart(ctx, bucket, key, id, n, bytes.NewReader(buf[:m]), int64(m),
+				minio.PutObjectPartOptions{DisableContentSha256: true})
 			if perr != nil {
 				return 0, 0, perr
 			}
@@ -275,11 +297,15 @@ func directUpload(ctx context.Context, core *minio.Core, bucket, key, path strin
 // halfway, points the proxy at ferryd B, and reads from the sender's
 // record how much it resent.
 func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src source) (*s3Kill, error) {
-	start := func(name string) (*proc, string, error) {
-		return startListener(ctx, filepath.Join(work, "kill-"+name+".log"), ferryd, "--listen", "127.0.0.1:0",
-			"--store", "s3://"+bucket+"/kill", "--s3-endpoint", url)
+	start := func(name string, more ...string) (*proc, string, error) {
+		return startListener(ctx, filepath.Join(work, "kill-"+name+".log"), ferryd, append([]string{"--listen", "127.0.0.1:0",
+			"--store", "s3://" + bucket + "/kill", "--s3-endpoint", url}, more...)...)
 	}
-	a, aAddr, err := start("a")
+	metricsAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	a, aAddr, err := start("a", "--metrics-listen", metricsAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -302,11 +328,15 @@ func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src s
 	if err := proxy.WaitBytes(ctx, src.size.bytes/2); err != nil {
 		return nil, err
 	}
+	received, err := receivedBytes(ctx, metricsAddr)
+	if err != nil {
+		return nil, err
+	}
 	if err := a.cmd.Process.Kill(); err != nil { // the wrapper; its child dies with it (Pdeathsig)
 		return nil, err
 	}
 	_, _ = a.wait()
-	k := &s3Kill{KilledAfter: proxy.Total(faultproxy.ClientToServer)}
+	k := &s3Kill{KilledAfter: proxy.Total(faultproxy.ClientToServer), ReceivedByA: received}
 	proxy.SetUpstream(bAddr)
 	proxy.CloseConns()
 	if _, err := sp.wait(); err != nil {
@@ -326,5 +356,67 @@ func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src s
 		return nil, fmt.Errorf("reading the sender's record: %w", err)
 	}
 	k.ResumedFrom, k.Resent, k.Attempts = rec.ResumedFrom, rec.TotalSentBytes-rec.Size, rec.Attempts
+	k.SentAtKill = k.ResumedFrom + k.Resent
 	return k, nil
 }
+
+// receivedBytes reads ferry_received_bytes_total from a ferryd's /metrics
+// at addr.
+func receivedBytes(ctx context.Context, addr string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("reading metrics: %w", err)
+	}
+	defer resp.Body.Close() //nolint:errcheck // read-only
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("reading metrics: %w", err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ferry_received_bytes_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int64(f), err
+		}
+	}
+	return 0, errors.New("no ferry_received_bytes_total in the metrics")
+}
+
+// childCPU returns the CPU time (user + system) of the child of pid, the
+// process a rusage-exec wrapper runs, from /proc; 0 if unknown. The child
+// is listed under the wrapper's thread that started it, not necessarily
+// its main thread.
+func childCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var f []string
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err == nil {
+			f = append(f, strings.Fields(string(b))...)
+		}
+	}
+	if len(f) == 0 {
+		return 0
+	}
+	st, err := os.ReadFile("/proc/" + f[0] + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses: utime and
+	// stime are the 14th and 15th of the whole line, in clock ticks.
+	_, rest, ok := strings.Cut(string(st), ") ")
+	fs := strings.Fields(rest)
+	if !ok || len(fs) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(fs[11], 10, 64)
+	stt, _ := strconv.ParseInt(fs[12], 10, 64)
+	return time.Duration(ut+stt) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on
+// Linux for every architecture Go supports).
+const clockTicks = 100

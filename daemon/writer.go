@@ -80,7 +80,20 @@ func (w *chunkWriter) loop() {
 			}
 			w.mu.Unlock()
 			if err == nil && j.sync {
-				w.sync.request(j.pt)
+				if w.sync.align > 0 {
+					// A store of whole parts: the part just written is
+					// recorded before a byte of the next one is written, so
+					// that what was received and not made durable never
+					// exceeds one part and the chunk buffers
+					// (TestChunkWriterWaitsForPartRecord). Writing on would
+					// leave a slow record behind a whole further part, all
+					// of which a daemon killed then loses. The wait is one
+					// small request's; the socket takes the next chunks
+					// meanwhile. A failed sync is reported by failed.
+					_ = w.sync.flush(j.pt)
+				} else {
+					w.sync.request(j.pt)
+				}
 			}
 		}
 		if j.buf != nil {

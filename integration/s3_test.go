@@ -131,6 +131,56 @@ func TestS3DaemonKilledOtherResumes(t *testing.T) {
 	}
 }
 
+// TestS3KilledUnthrottledLosesOnePart: as TestS3DaemonKilledOtherResumes
+// but at full speed, where the gateway is the bottleneck and the daemon
+// is always behind: ferryd A is killed while it receives, and what A had
+// received past the offset B resumes from (A's durable offset) is at most
+// one part and the chunks being written and read (the chunkWriter waits
+// for each part's record before it writes the next). The rest of what the
+// sender resends was in the socket buffers and the proxy, which no daemon
+// saw; the test logs the split.
+func TestS3KilledUnthrottledLosesOnePart(t *testing.T) {
+	slow(t)
+	ctx := testContext(t)
+	gw := startGW(t)
+	gw.CreateBucket(t, "fast")
+	a := startS3Daemon(t, gw, "fast", "--metrics-listen", "127.0.0.1:0")
+	b := startS3Daemon(t, gw, "fast")
+	metrics := loggedAddr(a.waitLine(0, "metrics listening"))
+	const size = 192 << 20
+	src := filepath.Join(t.TempDir(), "fast.bin")
+	writeRandom(t, src, size, 141)
+	proxy := newProxy(t, a.addr)
+	sender := startFerry(t, sendArgs(proxy.Addr(), "--retries", "50", "--backoff", "100ms", src)...)
+	if err := proxy.WaitBytes(ctx, 96<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Read before the kill: A's durable offset can only grow after it.
+	received := int64(parseMetrics(t, scrape(t, metrics))["ferry_received_bytes_total"])
+	a.kill()
+	reached := proxy.Total(faultproxy.ClientToServer)
+	proxy.SetUpstream(b.addr)
+	proxy.CloseConns()
+	r := sender.wait()
+	wantCode(t, r, exitOK)
+	rec := onlyRecord(t, r)
+	resent := rec.TotalSentBytes - rec.Size
+	t.Logf("A killed after %d bytes through the proxy, %d received by A; B resumed from %d; resent %d: "+
+		"%d received by A and not durable, %d in socket buffers and the proxy",
+		reached, received, rec.ResumedFrom, resent, received-rec.ResumedFrom, rec.ResumedFrom+resent-received)
+	if rec.ResumedFrom%s3Part != 0 || rec.ResumedFrom <= 0 {
+		t.Errorf("resumed from %d, want a part boundary (%d) past zero", rec.ResumedFrom, s3Part)
+	}
+	if lost := received - rec.ResumedFrom; lost > s3Part+4*chunkSize {
+		t.Errorf("A had received %d bytes past the offset B resumed from (%d): more than one part (%d) and the chunks in flight",
+			lost, rec.ResumedFrom, s3Part)
+	}
+	want := fileBLAKE3(t, src)
+	if got := objectBLAKE3(t, gw, "fast", "inbox/fast.bin"); got != want || rec.BLAKE3 != want {
+		t.Errorf("committed object BLAKE3 %s (sender's %s), source's %s", got, rec.BLAKE3, want)
+	}
+}
+
 // TestS3RacingSendersOneCommits: two senders of different content race
 // on one name through two daemons on one bucket: one commits, the other
 // is refused as existing (exit 3), and the object is the winner's.

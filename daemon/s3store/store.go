@@ -497,6 +497,16 @@ func (p *partial) WriteAt(b []byte, off int64) error {
 	return nil
 }
 
+// partOptions are the options of every part upload. The payload is not
+// hashed for the request's signature (UNSIGNED-PAYLOAD): over plain
+// http, minio-go would otherwise SHA-256 every byte for a streaming
+// signature (the largest CPU cost of the S3 path, more than BLAKE3) and
+// the gateway would SHA-256 it again to check. Over https minio-go signs
+// no payload either; the TLS record MAC guards the bytes there. Over
+// plain http the gateway checks the request's signature, not the
+// payload: use https on a network that is not trusted.
+var partOptions = minio.PutObjectPartOptions{DisableContentSha256: true}
+
 // partResult is the outcome of a part's upload.
 type partResult struct {
 	etag string
@@ -524,7 +534,7 @@ func (p *partial) startPart() error {
 	pr, pw := io.Pipe()
 	done := make(chan partResult, 1)
 	go func() {
-		info, err := p.s.core.PutObjectPart(ctx(), p.s.bucket, p.s.object(name), id, n, pr, length, minio.PutObjectPartOptions{})
+		info, err := p.s.core.PutObjectPart(ctx(), p.s.bucket, p.s.object(name), id, n, pr, length, partOptions)
 		if err == nil {
 			err = io.ErrClosedPipe // a writer still writing has nowhere to go
 		} else {
@@ -571,6 +581,9 @@ func (p *partial) endPart(cause error) error {
 func (p *partial) objectOptions() minio.PutObjectOptions {
 	return minio.PutObjectOptions{
 		ContentType: "application/octet-stream",
+		// A single-part file's payload is unsigned, as a part's
+		// (partOptions).
+		DisableContentSha256: true,
 		UserMetadata: map[string]string{
 			metaMode:    strconv.FormatUint(uint64(p.st.Mode), 8),
 			metaMtimeNs: strconv.FormatInt(p.st.MtimeNs, 10),
