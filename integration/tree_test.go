@@ -174,6 +174,52 @@ func TestTreeKillDaemonThenRerun(t *testing.T) {
 	checkNoPartials(t, root)
 }
 
+// TestTreeCutThenRerun cuts the link in the middle of a tree: the sender
+// (no retries) exits 1 with some files committed; a re-run commits the
+// rest and sends, on the wire, only the data of files that were not
+// committed (plus at most the few small files in flight at the cut).
+func TestTreeCutThenRerun(t *testing.T) {
+	slow(t)
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	src := t.TempDir()
+	tree, names := writeTree(t, src, 2000, 4096, 0)
+	p := newProxy(t, d.addr)
+	p.Throttle(2 << 20)
+	p.CutAfter(3 << 20) // about 700 of the 2,000 files
+	r := runFerry(t, sendArgs(p.Addr(), "--retries", "0", tree)...)
+	wantCode(t, r, exitFailed)
+	before := make(map[string]bool)
+	for _, rec := range parseRecords(t, r.stdout) {
+		if rec.Status == "committed" {
+			before[rec.Remote] = true
+		}
+	}
+	if len(before) == 0 || len(before) == len(names) {
+		t.Fatalf("%d of %d files committed before the cut; want some", len(before), len(names))
+	}
+
+	r = runFerry(t, sendArgs(d.addr, tree)...)
+	wantCode(t, r, exitOK)
+	recs := parseRecords(t, r.stdout)
+	checkTree(t, src, root, names, recs)
+	var wire, resent int64
+	for _, rec := range recs {
+		wire += rec.SentBytes
+		if before[rec.Remote] {
+			resent += rec.SentBytes
+		}
+	}
+	missing := int64(len(names)-len(before)) * 4096
+	t.Logf("%d files committed before the cut; the re-run sent %d bytes for %d bytes of missing files (%d bytes of committed ones)",
+		len(before), wire, missing, resent)
+	if resent > 64*4096 || wire > missing+64*4096 {
+		t.Fatalf("the re-run sent %d bytes (%d of them for files committed before the cut); want about the %d bytes of the missing files",
+			wire, resent, missing)
+	}
+	checkNoPartials(t, root)
+}
+
 // alreadyCommitted reports the already_committed field of remote's record.
 func alreadyCommitted(t *testing.T, stdout, remote string) bool {
 	t.Helper()
