@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -114,7 +113,7 @@ func serveInProcess(root string, direct, useTLS bool) (addr, fingerprint string,
 			return "", "", nil, err
 		}
 		fingerprint = cert.Fingerprint()
-		ln = tls.NewListener(ln, cert.ServerTLS())
+		ln = daemon.NewTLSListener(ln, cert.ServerTLS())
 	}
 	done := make(chan error, 1)
 	go pprof.Do(context.Background(), pprof.Labels("side", "daemon"), func(context.Context) { done <- srv.Serve(ln) })
