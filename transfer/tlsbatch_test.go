@@ -73,8 +73,8 @@ func TestTLSClientBatchesRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	sizes := ws.take()
-	if max := len(frame)/TLSWriteBatch + 2; len(sizes) > max {
-		t.Errorf("a frame of %d bytes took %d socket writes (%v), want at most %d", len(frame), len(sizes), sizes, max)
+	if most := len(frame)/TLSWriteBatch + 2; len(sizes) > most {
+		t.Errorf("a frame of %d bytes took %d socket writes (%v), want at most %d", len(frame), len(sizes), sizes, most)
 	}
 	for _, n := range sizes {
 		if n > TLSWriteBatch {
