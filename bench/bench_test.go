@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
 )
 
 func TestParseSize(t *testing.T) {
@@ -250,6 +252,40 @@ func TestProfileDirectIO(t *testing.T) {
 	defer fsys.Close() //nolint:errcheck // a directory handle
 	if !store.DirectIO {
 		t.Error("-profile's store writes through the page cache; ferryd's default is --direct-io")
+	}
+}
+
+// TestProfileTLS checks that -profile's session runs inside TLS by
+// default, as every TCP session of ferry does, and that the sender pins
+// the in-process daemon's key: a plaintext profile misses the AES-GCM
+// and record-sized reads TLS costs each side.
+func TestProfileTLS(t *testing.T) {
+	cfg, err := parseFlags([]string{"ferrybench", "-profile"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.profTLS {
+		t.Fatal("-profile runs plaintext by default; ferry's TCP sessions run inside TLS")
+	}
+	addr, fingerprint, stop, err := serveInProcess(t.TempDir(), false, cfg.profTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if fingerprint == "" {
+		t.Fatal("no fingerprint for the TLS listener")
+	}
+	src := filepath.Join(t.TempDir(), "f")
+	data := bytes.Repeat([]byte("ferry"), 100000)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := sendInProcess(t.Context(), addr, fingerprint, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hash != transfer.HashBytes(data) {
+		t.Errorf("committed hash %x, want the source's", hash)
 	}
 }
 

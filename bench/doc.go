@@ -204,4 +204,8 @@
 // bench/out/cpu.prof`. With -trace FILE it also writes an execution trace
 // of the transfer, which shows where each side's goroutines wait (`go tool
 // trace FILE`: goroutine analysis, network and syscall blocking).
+// The session runs inside TLS 1.3 with a generated key, as every TCP
+// session of ferry does (-profile-tls=false for plaintext); the
+// sender's and the daemon's samples carry the label side=sender or
+// side=daemon, so `go tool pprof -tagfocus side=daemon` shows one side.
 package main

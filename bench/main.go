@@ -95,6 +95,7 @@ type config struct {
 	cpuProfile  string
 	execTrace   string
 	profDirect  bool // -profile's daemon writes with O_DIRECT, as ferryd does by default
+	profTLS     bool // -profile's session runs inside TLS, as ferry's TCP sessions do
 
 	restart     bool
 	restartSize size
@@ -148,6 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", filepath.Join("bench", "out", "cpu.prof"), "CPU profile written by -profile")
 	fs.StringVar(&cfg.execTrace, "trace", "", "execution trace written by -profile (go tool trace), none if empty")
 	fs.BoolVar(&cfg.profDirect, "profile-direct-io", true, "-profile's daemon writes chunks with O_DIRECT, as ferryd's default --direct-io does")
+	fs.BoolVar(&cfg.profTLS, "profile-tls", true, "-profile's session runs inside TLS 1.3, as every TCP session of ferry does")
 	fs.BoolVar(&cfg.restart, "restart", false, "instead of the benchmark, measure what a restarted ferryd reads to resume a large sparse partial")
 	var restartSize string
 	fs.StringVar(&restartSize, "restart-size", "16G", "size of the sparse file for -restart")

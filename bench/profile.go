@@ -33,7 +33,7 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	addr, stopServer, err := serveInProcess(filepath.Join(work, "root"), cfg.profDirect)
+	addr, fingerprint, stopServer, err := serveInProcess(filepath.Join(work, "root"), cfg.profDirect, cfg.profTLS)
 	if err != nil {
 		return err
 	}
@@ -56,7 +56,10 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	}
 	before := selfCPU()
 	start := time.Now()
-	res, err := sendInProcess(ctx, addr, src.path)
+	var hash transfer.Hash
+	pprof.Do(ctx, pprof.Labels("side", "sender"), func(ctx context.Context) {
+		hash, err = sendInProcess(ctx, addr, fingerprint, src.path)
+	})
 	wall := time.Since(start)
 	cpu := selfCPU() - before
 	pprof.StopCPUProfile()
@@ -69,34 +72,51 @@ func profile(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if got := fmt.Sprintf("%x", res.Hash[:]); got != src.blake3 {
+	if got := fmt.Sprintf("%x", hash[:]); got != src.blake3 {
 		return fmt.Errorf("committed BLAKE3 %s, source %s", got, src.blake3)
 	}
-	fmt.Fprintf(stdout, "in-process transfer of %s (%s memory, direct I/O %t): %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
-		src.size.label, cfg.memory[0], cfg.profDirect, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
+	fmt.Fprintf(stdout, "in-process transfer of %s (%s memory, direct I/O %t, TLS %t): %.3f s, %.1f MiB/s, %.2f CPU s (sender and daemon); other processes busy %.0f%% before it\n",
+		src.size.label, cfg.memory[0], cfg.profDirect, cfg.profTLS, wall.Seconds(), float64(src.size.bytes)/mib/wall.Seconds(), cpu.Seconds(), 100*bg)
 	fmt.Fprintf(stdout, "CPU profile: %s\nread it with: go tool pprof -top %s %s\n", cfg.cpuProfile, os.Args[0], cfg.cpuProfile)
+	fmt.Fprintf(stdout, "one side's samples: add -tagfocus side=sender or -tagfocus side=daemon\n")
 	return nil
 }
 
 // serveInProcess starts a daemon.Server on a loopback port with a DirStore
-// in root, as ferryd does with default settings: direct is its --direct-io.
-func serveInProcess(root string, direct bool) (addr string, stop func(), err error) {
+// in root, as ferryd does with default settings: direct is its --direct-io;
+// with useTLS the listener serves TLS 1.3 with a generated key, as
+// ferryd's TCP listeners do, and fingerprint is that key's. The server's
+// goroutines carry the profiler label side=daemon.
+func serveInProcess(root string, direct, useTLS bool) (addr, fingerprint string, stop func(), err error) {
 	fsys, store, err := inProcessStore(root, direct)
 	if err != nil {
-		return "", nil, err
+		return "", "", nil, err
 	}
 	srv, err := daemon.NewServer(daemon.Config{Store: store, Logger: slog.New(slog.DiscardHandler), Agent: "ferrybench"})
 	if err != nil {
 		_ = fsys.Close() // the error above is the one to report
-		return "", nil, err
+		return "", "", nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		_ = fsys.Close() // the error above is the one to report
-		return "", nil, err
+		return "", "", nil, err
+	}
+	addr = ln.Addr().String()
+	if useTLS {
+		// A fresh root of this process's own: no other daemon generates
+		// a key in it, so the root's lock is not needed.
+		cert, err := daemon.GeneratedCertificate(fsys)
+		if err != nil {
+			_ = ln.Close()   // the error above is the one to report
+			_ = fsys.Close() // the error above is the one to report
+			return "", "", nil, err
+		}
+		fingerprint = cert.Fingerprint()
+		ln = daemon.NewTLSListener(ln, cert.ServerTLS())
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go pprof.Do(context.Background(), pprof.Labels("side", "daemon"), func(context.Context) { done <- srv.Serve(ln) })
 	stop = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -104,7 +124,7 @@ func serveInProcess(root string, direct bool) (addr string, stop func(), err err
 		<-done                //nolint:errcheck // ErrServerClosed
 		_ = fsys.Close()      // a directory handle; nothing to flush
 	}
-	return ln.Addr().String(), stop, nil
+	return addr, fingerprint, stop, nil
 }
 
 // inProcessStore opens root as ferryd opens its root: a DirStore that
@@ -125,8 +145,22 @@ func inProcessStore(root string, direct bool) (*daemon.OSFS, *daemon.DirStore, e
 	return fsys, store, nil
 }
 
-// sendInProcess sends path to the daemon at addr as `ferry send` would.
-func sendInProcess(ctx context.Context, addr, path string) (transfer.Result, error) {
+// sendInProcess sends path to the daemon at addr as `ferry send` would:
+// inside TLS, pinning fingerprint, unless fingerprint is empty.
+func sendInProcess(ctx context.Context, addr, fingerprint, path string) (transfer.Hash, error) {
+	if fingerprint != "" {
+		s := &transfer.Sender{Addr: addr, Agent: "ferrybench", TLS: &transfer.TLSOptions{Fingerprint: fingerprint}}
+		defer s.Close() //nolint:errcheck // Send has reported the result
+		rep, err := s.Send(ctx, transfer.File{Name: filepath.Base(path), Path: path})
+		return rep.Hash, err
+	}
+	res, err := sendPlain(ctx, addr, path)
+	return res.Hash, err
+}
+
+// sendPlain sends path over a plaintext TCP session, as ferry did before
+// TLS (ferryd serves plaintext only on Unix sockets).
+func sendPlain(ctx context.Context, addr, path string) (transfer.Result, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return transfer.Result{}, err

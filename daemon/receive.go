@@ -93,7 +93,7 @@ func (ss *session) loop() error {
 		ss.readDeadline()
 		// Nothing buffered: the read waits for the network, and the
 		// committer need not wait for more files (commit.go).
-		idle := ss.r.Buffered() == 0
+		idle := !ss.buffered()
 		if idle {
 			if err := ss.flushQueued(); err != nil {
 				return err // the connection is closed

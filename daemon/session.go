@@ -28,8 +28,11 @@ type session struct {
 	ip   string          // remote IP address counted for MaxSessionsPerIP; "" if not TCP
 	in   *countingReader // conn, counting bytes for MinRate
 	r    *bufio.Reader
-	log  *slog.Logger
-	wmu  sync.Mutex // serialises frames written to conn
+	// raw buffers the socket under a TLS connection once the Hello is
+	// accepted (bufferReads); nil before, and without TLS.
+	raw *bufio.Reader
+	log *slog.Logger
+	wmu sync.Mutex // serialises frames written to conn
 	// queued holds answers of the receive loop not yet written
 	// (sendQueued); guarded by wmu. queuing says the loop queued some
 	// since its last flushQueued; the loop's own, so that it takes wmu
@@ -89,6 +92,13 @@ func newSession(srv *Server, conn net.Conn) *session {
 		r:   bufio.NewReaderSize(in, 16<<10),
 		log: srv.cfg.Logger.With("remote", conn.RemoteAddr().String()),
 	}
+}
+
+// buffered reports whether bytes of the next frames have arrived and wait
+// in the session's buffers, so that reading them need not wait for the
+// network (TLS's own buffer of one record is not seen).
+func (ss *session) buffered() bool {
+	return ss.r.Buffered() > 0 || (ss.raw != nil && ss.raw.Buffered() > 0)
 }
 
 // interrupt makes a blocked read return at once, for Shutdown.
@@ -268,6 +278,9 @@ func (ss *session) handshake() error {
 	// file's last can be written with direct I/O.
 	ss.chunkSize = min(int(h.ChunkSize), ss.srv.cfg.MaxChunkSize)
 	ss.peerMinor = h.Minor
+	// Accepted: from here on the session reads many TLS records per
+	// read system call (a pending connection holds no buffer).
+	ss.raw = bufferReads(ss.conn)
 	return ss.send(&transfer.Hello{
 		Major: transfer.ProtocolMajor, Minor: transfer.ProtocolMinor,
 		ChunkSize: uint32(ss.chunkSize), Agent: ss.srv.cfg.Agent,

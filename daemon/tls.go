@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path"
 	"sync/atomic"
@@ -238,4 +240,67 @@ func writeRootFile(fsys *OSFS, name string, b []byte) error {
 		return fmt.Errorf("renaming %s: %w", tmp, err)
 	}
 	return fsys.SyncDir(path.Dir(name))
+}
+
+// TLSReadBuffer is the size in bytes of the buffer a session's TLS
+// connection reads the socket through once its Hello is accepted: 256
+// KiB, sixteen TLS records per read system call where crypto/tls alone
+// makes about one per 16 KiB record. A connection waiting for its Hello
+// holds no such buffer.
+const TLSReadBuffer = 256 << 10
+
+// NewTLSListener returns a listener that serves TLS over ln's
+// connections with cfg, as tls.NewListener does, reading each
+// connection's socket through a buffer of TLSReadBuffer bytes from the
+// moment its session has accepted the Hello (see bufferReads).
+func NewTLSListener(ln net.Listener, cfg *tls.Config) net.Listener {
+	return &tlsListener{Listener: ln, cfg: cfg}
+}
+
+type tlsListener struct {
+	net.Listener
+	cfg *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return tls.Server(&readBufConn{Conn: c}, l.cfg), nil
+}
+
+// readBufConn is the socket under a session's tls.Conn. Reads go straight
+// to the socket until startBuffering gives it a buffer. Only the goroutine
+// that reads the tls.Conn (the session's) reads it.
+type readBufConn struct {
+	net.Conn
+	r atomic.Pointer[bufio.Reader] // atomic only so that tests may look
+}
+
+func (c *readBufConn) Read(p []byte) (int, error) {
+	if r := c.r.Load(); r != nil {
+		return r.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+// bufferReads makes conn, when NewTLSListener accepted it, read its
+// socket through a buffer of TLSReadBuffer bytes from now on, and returns
+// that buffer. Called by the session's goroutine once the Hello is
+// accepted, so that a connection still waiting for its Hello costs no
+// buffer. For any other conn it does nothing and returns nil.
+func bufferReads(conn net.Conn) *bufio.Reader {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	c, ok := tc.NetConn().(*readBufConn)
+	if !ok {
+		return nil
+	}
+	if c.r.Load() == nil {
+		c.r.Store(bufio.NewReaderSize(c.Conn, TLSReadBuffer))
+	}
+	return c.r.Load()
 }

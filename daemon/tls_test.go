@@ -1,10 +1,19 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ferry-dev/ferry/transfer"
 )
 
 // TestGeneratedCertificate: the key is made once, 0600, and kept: a
@@ -54,5 +63,96 @@ func TestGeneratedCertificate(t *testing.T) {
 	}
 	if _, err := GeneratedCertificate(fsys); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("group-readable key: %v, want a refusal saying chmod 600", err)
+	}
+}
+
+// acceptedTLS passes every connection its listener accepts to conns.
+type acceptedTLS struct {
+	net.Listener
+	conns chan *tls.Conn
+}
+
+func (l acceptedTLS) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*tls.Conn); ok {
+		l.conns <- tc
+	}
+	return c, err
+}
+
+// TestTLSReadBufferAfterHello: a connection of NewTLSListener holds no
+// read buffer while it waits for its Hello, reads its socket through a
+// buffer of TLSReadBuffer bytes once the Hello is accepted, and a file of
+// several chunks then arrives verified through it.
+func TestTLSReadBufferAfterHello(t *testing.T) {
+	fsys, err := OpenOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	store, err := NewDirStore(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := GeneratedCertificate(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(Config{Store: store, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := acceptedTLS{NewTLSListener(ln, cert.ServerTLS()), make(chan *tls.Conn, 1)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(rec) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		<-served
+	}()
+
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	tc := tls.Client(nc, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}) //nolint:gosec // the test's own daemon
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	raw, ok := (<-rec.conns).NetConn().(*readBufConn)
+	if !ok {
+		t.Fatal("NewTLSListener's connection does not read through a readBufConn")
+	}
+	if raw.r.Load() != nil {
+		t.Fatal("a connection waiting for its Hello holds a read buffer")
+	}
+	ctx := t.Context()
+	c, err := transfer.Handshake(ctx, tc, transfer.ClientOptions{Agent: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := raw.r.Load()
+	if r == nil || r.Size() != TLSReadBuffer {
+		t.Fatalf("after the Hello: read buffer %v, want %d bytes", r, TLSReadBuffer)
+	}
+	data := make([]byte, 3*transfer.DefaultChunkSize+12345)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Send(ctx, transfer.Source{R: bytes.NewReader(data), Size: int64(len(data)), Mode: 0o644, ModTime: time.Now()}, "f", transfer.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Hash != transfer.HashBytes(data) {
+		t.Errorf("committed %x, want the data's hash", res.Hash)
 	}
 }

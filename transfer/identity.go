@@ -189,7 +189,8 @@ func tlsClient(ctx context.Context, conn net.Conn, addr string, opts *TLSOptions
 		_ = conn.Close() // the configuration error is the one to report
 		return nil, err
 	}
-	tc := tls.Client(conn, cfg)
+	bc := &batchConn{Conn: conn}
+	tc := tls.Client(bc, cfg)
 	_ = conn.SetDeadline(time.Now().Add(timeout)) // a conn that cannot set one fails the handshake itself
 	err = tc.HandshakeContext(ctx)
 	_ = conn.SetDeadline(time.Time{})
@@ -206,5 +207,5 @@ func tlsClient(ctx context.Context, conn net.Conn, addr string, opts *TLSOptions
 		}
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
-	return tc, nil
+	return &batchedTLS{Conn: tc, bc: bc}, nil
 }

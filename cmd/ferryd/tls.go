@@ -64,7 +64,7 @@ func withTLS(lns []net.Listener, cfg *tls.Config) []net.Listener {
 	for i, ln := range lns {
 		out[i] = ln
 		if isTCP(ln) {
-			out[i] = tls.NewListener(ln, cfg)
+			out[i] = daemon.NewTLSListener(ln, cfg)
 		}
 	}
 	return out
