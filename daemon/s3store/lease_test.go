@@ -520,9 +520,12 @@ func (d *dropResponse) RoundTrip(req *http.Request) (*http.Response, error) {
 // lease is kept rather than reported lost.
 func TestLeaseRenewalAnswerLost(t *testing.T) {
 	s := gateway(t)
-	// 3 s, not less: under load the gateway's answers take hundreds of
-	// milliseconds, and the wait below is 2 TTLs.
-	const ttl = 3 * time.Second
+	// The retry after the lost answer comes TTL/12 later and must land,
+	// with the 412 and the read back that follows it, before TTL/3 short
+	// of the expiry: about TTL/4 for two answers of the gateway (another
+	// process), which take hundreds of milliseconds each under load. 6 s
+	// leaves 1.5 s (3 s left 0.75 s).
+	const ttl = 6 * time.Second
 	opts := s.Options()
 	opts.MaxRetries = 1 // the Leaser's retry, not minio-go's, is tested
 	drop := &dropResponse{dropped: make(chan struct{})}
