@@ -81,7 +81,8 @@ type crashMachine struct {
 	data   []byte
 	src    transfer.Source
 	canary bool
-	old    []byte // the content replace installed at remote, or nil
+	old    []byte        // the content replace installed at remote, or nil
+	locker daemon.Locker // Config.Locker of the daemons booted; nil for the default
 }
 
 func newCrashMachine(cc crashCase, canary bool) *crashMachine {
@@ -138,6 +139,7 @@ func (m *crashMachine) boot() (*daemon.Server, error) {
 		Store: store, MaxChunkSize: m.cc.chunk, SyncBytes: m.cc.syncBytes,
 		SyncInterval: time.Hour, // fsync by bytes only, so runs repeat
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Locker:       m.locker,
 	})
 }
 

@@ -221,7 +221,9 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	root := t.TempDir()
 	data := randomData(5*testChunk+100, 131)
 	leftoverCommit(t, root, "f", data)
-	srv := newServerAt(t, root, daemon.Config{})
+	// A lock slow to give back (as a lease is) would make the offer that
+	// follows the refusal busy, were the name released after the refusal.
+	srv := newServerAt(t, root, daemon.Config{Locker: &slowUnlocker{delay: 200 * time.Millisecond}})
 
 	p := srv.raw(t)
 	p.hello()
@@ -232,27 +234,12 @@ func TestLeftoverCommitNeverRewritten(t *testing.T) {
 	checkUnchanged(t, root, "f", data, "after a wrong trailer")
 
 	other := randomData(len(data), 132)
-	// The first session may still hold the name for a moment after its
-	// refusal (CodeBusy), as sendRetryBusy allows for.
-	var acc *transfer.Accept
-	for {
-		p = srv.raw(t)
-		p.hello()
-		p.write(msgFrame(checksumOffer(offerFor("f", data))))
-		m, err := p.read()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if re, ok := m.(*transfer.RemoteError); ok && re.Code == transfer.CodeBusy {
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		var ok bool
-		if acc, ok = m.(*transfer.Accept); !ok {
-			t.Fatalf("got %#v, want an Accept", m)
-		}
-		break
-	}
+	// The daemon released the name before its refusal: a new session
+	// offering it at once is never told busy.
+	p = srv.raw(t)
+	p.hello()
+	p.write(msgFrame(checksumOffer(offerFor("f", data))))
+	acc := expect[*transfer.Accept](p)
 	checkUnchanged(t, root, "f", data, "after the offer that follows")
 	if acc.DurableOffset == 0 {
 		for off := 0; off < len(other); off += testChunk {
@@ -484,4 +471,38 @@ func TestMinRateDropsTrickler(t *testing.T) {
 func checksumOffer(o *transfer.Offer) *transfer.Offer {
 	o.Flags |= transfer.OfferChecksum
 	return o
+}
+
+// TestRefusedSessionReleasesFirst: a session refused for a protocol error
+// while a transfer is open drops and releases that transfer before it
+// writes the refusal, so a new session that offers the name at once
+// resumes it instead of hearing busy (the lock here takes 200 ms to give
+// back, as a lease does).
+func TestRefusedSessionReleasesFirst(t *testing.T) {
+	data := randomData(4*testChunk, 181)
+	srv := newServer(t, daemon.Config{SyncBytes: 1, Locker: &slowUnlocker{delay: 200 * time.Millisecond}})
+	p := srv.raw(t)
+	p.hello()
+	p.write(msgFrame(offerFor("f", data)))
+	expect[*transfer.Accept](p)
+	p.write(msgFrame(&transfer.Data{ID: 1}), chunkFrame(0, data[:testChunk], int64(len(data))))
+	p.write(msgFrame(&transfer.Trailer{ID: 7})) // no such transfer: a protocol error
+	for {
+		m, err := p.read()
+		if err != nil {
+			t.Fatalf("waiting for the refusal: %v", err)
+		}
+		if re, ok := m.(*transfer.RemoteError); ok {
+			if re.ID != 0 || re.Code != transfer.CodeProtocol {
+				t.Fatalf("refusal %+v, want the session's, for a protocol error", re)
+			}
+			break
+		}
+	}
+	p = srv.raw(t)
+	p.hello()
+	p.write(msgFrame(offerFor("f", data)))
+	if acc := expect[*transfer.Accept](p); acc.DurableOffset != testChunk {
+		t.Fatalf("accept %+v, want a resume at %d", acc, testChunk)
+	}
 }

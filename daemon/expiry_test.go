@@ -78,7 +78,12 @@ func TestExpirePartials(t *testing.T) {
 	clock.ns.Store(time.Now().UnixNano())
 	var logs lockedBuffer
 	reg := prometheus.NewRegistry()
-	srv, err := daemon.NewServer(daemon.Config{Store: store, PartialTTL: time.Hour, Now: clock.Now,
+	// The server gets the store without its PartialKeeper methods, so
+	// that it starts no background expiry loop: that loop's first pass
+	// could otherwise run after the clock is advanced and remove the old
+	// partial before the test's own pass. The passes below are the
+	// test's, on the store itself.
+	srv, err := daemon.NewServer(daemon.Config{Store: struct{ daemon.Store }{store}, PartialTTL: time.Hour, Now: clock.Now,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)

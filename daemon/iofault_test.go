@@ -495,3 +495,61 @@ func TestIOFaultRefusalDuringSlowFsync(t *testing.T) {
 	m.fs.SetLatency(nil)
 	m.finish(t, srv, m.checkDurable(t, a.told))
 }
+
+// slowUnlocker is a MemLocker whose locks take delay to give back, as a
+// lease's release is a round trip to the store (s3store).
+type slowUnlocker struct {
+	daemon.MemLocker
+	delay time.Duration
+}
+
+func (l *slowUnlocker) Lock(ctx context.Context, key string) (daemon.Lock, error) {
+	lk, err := l.MemLocker.Lock(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return slowLock{lk, l.delay}, nil
+}
+
+type slowLock struct {
+	daemon.Lock
+	delay time.Duration
+}
+
+func (l slowLock) Unlock() error {
+	time.Sleep(l.delay) // the store's round trip
+	return l.Lock.Unlock()
+}
+
+// TestIOFaultRetryAfterRefusalNotBusy: a transfer refused at its trailer
+// (the last fsync failed) is released before the refusal is written, so a
+// sender that retries at once resumes rather than hearing CodeBusy while
+// the daemon still gives the transfer back (here a lock whose release
+// takes 300 ms, as a lease's does).
+func TestIOFaultRetryAfterRefusalNotBusy(t *testing.T) {
+	m := newCrashMachine(iofCase, false)
+	m.locker = &slowUnlocker{delay: 300 * time.Millisecond}
+	var written atomic.Bool // the last chunk was written: the sender sent all
+	fault, fired := failNth(1, syscall.EIO, func(op crashfs.Op) bool {
+		if !strings.HasSuffix(op.Name, ".data") {
+			return false
+		}
+		if op.Kind == crashfs.OpWrite && op.Off+int64(op.Len) == int64(len(m.data)) {
+			written.Store(true)
+		}
+		return op.Kind == crashfs.OpSync && written.Load()
+	})
+	m.fs.SetFault(fault)
+	srv := m.mustBoot(t)
+	if a := m.send(srv); !fired.Load() || !errors.Is(a.err, transfer.ErrInternal) {
+		t.Fatalf("fault fired %v, send: %v; want the daemon's refusal", fired.Load(), a.err)
+	}
+	a := m.send(srv) // at once, no retry on busy
+	if a.err != nil {
+		t.Fatalf("send right after the refusal: %v", a.err)
+	}
+	if a.res.ResumedFrom == 0 {
+		t.Errorf("resumed from 0, want the durable offset before the failed fsync")
+	}
+	m.checkDurablyCommitted(t)
+}

@@ -76,10 +76,7 @@ func (ss *session) serve() error {
 	}
 	// Whatever ended the session, verified data is made durable: open
 	// transfers flush, and the files whose trailers verified commit.
-	for _, t := range ss.transfers {
-		ss.srv.met.ended(outcomeInterrupted)
-		ss.dropTransfer(t, err)
-	}
+	ss.dropOpen(err)
 	ss.commits.close()
 	if ss.writing != nil { // not reached: the transfer it writes for was open
 		_ = ss.writing.stopWriter()
@@ -211,8 +208,8 @@ func (ss *session) stopWriting() {
 		t := rx.t
 		err = storageError("writing chunk", err)
 		cur := ss.cur == t
-		ss.refuseTransfer(t, err)
 		ss.dropTransfer(t, err)
+		ss.refuseTransfer(t, err)
 		if cur {
 			ss.cur = &rxTransfer{id: t.id, skip: true}
 		}
@@ -244,8 +241,8 @@ func (ss *session) chunk(c *transfer.Chunk, rx *receiver, buf []byte) error {
 	}
 	// The transfer fails, the session goes on: the rest of the run is
 	// dropped.
-	ss.refuseTransfer(t, err)
 	ss.dropTransfer(t, err)
+	ss.refuseTransfer(t, err)
 	ss.cur = &rxTransfer{id: t.id, skip: true}
 	return nil
 }
@@ -270,8 +267,8 @@ func (ss *session) zeroChunk(z *transfer.ZeroChunk, rx *receiver) error {
 		ss.refuse(err)
 		return err
 	}
-	ss.refuseTransfer(t, err)
 	ss.dropTransfer(t, err)
+	ss.refuseTransfer(t, err)
 	ss.cur = &rxTransfer{id: t.id, skip: true}
 	return nil
 }
@@ -305,10 +302,12 @@ func (ss *session) offer(o *transfer.Offer) error {
 		if errors.Is(err, errSessionBroken) {
 			return nil // the write failed; the next read ends the session
 		}
+		// Released before the refusal is written: a sender that
+		// retries on it must not find the name busy.
+		ss.settled(t)
 		if !errors.Is(err, errUnchanged) {
 			ss.refuseTransfer(t, err)
 		}
-		ss.settled(t)
 		t.skip = true
 		return nil
 	}
@@ -534,8 +533,8 @@ func (ss *session) trailer(m *transfer.Trailer) error {
 		return fmt.Errorf("%w: trailer at offset %d of %d", transfer.ErrProtocol, t.rx.next, t.o.Size)
 	}
 	if err := t.rx.finish(m); err != nil {
-		ss.refuseTransfer(t, err)
 		ss.dropTransfer(t, err)
+		ss.refuseTransfer(t, err)
 		return nil
 	}
 	ss.forget(t)
@@ -549,22 +548,11 @@ func (ss *session) trailer(m *transfer.Trailer) error {
 func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 	o := t.o
 	ss.forget(t)
-	defer ss.settled(t)
-	f, err := ss.srv.cfg.Store.OpenCommitted(o.Name)
+	h, err := ss.committedHash(o)
+	// Released before the answer is written, as dropTransfer is.
+	ss.settled(t)
 	if err != nil {
-		ss.refuseTransfer(t, fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
-		return
-	}
-	defer f.Close() //nolint:errcheck // opened read-only
-	// The BLAKE3 recorded at its commit, if it still describes the file;
-	// otherwise the one case where the daemon re-reads a whole file, in
-	// parallel.
-	h, ok := storedHash(f, o.Size, o.MtimeNs)
-	if !ok {
-		h, err = transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
-	}
-	if err != nil {
-		ss.refuseTransfer(t, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err))
+		ss.refuseTransfer(t, err)
 		return
 	}
 	if h != sent {
@@ -575,6 +563,26 @@ func (ss *session) confirmCommitted(t *rxTransfer, sent transfer.Hash) {
 	ss.stats.committed.Add(1)
 	ss.srv.met.ended(outcomeUnchanged)
 	_ = ss.send(&transfer.Committed{ID: t.id, Flags: transfer.CommittedAlready, Size: o.Size, Hash: h}) // a failed write ends the session
+}
+
+// committedHash returns the BLAKE3 of the committed file that o names:
+// the one recorded at its commit, if it still describes the file;
+// otherwise the one case where the daemon re-reads a whole file, in
+// parallel. Errors wrap transfer.ErrInternal.
+func (ss *session) committedHash(o *transfer.Offer) (transfer.Hash, error) {
+	f, err := ss.srv.cfg.Store.OpenCommitted(o.Name)
+	if err != nil {
+		return transfer.Hash{}, fmt.Errorf("%w: opening %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	defer f.Close() //nolint:errcheck // opened read-only
+	h, ok := storedHash(f, o.Size, o.MtimeNs)
+	if !ok {
+		h, err = transfer.HashAt(ss.srv.ctx, f, o.Size, ss.chunkSize, transfer.HashWorkers(ss.chunkSize))
+	}
+	if err != nil {
+		return transfer.Hash{}, fmt.Errorf("%w: hashing %s: %v", transfer.ErrInternal, transfer.QuoteName(o.Name), err)
+	}
+	return h, nil
 }
 
 // refuseTransfer refuses one transfer and logs it; the session goes on.
@@ -605,6 +613,9 @@ func (ss *session) refuseTransfer(t *rxTransfer, err error) {
 // drop ends an open transfer that will not commit in this session: its
 // verified data is made durable (the next attempt resumes after it) and
 // everything it holds is given back. why is logged, when not nil.
+// Callers drop a transfer before they refuse it: a sender that retries at
+// once on the refusal then finds the name free and the durable offset
+// final, never CodeBusy.
 func (ss *session) dropTransfer(t *rxTransfer, why error) {
 	ss.forget(t)
 	if ss.cur == t {
@@ -624,6 +635,18 @@ func (ss *session) dropTransfer(t *rxTransfer, why error) {
 		}
 	}
 	ss.settled(t)
+}
+
+// dropOpen drops every open transfer of a session that is ending because
+// of why: each is counted interrupted, made durable and released. The
+// session's last answer (a refusal) is written after it, so that a sender
+// that retries on that answer finds its names free. Called by the
+// session's goroutine, which owns ss.transfers.
+func (ss *session) dropOpen(why error) {
+	for _, t := range ss.transfers {
+		ss.srv.met.ended(outcomeInterrupted)
+		ss.dropTransfer(t, why)
+	}
 }
 
 // forget takes t out of the open transfers.

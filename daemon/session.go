@@ -198,8 +198,10 @@ func (ss *session) writeFailed() {
 	_ = ss.conn.Close() // the write's error is the one that matters
 }
 
-// refuse sends a refusal and logs it on one line.
+// refuse sends a refusal, which ends the session, and logs it on one
+// line. The session's open transfers are dropped first (dropOpen).
 func (ss *session) refuse(err error) {
+	ss.dropOpen(err)
 	code := transfer.CodeOf(err)
 	msg := err.Error()
 	var re *transfer.RemoteError
@@ -297,6 +299,7 @@ func (ss *session) readFailed(err error) error {
 		ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
 	case ss.dropReason() != nil:
 		err = ss.dropReason()
+		ss.dropOpen(err)
 		_ = ss.send(&transfer.RemoteError{Code: transfer.CodeOf(err), Message: err.Error()}) // drop logged it; send closes on failure
 	case errors.As(err, &ne) && ne.Timeout():
 		err = fmt.Errorf("%w: no frame for %v", transfer.ErrTimeout, ss.srv.cfg.IdleTimeout)

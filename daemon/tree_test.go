@@ -346,13 +346,15 @@ func TestResumeAcrossChunkSizes(t *testing.T) {
 	}
 }
 
-// sendRetry sends source(data) as "f" on c, retrying while the name is
-// still held by a session that just ended.
+// sendRetry sends source(data) as "f" on c, retrying for up to 5 s while
+// the name is still held by a session the test cut, which the daemon
+// notices when its read fails.
 func (s *testServer) sendRetry(t *testing.T, c *transfer.Client, data []byte) (transfer.Result, error) {
 	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		res, err := c.Send(context.Background(), source(data), "f", transfer.SendOptions{})
-		if !errors.Is(err, transfer.ErrBusy) {
+		if !errors.Is(err, transfer.ErrBusy) || time.Now().After(deadline) {
 			return res, err
 		}
 		time.Sleep(10 * time.Millisecond)

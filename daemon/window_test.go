@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,13 +193,69 @@ func (c *windowCut) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// releaseLocker is a MemLocker that tells when the daemon has given back
+// every lock it took.
+type releaseLocker struct {
+	daemon.MemLocker
+	held     atomic.Int64
+	released chan struct{} // a value after a release that left none held
+}
+
+func newReleaseLocker() *releaseLocker { return &releaseLocker{released: make(chan struct{}, 1)} }
+
+func (l *releaseLocker) Lock(ctx context.Context, key string) (daemon.Lock, error) {
+	lk, err := l.MemLocker.Lock(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	l.held.Add(1)
+	return &releaseLock{Lock: lk, l: l}, nil
+}
+
+type releaseLock struct {
+	daemon.Lock
+	l    *releaseLocker
+	once sync.Once
+}
+
+func (r *releaseLock) Unlock() error {
+	err := r.Lock.Unlock()
+	r.once.Do(func() {
+		if r.l.held.Add(-1) == 0 {
+			select {
+			case r.l.released <- struct{}{}:
+			default:
+			}
+		}
+	})
+	return err
+}
+
+// waitFree waits up to within until no lock is held, and reports whether
+// none is.
+func (l *releaseLocker) waitFree(within time.Duration) bool {
+	deadline := time.After(within)
+	for l.held.Load() > 0 {
+		select {
+		case <-l.released:
+		case <-deadline:
+			return false
+		}
+	}
+	return true
+}
+
 // TestWindowCutAndResume cuts the link in the middle of a window (a big
 // file streaming after many small ones); the Sender reconnects and offers
 // again only the files that did not settle, the big one resuming from its
-// durable offset. (The first session may still hold the big file's name
-// when the second offers it: a busy refusal and one more attempt.)
+// durable offset. The second session is dialled once the daemon has
+// noticed the cut and released the first session's transfers: before
+// that it would answer busy, for as long as a loaded machine takes to
+// flush the big file, which the Sender's few quick retries here may not
+// outlast.
 func TestWindowCutAndResume(t *testing.T) {
-	srv := newServer(t, daemon.Config{SyncBytes: 2 * testChunk})
+	locker := newReleaseLocker()
+	srv := newServer(t, daemon.Config{SyncBytes: 2 * testChunk, Locker: locker})
 	dir := t.TempDir()
 	var files []transfer.File
 	var want [][]byte
@@ -218,11 +275,13 @@ func TestWindowCutAndResume(t *testing.T) {
 	s := &transfer.Sender{Addr: "pipe", ChunkSize: testChunk, Retries: 3, Backoff: 10 * time.Millisecond,
 		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			dials++
-			c := srv.dial(t)
 			if dials == 1 {
-				return &windowCut{Conn: c, budget: 40*3000 + 32*testChunk, committed: make(chan struct{})}, nil
+				return &windowCut{Conn: srv.dial(t), budget: 40*3000 + 32*testChunk, committed: make(chan struct{})}, nil
 			}
-			return c, nil
+			if !locker.waitFree(10 * time.Second) {
+				t.Errorf("the daemon still holds %d transfers 10 s after the cut", locker.held.Load())
+			}
+			return srv.dial(t), nil
 		}}
 	defer s.Close()
 	reps := make(map[string]transfer.Report)

@@ -310,31 +310,46 @@ func TestLeaseUnlockAfterTakeover(t *testing.T) {
 // closes Lost, and the lease is still refused to others until it expires.
 func TestLeaseGatewayRestart(t *testing.T) {
 	s := gateway(t)
-	// Long enough that a loaded machine restarts the gateway well within
-	// the TTL/3 the outage leaves before the lease is given up.
-	const ttl = 6 * time.Second
-	a := leaser(t, s, "a", ttl, 0)
+	// From a renewal that fails (TTL/3 after the last one) the holder
+	// retries every TTL/12 until TTL/3 short of the expiry: the gateway,
+	// another process, has about TTL/4 to restart. Under load a restart
+	// takes up to a second or so, and the first answers after it hundreds
+	// of milliseconds: 12 s leaves 3 s for the restart.
+	const ttl = 12 * time.Second
 	// Without minio-go's own retries, a renewal during the outage fails
 	// at once and the Leaser's retries are the ones tested.
 	opts := s.Options()
 	opts.MaxRetries = 1
+	fail := &failedPut{failed: make(chan struct{})}
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail.next = tr
+	opts.Transport = fail
 	client, err := minio.New(s.Endpoint, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := leaser(t, s, "a", ttl, 0)
 	a.Core = &minio.Core{Client: client}
 	b := leaser(t, s, "b", ttl, 0)
 	lk := mustLock(t, a, "f")
-	// An outage of TTL/3 + 200 ms right after a renewal makes the next
-	// renewal fail; its retries succeed once the gateway is back, before
-	// TTL/3 short of the expiry.
-	waitRenewal(t, s, "store/.ferry/leases/f.lease", 2*ttl)
-	renewed := time.Now()
+	// The gateway stops until a renewal has failed against it; then its
+	// retries must succeed once it is back.
+	fail.armed.Store(true)
 	s.Stop()
-	time.Sleep(ttl/3 + 200*time.Millisecond)
+	select {
+	case <-fail.failed:
+	case <-time.After(2 * ttl):
+		t.Fatalf("no renewal tried within %v of the gateway stopping", 2*ttl)
+	}
+	failed := time.Now()
 	s.Restart()
-	if back := time.Since(renewed); back > 2*ttl/3-time.Second {
-		t.Fatalf("the gateway took until %v after the last renewal to restart; the test needs it back within %v", back, 2*ttl/3-time.Second)
+	took := time.Since(failed)
+	t.Logf("gateway back %v after the failed renewal", took)
+	if took > ttl/4 {
+		t.Fatalf("the gateway took %v to restart; the test needs it back within %v of the failed renewal", took, ttl/4)
 	}
 	waitRenewal(t, s, "store/.ferry/leases/f.lease", 2*ttl)
 	if isLost(lk) {
@@ -350,6 +365,23 @@ func TestLeaseGatewayRestart(t *testing.T) {
 	if _, err := b.Lock(testContext(t), "f"); !errors.Is(err, daemon.ErrLocked) {
 		t.Fatalf("b while a's lost lease has not expired: %v, want ErrLocked", err)
 	}
+}
+
+// failedPut is an http.RoundTripper that, once armed, closes failed when a
+// PUT does not reach the gateway: a renewal that met an outage.
+type failedPut struct {
+	next   http.RoundTripper
+	armed  atomic.Bool
+	once   sync.Once
+	failed chan struct{}
+}
+
+func (f *failedPut) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := f.next.RoundTrip(req)
+	if err != nil && req.Method == http.MethodPut && f.armed.Load() {
+		f.once.Do(func() { close(f.failed) })
+	}
+	return resp, err
 }
 
 // waitRenewal waits up to within until the ETag of lease object name
@@ -488,9 +520,12 @@ func (d *dropResponse) RoundTrip(req *http.Request) (*http.Response, error) {
 // lease is kept rather than reported lost.
 func TestLeaseRenewalAnswerLost(t *testing.T) {
 	s := gateway(t)
-	// 3 s, not less: under load the gateway's answers take hundreds of
-	// milliseconds, and the wait below is 2 TTLs.
-	const ttl = 3 * time.Second
+	// The retry after the lost answer comes TTL/12 later and must land,
+	// with the 412 and the read back that follows it, before TTL/3 short
+	// of the expiry: about TTL/4 for two answers of the gateway (another
+	// process), which take hundreds of milliseconds each under load. 6 s
+	// leaves 1.5 s (3 s left 0.75 s).
+	const ttl = 6 * time.Second
 	opts := s.Options()
 	opts.MaxRetries = 1 // the Leaser's retry, not minio-go's, is tested
 	drop := &dropResponse{dropped: make(chan struct{})}
