@@ -136,7 +136,11 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	url := "http://" + endpoint
 	res := s3Result{Size: sz.bytes, PartSize: s3store.DefaultPartSize}
 	gwCPU := func() time.Duration { return childCPU(gw.cmd.Process.Pid) }
-	if res.IdleRSS, err = idleRSS(ctx, work, ferryd, bucket, url); err != nil {
+	tlsArgs, err := s3TLS(ctx, work, ferryd)
+	if err != nil {
+		return err
+	}
+	if res.IdleRSS, err = idleRSS(ctx, work, ferryd, bucket, url, tlsArgs); err != nil {
 		return err
 	}
 	for r := range *rounds {
@@ -151,14 +155,14 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		_ = client.RemoveObject(ctx, bucket, fmt.Sprintf("direct-%d", r), minio.RemoveObjectOptions{})
 		settle(3*time.Second, time.Minute, stderr)
 		logs := filepath.Join(work, fmt.Sprintf("round-%d", r))
-		dp, addr, err := startListener(ctx, logs+"-ferryd.log", ferryd, "--listen", "127.0.0.1:0",
-			"--store", fmt.Sprintf("s3://%s/ferry-%d", bucket, r), "--s3-endpoint", url)
+		dp, addr, err := startListener(ctx, logs+"-ferryd.log", ferryd, append([]string{"--listen", "127.0.0.1:0",
+			"--store", fmt.Sprintf("s3://%s/ferry-%d", bucket, r), "--s3-endpoint", url}, tlsArgs...)...)
 		if err != nil {
 			return err
 		}
 		g0 = gwCPU()
 		start := time.Now()
-		sp, err := startProc(ctx, logs+"-ferry.log", ferry, "send", "--to", addr, "--json", src.path)
+		sp, err := startProc(ctx, logs+"-ferry.log", ferry, "send", "--to", addr, "--fingerprint", dp.fingerprint, "--json", src.path)
 		if err != nil {
 			return err
 		}
@@ -193,7 +197,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "median ratio ferry/direct %.2f (target ≤ 1.25); ferryd idle RSS %d MiB, part %d MiB\n",
 		res.MedianRatio, res.IdleRSS/mib, res.PartSize/mib)
 	if *kill {
-		k, err := killRun(ctx, work, ferry, ferryd, bucket, url, src)
+		k, err := killRun(ctx, work, ferry, ferryd, bucket, url, src, tlsArgs)
 		if err != nil {
 			return fmt.Errorf("kill run: %w", err)
 		}
@@ -242,9 +246,9 @@ func waitGateway(ctx context.Context, c *minio.Client) error {
 
 // idleRSS returns the peak RSS of a ferryd on the bucket that served
 // nothing: the constant the per-session part comes on top of.
-func idleRSS(ctx context.Context, work, ferryd, bucket, url string) (int64, error) {
-	p, _, err := startListener(ctx, filepath.Join(work, "idle-ferryd.log"), ferryd, "--listen", "127.0.0.1:0",
-		"--store", "s3://"+bucket+"/idle", "--s3-endpoint", url)
+func idleRSS(ctx context.Context, work, ferryd, bucket, url string, tlsArgs []string) (int64, error) {
+	p, _, err := startListener(ctx, filepath.Join(work, "idle-ferryd.log"), ferryd, append([]string{"--listen", "127.0.0.1:0",
+		"--store", "s3://" + bucket + "/idle", "--s3-endpoint", url}, tlsArgs...)...)
 	if err != nil {
 		return 0, err
 	}
@@ -296,10 +300,10 @@ func directUpload(ctx context.Context, core *minio.Core, bucket, key, path strin
 // killRun sends src to ferryd A through a proxy, kills A with SIGKILL
 // halfway, points the proxy at ferryd B, and reads from the sender's
 // record how much it resent.
-func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src source) (*s3Kill, error) {
+func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src source, tlsArgs []string) (*s3Kill, error) {
 	start := func(name string, more ...string) (*proc, string, error) {
-		return startListener(ctx, filepath.Join(work, "kill-"+name+".log"), ferryd, append([]string{"--listen", "127.0.0.1:0",
-			"--store", "s3://" + bucket + "/kill", "--s3-endpoint", url}, more...)...)
+		return startListener(ctx, filepath.Join(work, "kill-"+name+".log"), ferryd, append(append([]string{"--listen", "127.0.0.1:0",
+			"--store", "s3://" + bucket + "/kill", "--s3-endpoint", url}, tlsArgs...), more...)...)
 	}
 	metricsAddr, err := freeAddr()
 	if err != nil {
@@ -320,7 +324,7 @@ func killRun(ctx context.Context, work, ferry, ferryd, bucket, url string, src s
 		return nil, err
 	}
 	defer proxy.Close() //nolint:errcheck // loopback
-	sp, err := startProc(ctx, filepath.Join(work, "kill-ferry.log"), ferry, "send", "--to", proxy.Addr(), "--json",
+	sp, err := startProc(ctx, filepath.Join(work, "kill-ferry.log"), ferry, "send", "--to", proxy.Addr(), "--fingerprint", a.fingerprint, "--json",
 		"--retries", "100", "--backoff", "50ms", src.path)
 	if err != nil {
 		return nil, err
@@ -420,3 +424,19 @@ func childCPU(pid int) time.Duration {
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on
 // Linux for every architecture Go supports).
 const clockTicks = 100
+
+// s3TLS returns the --tls-cert and --tls-key flags every ferryd of the
+// run serves: --store has no root to generate a key in, and the daemons
+// sharing a bucket present one key. ferryd makes it, as `ferryd
+// fingerprint` does for a root.
+func s3TLS(ctx context.Context, work, ferryd string) ([]string, error) {
+	dir := filepath.Join(work, "tls-root")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if out, err := exec.CommandContext(ctx, ferryd, "fingerprint", "--root", dir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ferryd fingerprint: %v: %s", err, out)
+	}
+	tlsDir := filepath.Join(dir, ".ferry", "tls")
+	return []string{"--tls-cert", filepath.Join(tlsDir, "cert.pem"), "--tls-key", filepath.Join(tlsDir, "key.pem")}, nil
+}
