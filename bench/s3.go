@@ -435,7 +435,7 @@ func s3TLS(ctx context.Context, work, ferryd string) ([]string, error) {
 		return nil, err
 	}
 	if out, err := exec.CommandContext(ctx, ferryd, "fingerprint", "--root", dir).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ferryd fingerprint: %v: %s", err, out)
+		return nil, fmt.Errorf("ferryd fingerprint: %w: %s", err, out)
 	}
 	tlsDir := filepath.Join(dir, ".ferry", "tls")
 	return []string{"--tls-cert", filepath.Join(tlsDir, "cert.pem"), "--tls-key", filepath.Join(tlsDir, "key.pem")}, nil
