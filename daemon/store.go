@@ -694,8 +694,16 @@ func (p *dirPartial) Sync(stack *transfer.MergeStack) (int64, error) {
 	}
 	st := p.st
 	st.DurableOffset, st.Stack = stack.Offset(), *stack
-	if err := p.writeState(&st); err != nil {
-		return p.st.DurableOffset, classify(err)
+	if err := classify(p.writeState(&st)); err != nil {
+		if p.prealloc && errors.Is(err, transfer.ErrNoSpace) {
+			// The file system filled after admission: the data's blocks
+			// are held, but a new state record needs one more. The old
+			// record stands (temp + rename), so report the offset it
+			// holds and let the transfer go on to its commit, which needs
+			// no record; a crash meanwhile resumes from that offset.
+			return p.st.DurableOffset, nil
+		}
+		return p.st.DurableOffset, err
 	}
 	p.st = st
 	return st.DurableOffset, nil

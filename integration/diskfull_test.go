@@ -103,12 +103,15 @@ func TestDiskFullMidTransfer(t *testing.T) {
 
 // TestDiskFullAfterAdmission: with preallocation (ferryd's default) a
 // transfer that was admitted holds its blocks, so filling the file system
-// while it runs does not stop it: it commits, bit-identical.
+// while it runs does not stop it: it commits, bit-identical. Its state
+// records, which need a new block each, cannot be written meanwhile; the
+// transfer goes on with the durable offset of the last one (an fsync per
+// MiB, so that many are attempted on the full disk).
 func TestDiskFullAfterAdmission(t *testing.T) {
 	ctx := testContext(t)
 	fs := mountTmpfs(t, "24m")
 	root := filepath.Join(fs, "root")
-	d := startDaemon(t, root)
+	d := startDaemon(t, root, "--sync-bytes", "1048576")
 	p := newProxy(t, d.addr)
 	p.Throttle(16 << 20)
 	src := filepath.Join(t.TempDir(), "data.bin")
