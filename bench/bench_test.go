@@ -154,7 +154,7 @@ func TestRusageExecSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // let the wrapper start sleep; a stop before that is also handled
+	waitChild(t, p, "sleep") // the wrapper has started it
 	u, err := p.stop()
 	if err != nil {
 		t.Fatal(err)
@@ -224,14 +224,21 @@ func TestChildPID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.stop() //nolint:errcheck // only ends the sleep
+	waitChild(t, p, "sleep")
+}
+
+// waitChild waits until childPID of p's wrapper names the program name:
+// the wrapper has started it.
+func waitChild(t *testing.T, p *proc, name string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", childPID(p.cmd.Process.Pid)))
-		if string(bytes.TrimSpace(comm)) == "sleep" {
+		if string(bytes.TrimSpace(comm)) == name {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("childPID of the wrapper names %q, want sleep", comm)
+			t.Fatalf("childPID of the wrapper names %q, want %s", comm, name)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -34,33 +33,12 @@ func (s spaceStore) FreeSpace() int64 { return s.free }
 // logging to log (nil: nowhere).
 func newSpaceServer(t *testing.T, free int64, cfg daemon.Config, log slog.Handler) *testServer {
 	t.Helper()
-	root := t.TempDir()
-	fsys, err := daemon.OpenOSFS(root)
-	if err != nil {
-		t.Fatal(err)
+	if log != nil {
+		cfg.Logger = slog.New(log)
 	}
-	store, err := daemon.NewDirStore(fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Store = spaceStore{store, free}
-	if log == nil {
-		log = slog.NewTextHandler(io.Discard, nil)
-	}
-	cfg.Logger = slog.New(log)
-	srv, err := daemon.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		fsys.Close()
+	return newServerWrapped(t, t.TempDir(), cfg, func(s daemon.Store) daemon.Store {
+		return spaceStore{s.(*daemon.DirStore), free}
 	})
-	return &testServer{Server: srv, root: root}
 }
 
 // msgHandler passes the message of every log record to a channel.

@@ -48,11 +48,22 @@ func newServerAt(t *testing.T, root string, cfg daemon.Config) *testServer {
 // wrap, if not nil.
 func newServerWrapped(t *testing.T, root string, cfg daemon.Config, wrap func(daemon.Store) daemon.Store) *testServer {
 	t.Helper()
+	return newServerOn(t, root, cfg, nil, wrap)
+}
+
+// newServerOn is newServerWrapped with the root's FS passed through
+// wrapFS too, if not nil, before the DirStore is made on it.
+func newServerOn(t *testing.T, root string, cfg daemon.Config, wrapFS func(daemon.FS) daemon.FS, wrap func(daemon.Store) daemon.Store) *testServer {
+	t.Helper()
 	fsys, err := daemon.OpenOSFS(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := daemon.NewDirStore(fsys)
+	var sfs daemon.FS = fsys
+	if wrapFS != nil {
+		sfs = wrapFS(fsys)
+	}
+	store, err := daemon.NewDirStore(sfs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,30 +112,12 @@ func (f *countingFile) ReadAt(p []byte, off int64) (int, error) {
 // it reads from partial data files.
 func newCountingServer(t *testing.T, root string, cfg daemon.Config) (*testServer, *countingFS) {
 	t.Helper()
-	osfs, err := daemon.OpenOSFS(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfs := &countingFS{FS: osfs}
-	store, err := daemon.NewDirStore(cfs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Store = store
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := daemon.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		osfs.Close()
-	})
-	return &testServer{Server: srv, root: root}, cfs
+	var cfs *countingFS
+	srv := newServerOn(t, root, cfg, func(fs daemon.FS) daemon.FS {
+		cfs = &countingFS{FS: fs}
+		return cfs
+	}, nil)
+	return srv, cfs
 }
 
 // makeDurable sends the chunks of data in [0, d) to srv frame by frame,
