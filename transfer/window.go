@@ -89,8 +89,8 @@ type window struct {
 	ctx  context.Context
 	opts WindowOptions
 
-	mu       sync.Mutex
-	kick     chan struct{} // cap 1: something changed
+	mu   sync.Mutex
+	kick chan struct{} // cap 1: something changed
 	// moved is broadcast (with mu) when a durable offset grows, a
 	// flight is nacked or settles, or the session fails: what a writer
 	// waiting for room in a durable window (awaitWindow) waits for.
