@@ -525,7 +525,9 @@ func (p *partial) WriteAt(b []byte, off int64) error {
 		p.mu.Unlock()
 		b = b[n:]
 		if full {
-			p.handOver()
+			if err := p.handOver(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -557,9 +559,6 @@ type partResult struct {
 // startPart starts the upload of the next part on a pipe, starting the
 // multipart upload first if needed.
 func (p *partial) startPart() error {
-	if err := p.collect(); err != nil {
-		return err
-	}
 	p.mu.Lock()
 	name, id, start := p.st.Name, p.uploadID, p.bufStart
 	length := min(p.partSize, p.st.Size-start)
@@ -597,15 +596,27 @@ func (p *partial) startPart() error {
 }
 
 // handOver ends the part being streamed after its last byte: its upload
-// goes on, and collect (the part boundary's Sync, the next part, the
-// commit) waits for its answer.
-func (p *partial) handOver() {
+// goes on, and collect (the part boundary's Sync, the next handOver, the
+// commit) waits for its answer. The upload of the next part, if the file
+// has one, starts at once: its request waits for its first byte at the
+// gateway while this part is answered and recorded, instead of starting
+// after (the sender waits at each part boundary, Accept.Window). It
+// returns the error of the part handed over before, if that failed.
+func (p *partial) handOver() error {
+	if err := p.collect(); err != nil { // one part handed over at a time
+		return err
+	}
 	_ = p.pw.Close() // the reader sees EOF; closing a pipe does not fail
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.handed = &handedPart{done: p.partDone, number: p.partNum, length: p.partLen}
 	p.bufStart += p.partLen
 	p.pw, p.partDone, p.streamed = nil, nil, 0
+	more := p.bufStart < p.st.Size
+	p.mu.Unlock()
+	if more {
+		_ = p.startPart() // cannot fail with the upload started; WriteAt starts it otherwise
+	}
+	return nil
 }
 
 // collect waits for the answer of the part handed over, if any, and
