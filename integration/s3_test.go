@@ -153,7 +153,7 @@ func TestS3KilledUnthrottledLosesOnePart(t *testing.T) {
 	writeRandom(t, src, size, 141)
 	proxy := newProxy(t, a.addr)
 	sender := startFerry(t, sendArgs(proxy.Addr(), "--retries", "50", "--backoff", "100ms", src)...)
-	if err := proxy.WaitBytes(ctx, 96<<20); err != nil {
+	if err := proxy.WaitBytes(ctx, 100<<20); err != nil { // mid-part: 12.5 parts
 		t.Fatal(err)
 	}
 	// Read before the kill: A's durable offset can only grow after it.
