@@ -490,8 +490,9 @@ func (p *partial) SetHash(h transfer.Hash) { p.hash, p.hashed = h, true }
 // durable offset. A file of at most one part is buffered for the commit's
 // PutObject. A larger one streams each part to the gateway as its chunks
 // arrive (UploadPart on a pipe), so that no part is held in memory and the
-// upload overlaps the transfer; the chunk that completes a part waits for
-// the gateway to acknowledge it.
+// upload overlaps the transfer; the chunk that completes a part hands it
+// over (handOver), and the part boundary's Sync waits for the gateway's
+// answer.
 func (p *partial) WriteAt(b []byte, off int64) error {
 	p.mu.Lock()
 	end := p.bufStart + int64(len(p.buf)) + p.streamed
