@@ -66,7 +66,7 @@ func TestPendingPartResolvedOnResume(t *testing.T) {
 	if err := pp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	doc, st, found, err := s.loadState(key)
+	doc, st, _, found, err := s.loadState(key)
 	if err != nil || !found {
 		t.Fatalf("state object: found %v, %v", found, err)
 	}
@@ -120,7 +120,7 @@ func TestPendingPartResolvedOnResume(t *testing.T) {
 		}
 		return rec
 	}
-	doc2, _, _, err := s.loadState(key)
+	doc2, _, _, _, err := s.loadState(key)
 	if err != nil {
 		t.Fatal(err)
 	}

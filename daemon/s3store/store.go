@@ -274,45 +274,67 @@ type part struct {
 const maxStateDoc = 4 << 20
 
 // loadState reads key's state object; a missing or damaged one counts as
-// none.
-func (s *Store) loadState(key string) (*stateDoc, *daemon.State, bool, error) {
-	rc, _, _, err := s.core.GetObject(ctx(), s.bucket, s.stateObject(key), minio.GetObjectOptions{})
+// none (found false). etag is the object's ETag, "" when there is none:
+// the next write of the object is conditional on it (putState).
+func (s *Store) loadState(key string) (doc *stateDoc, st *daemon.State, etag string, found bool, err error) {
+	rc, info, _, err := s.core.GetObject(ctx(), s.bucket, s.stateObject(key), minio.GetObjectOptions{})
 	if err != nil {
 		if err = classify(err, key); errors.Is(err, daemon.ErrNotFound) {
-			return nil, nil, false, nil
+			return nil, nil, "", false, nil
 		}
-		return nil, nil, false, fmt.Errorf("reading state object: %w", err)
+		return nil, nil, "", false, fmt.Errorf("reading state object: %w", err)
 	}
 	defer rc.Close() //nolint:errcheck // read-only
 	b, err := io.ReadAll(io.LimitReader(rc, maxStateDoc))
 	if err != nil {
 		if errors.Is(classify(err, key), daemon.ErrNotFound) {
-			return nil, nil, false, nil
+			return nil, nil, "", false, nil
 		}
-		return nil, nil, false, fmt.Errorf("reading state object: %w", err)
+		return nil, nil, "", false, fmt.Errorf("reading state object: %w", err)
 	}
-	var doc stateDoc
-	if json.Unmarshal(b, &doc) != nil || doc.Version != 1 {
-		return nil, nil, false, nil
+	etag = info.ETag
+	doc = new(stateDoc)
+	if json.Unmarshal(b, doc) != nil || doc.Version != 1 {
+		return nil, nil, etag, false, nil
 	}
-	st, err := daemon.DecodeState(doc.State)
+	st, err = daemon.DecodeState(doc.State)
 	if err != nil {
-		return nil, nil, false, nil
+		return nil, nil, etag, false, nil
 	}
-	return &doc, st, true, nil
+	return doc, st, etag, true, nil
 }
 
-func (s *Store) putState(key string, doc *stateDoc) error {
+// errStateChanged says a state object was not written because it changed
+// since this daemon last read or wrote it: another daemon took the
+// transfer over (this one lost its lease) or discarded the partial.
+var errStateChanged = errors.New("state object changed behind this daemon")
+
+// putState writes key's state object, conditionally: over the version of
+// ETag match, the one this daemon last read or wrote (If-Match), or only
+// where there is none when match is "" (If-None-Match: *). A daemon that
+// lost its lease thus never overwrites what the new holder wrote. It
+// returns the new ETag, or an error wrapping errStateChanged when the
+// object changed meanwhile.
+func (s *Store) putState(key string, doc *stateDoc, match string) (string, error) {
 	b, err := json.Marshal(doc)
 	if err != nil {
-		return fmt.Errorf("bug: encoding state object: %w", err)
+		return "", fmt.Errorf("bug: encoding state object: %w", err)
 	}
-	_, err = s.core.PutObject(ctx(), s.bucket, s.stateObject(key), bytes.NewReader(b), int64(len(b)), "", "",
-		minio.PutObjectOptions{ContentType: "application/json"})
+	opts := minio.PutObjectOptions{ContentType: "application/json"}
+	if match == "" {
+		opts.SetMatchETagExcept("*")
+	} else {
+		opts.SetMatchETag(match)
+	}
+	info, err := s.core.PutObject(ctx(), s.bucket, s.stateObject(key), bytes.NewReader(b), int64(len(b)), "", "", opts)
 	if err != nil {
-		return fmt.Errorf("writing state object: %w", classify(err, key))
+		if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusPreconditionFailed ||
+			resp.Code == "PreconditionFailed" || resp.Code == "ConditionalRequestConflict" {
+			return "", fmt.Errorf("writing state object: %w (another daemon holds the transfer); the sender retries", errStateChanged)
+		}
+		return "", fmt.Errorf("writing state object: %w", classify(err, key))
 	}
-	return nil
+	return info.ETag, nil
 }
 
 // discard removes key's state object and aborts its upload, if any.
@@ -354,7 +376,7 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 	if err := transfer.CheckChunkSize(chunkSize); err != nil {
 		return nil, false, fmt.Errorf("bug: %w", err)
 	}
-	doc, st, found, err := s.loadState(key)
+	doc, st, etag, found, err := s.loadState(key)
 	if err != nil {
 		return nil, false, err
 	}
@@ -364,7 +386,7 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 			return nil, false, err // says nothing about the partial: keep it
 		}
 		if ok {
-			p := s.newPartial(key, *rst, doc)
+			p := s.newPartial(key, *rst, doc, etag)
 			p.replace = o.Flags&transfer.OfferUpdate != 0
 			return p, false, nil
 		}
@@ -373,13 +395,14 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 		if err := s.discard(key, doc, st); err != nil {
 			return nil, false, fmt.Errorf("discarding partial: %w", err)
 		}
+		etag = "" // removed
 	}
 	stack, err := transfer.NewMergeStack(chunkSize)
 	if err != nil {
 		return nil, false, err
 	}
 	nst := daemon.State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	p := s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)})
+	p := s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)}, etag)
 	p.replace = o.Flags&transfer.OfferUpdate != 0
 	return p, found, nil
 }
@@ -434,8 +457,8 @@ func (s *Store) resolve(doc *stateDoc, st *daemon.State) (*daemon.State, bool, e
 	return st, true, nil
 }
 
-func (s *Store) newPartial(key string, st daemon.State, doc *stateDoc) *partial {
-	p := &partial{s: s, key: key, st: st, uploadID: doc.UploadID, partSize: doc.PartSize,
+func (s *Store) newPartial(key string, st daemon.State, doc *stateDoc, etag string) *partial {
+	p := &partial{s: s, key: key, st: st, uploadID: doc.UploadID, partSize: doc.PartSize, stateETag: etag,
 		parts: append([]part(nil), doc.Parts...), bufStart: st.DurableOffset}
 	return p
 }
@@ -468,6 +491,10 @@ type partial struct {
 	hash     transfer.Hash
 	hashed   bool
 	closed   bool
+	// stateETag is the ETag of the state object as this partial last read
+	// or wrote it ("" when there is none): its next write is conditional
+	// on it (putState).
+	stateETag string
 	// replace says the commit replaces an object at the name (the
 	// sender's --update) instead of refusing to overwrite it.
 	replace bool
@@ -767,9 +794,16 @@ func (p *partial) record(st daemon.State, stack *transfer.MergeStack, pend *pend
 		return old, err
 	}
 	doc.State = rec
-	if err := p.s.putState(p.key, doc); err != nil {
+	p.mu.Lock()
+	match := p.stateETag
+	p.mu.Unlock()
+	etag, err := p.s.putState(p.key, doc, match)
+	if err != nil {
 		return old, err
 	}
+	p.mu.Lock()
+	p.stateETag = etag
+	p.mu.Unlock()
 	if pend == nil {
 		p.mu.Lock()
 		p.st = st
@@ -795,7 +829,7 @@ func (p *partial) reset(stack *transfer.MergeStack) (int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.st.DurableOffset, p.st.Stack = 0, *stack
-	p.uploadID, p.parts, p.buf, p.bufStart = "", nil, p.buf[:0], 0
+	p.uploadID, p.parts, p.buf, p.bufStart, p.stateETag = "", nil, p.buf[:0], 0, "" // the state object is removed
 	return 0, nil
 }
 
