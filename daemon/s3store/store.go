@@ -671,23 +671,14 @@ func (p *partial) collect() error {
 	return nil
 }
 
-// endPart ends the part being streamed: after its last byte (cause nil)
-// it waits for the gateway's answer and records the part; after a failed
-// write (cause set) it abandons the part and returns the upload's error,
-// or cause.
+// endPart abandons the part being streamed after a failed write or when
+// the transfer stops (cause): its upload fails, and endPart returns the
+// upload's error, or cause.
 func (p *partial) endPart(cause error) error {
-	if cause != nil {
-		p.pw.CloseWithError(cause)
-	} else {
-		_ = p.pw.Close() // the reader sees EOF; closing a pipe does not fail
-	}
+	p.pw.CloseWithError(cause)
 	res := <-p.partDone
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cause == nil && res.err == nil {
-		p.parts = append(p.parts, part{Number: p.partNum, ETag: res.etag})
-		p.bufStart += p.partLen
-	}
 	p.pw, p.partDone, p.streamed = nil, nil, 0
 	if res.err != nil {
 		return res.err
