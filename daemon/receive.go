@@ -432,6 +432,13 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	if restarted {
 		acc.Flags |= transfer.AcceptRestarted
 	}
+	if a := t.rx.align; a > 0 && ss.peerMinor >= 3 && o.Size-st.DurableOffset > a {
+		// A store of whole parts (protocol 2.3): the sender sends at most
+		// one part past the durable offset acknowledged, so that a daemon
+		// that dies costs it at most one part resent, whatever the
+		// sockets on the way hold (docs/SCALE-OUT.md).
+		acc.Window = a
+	}
 	if err := ss.send(acc); err != nil {
 		ss.transfers[t.id] = t // dropped with the session
 		return errSessionBroken

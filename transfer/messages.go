@@ -18,10 +18,11 @@ type Hash [HashSize]byte
 // versions only add optional fields, flags and messages. Minor 1 adds
 // the quick check (OfferChecksum, CommittedUnchanged); minor 2 the
 // sender's token in its Hello (Hello.Token), Entry (directories and
-// symbolic links), ZeroChunk (holes of sparse files) and OfferSparse.
+// symbolic links), ZeroChunk (holes of sparse files) and OfferSparse;
+// minor 3 the durable window of an Accept (Accept.Window).
 const (
 	ProtocolMajor = 2
-	ProtocolMinor = 2
+	ProtocolMinor = 3
 )
 
 // helloMagic opens every Hello payload, so that a stray client (HTTP, TLS)
@@ -136,6 +137,14 @@ type Accept struct {
 	TailOffset    int64
 	TailLength    uint32
 	TailHash      Hash
+	// Window (protocol 2.3) is the most chunk data bytes, counted from
+	// the last durable offset the daemon acknowledged, that the sender
+	// may have sent: a daemon whose store makes data durable only in
+	// whole parts gives its part size, so that a daemon that dies makes
+	// the sender resend at most one part. 0 (the field absent, as a
+	// daemon sends it to a sender of minor < 3) is no limit. Otherwise at
+	// least ChunkSize, at most MaxFileSize.
+	Window int64
 }
 
 // AcceptFlags describe an Accept.
@@ -316,7 +325,11 @@ func (m *Accept) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(m.DurableOffset))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.TailOffset))
 	b = binary.BigEndian.AppendUint32(b, m.TailLength)
-	return append(b, m.TailHash[:]...)
+	b = append(b, m.TailHash[:]...)
+	if m.Window != 0 {
+		b = binary.BigEndian.AppendUint64(b, uint64(m.Window))
+	}
+	return b
 }
 
 func (e *RemoteError) appendPayload(b []byte) []byte {
@@ -502,6 +515,13 @@ func (d *decoder) accept() *Accept {
 		TailOffset:    d.offset(),
 		TailLength:    d.u32(),
 		TailHash:      d.hash(),
+	}
+	if d.err == nil && len(d.p) > 0 {
+		// The durable window of protocol 2.3: present only when set.
+		m.Window = d.offset()
+		if d.err == nil && m.Window < int64(m.ChunkSize) {
+			d.fail("window of %d bytes, below the chunk size %d", m.Window, m.ChunkSize)
+		}
 	}
 	if d.err == nil && m.TailOffset+int64(m.TailLength) != m.DurableOffset {
 		d.fail("tail [%d,+%d) does not end at durable offset %d", m.TailOffset, m.TailLength, m.DurableOffset)

@@ -89,8 +89,12 @@ type window struct {
 	ctx  context.Context
 	opts WindowOptions
 
-	mu       sync.Mutex
-	kick     chan struct{} // cap 1: something changed
+	mu   sync.Mutex
+	kick chan struct{} // cap 1: something changed
+	// moved is broadcast (with mu) when a durable offset grows, a
+	// flight is nacked or settles, or the session fails: what a writer
+	// waiting for room in a durable window (awaitWindow) waits for.
+	moved    sync.Cond
 	flights  map[uint32]*flight
 	ready    []*flight // accepted, waiting for their data run
 	reruns   []*flight // nacked, waiting for a data run from rerun
@@ -143,6 +147,13 @@ func (c *Client) SendAll(ctx context.Context, next func() (*Job, bool), settle f
 	w := &window{c: c, ctx: actx, opts: opts,
 		kick: make(chan struct{}, 1), flights: make(map[uint32]*flight), lastID: c.lastID}
 	w.out = bufio.NewWriterSize(windowWriter{w}, outBuffer)
+	w.moved.L = &w.mu
+	stopWake := context.AfterFunc(actx, func() {
+		w.mu.Lock()
+		w.moved.Broadcast()
+		w.mu.Unlock()
+	})
+	defer stopWake()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	readDone := make(chan struct{})
@@ -376,6 +387,7 @@ func (w *window) fail(err error) {
 	if w.sessErr == nil || errors.As(err, &re) && re.ID == 0 {
 		w.sessErr = err
 	}
+	w.moved.Broadcast()
 	w.mu.Unlock()
 	w.signal()
 }
@@ -389,6 +401,7 @@ func (w *window) settleLocked(f *flight, err error) {
 	w.unsent -= f.sent
 	f.err = err
 	w.settled = append(w.settled, f)
+	w.moved.Broadcast()
 	w.signal()
 }
 
@@ -562,6 +575,9 @@ func (w *window) dataRun(f *flight, off int64, open bool) error {
 	if src.Size-off <= int64(f.chunkSize) {
 		// One chunk at most: no hashing goroutines. For a file of one
 		// chunk its hash is the root (ChunkHash), as HashChunks yields.
+		if cut, err := w.awaitWindow(f, src.Size); err != nil || cut {
+			return err
+		}
 		if off < src.Size {
 			pool := chunkPool(f.chunkSize)
 			buf := pool.Get()
@@ -632,6 +648,39 @@ func (w *window) writeZero(f *flight, z *ZeroChunk) error {
 	return nil
 }
 
+// awaitWindow waits until f's data up to end fits in its durable window
+// (Accept.Window, protocol 2.3): end at most Window bytes past the
+// durable offset the daemon last acknowledged. It flushes the frames
+// buffered first, since the daemon acknowledges only what it received.
+// It reports cut when a nack for f, f's settlement or the session's
+// failure (or the context's end) came first, and the error of the flush.
+func (w *window) awaitWindow(f *flight, end int64) (cut bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if f.acc == nil || f.acc.Window <= 0 {
+		return false, nil
+	}
+	flushed := false
+	for end > f.durable+f.acc.Window {
+		_, live := w.flights[f.id]
+		if f.rerun >= 0 || !live || w.sessErr != nil || w.ctx.Err() != nil {
+			return true, nil
+		}
+		if !flushed {
+			w.mu.Unlock()
+			err := w.flush()
+			w.mu.Lock()
+			if err != nil {
+				return true, err
+			}
+			flushed = true
+			continue
+		}
+		w.moved.Wait()
+	}
+	return false, nil
+}
+
 // errCut stops HashChunks when a nack for f, its settlement or the
 // session's failure ends a data run early.
 var errCut = errors.New("data run cut short")
@@ -646,6 +695,13 @@ func (w *window) stream(f *flight, off int64) (cut bool, err error) {
 	var werr error // the session's: writing to the daemon failed
 	holes := src.Hole != nil && w.c.peerMinor >= 2
 	err = HashChunks(w.ctx, sourceReader{src}, off, src.Size, f.chunkSize, SendHashWorkers(f.chunkSize), func(o int64, data []byte, cv CV) error {
+		if cut, err := w.awaitWindow(f, o+int64(len(data))); err != nil || cut {
+			if err != nil {
+				werr = err
+				return err
+			}
+			return errCut
+		}
 		f.whole.push(o, int64(len(data)), cv)
 		var err error
 		// The bytes decide, not the hole: a chunk read as zeros is sent
@@ -836,6 +892,7 @@ func (w *window) handle(m Message) error {
 		f.durable = m.DurableOffset
 		f.progress.DurableOffset = m.DurableOffset
 		w.report(f)
+		w.moved.Broadcast()
 	case *Nack:
 		if !f.speculative && f.acc == nil && f.whole == nil {
 			return fmt.Errorf("%w: nack for transfer %d, which sent no data", ErrProtocol, id)
@@ -852,6 +909,7 @@ func (w *window) handle(m Message) error {
 			w.reruns = append(w.reruns, f)
 		}
 		f.rerun = m.Offset
+		w.moved.Broadcast()
 		w.signal()
 	case *Committed:
 		if m.Flags&CommittedUnchanged != 0 && !w.c.checksum && f.acc == nil && !f.restarted {

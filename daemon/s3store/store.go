@@ -249,6 +249,20 @@ type stateDoc struct {
 	UploadID string `json:"upload_id,omitempty"`
 	PartSize int64  `json:"part_size"`
 	Parts    []part `json:"parts,omitempty"` // parts 1..len(Parts), covering [0, durable offset)
+	// Pending is the part after Parts whose upload had not been answered
+	// when the state object was written: State is the state at its end,
+	// Prev the state at its start. On resume the part counts (and State
+	// holds) only if the upload lists it whole; otherwise Prev holds.
+	// Writing the state object while the gateway finishes the part keeps
+	// the write off the transfer's path (docs/SCALE-OUT.md).
+	Pending *pendingPart `json:"pending,omitempty"`
+	Prev    []byte       `json:"prev,omitempty"` // daemon.EncodeState, with Pending
+}
+
+// pendingPart is a part whose upload had not been answered yet.
+type pendingPart struct {
+	Number int   `json:"n"`
+	Size   int64 `json:"size"`
 }
 
 type part struct {
@@ -260,45 +274,67 @@ type part struct {
 const maxStateDoc = 4 << 20
 
 // loadState reads key's state object; a missing or damaged one counts as
-// none.
-func (s *Store) loadState(key string) (*stateDoc, *daemon.State, bool, error) {
-	rc, _, _, err := s.core.GetObject(ctx(), s.bucket, s.stateObject(key), minio.GetObjectOptions{})
+// none (found false). etag is the object's ETag, "" when there is none:
+// the next write of the object is conditional on it (putState).
+func (s *Store) loadState(key string) (doc *stateDoc, st *daemon.State, etag string, found bool, err error) {
+	rc, info, _, err := s.core.GetObject(ctx(), s.bucket, s.stateObject(key), minio.GetObjectOptions{})
 	if err != nil {
 		if err = classify(err, key); errors.Is(err, daemon.ErrNotFound) {
-			return nil, nil, false, nil
+			return nil, nil, "", false, nil
 		}
-		return nil, nil, false, fmt.Errorf("reading state object: %w", err)
+		return nil, nil, "", false, fmt.Errorf("reading state object: %w", err)
 	}
 	defer rc.Close() //nolint:errcheck // read-only
 	b, err := io.ReadAll(io.LimitReader(rc, maxStateDoc))
 	if err != nil {
 		if errors.Is(classify(err, key), daemon.ErrNotFound) {
-			return nil, nil, false, nil
+			return nil, nil, "", false, nil
 		}
-		return nil, nil, false, fmt.Errorf("reading state object: %w", err)
+		return nil, nil, "", false, fmt.Errorf("reading state object: %w", err)
 	}
-	var doc stateDoc
-	if json.Unmarshal(b, &doc) != nil || doc.Version != 1 {
-		return nil, nil, false, nil
+	etag = info.ETag
+	doc = new(stateDoc)
+	if json.Unmarshal(b, doc) != nil || doc.Version != 1 {
+		return nil, nil, etag, false, nil
 	}
-	st, err := daemon.DecodeState(doc.State)
+	st, err = daemon.DecodeState(doc.State)
 	if err != nil {
-		return nil, nil, false, nil
+		return nil, nil, etag, false, nil
 	}
-	return &doc, st, true, nil
+	return doc, st, etag, true, nil
 }
 
-func (s *Store) putState(key string, doc *stateDoc) error {
+// errStateChanged says a state object was not written because it changed
+// since this daemon last read or wrote it: another daemon took the
+// transfer over (this one lost its lease) or discarded the partial.
+var errStateChanged = errors.New("state object changed behind this daemon")
+
+// putState writes key's state object, conditionally: over the version of
+// ETag match, the one this daemon last read or wrote (If-Match), or only
+// where there is none when match is "" (If-None-Match: *). A daemon that
+// lost its lease thus never overwrites what the new holder wrote. It
+// returns the new ETag, or an error wrapping errStateChanged when the
+// object changed meanwhile.
+func (s *Store) putState(key string, doc *stateDoc, match string) (string, error) {
 	b, err := json.Marshal(doc)
 	if err != nil {
-		return fmt.Errorf("bug: encoding state object: %w", err)
+		return "", fmt.Errorf("bug: encoding state object: %w", err)
 	}
-	_, err = s.core.PutObject(ctx(), s.bucket, s.stateObject(key), bytes.NewReader(b), int64(len(b)), "", "",
-		minio.PutObjectOptions{ContentType: "application/json"})
+	opts := minio.PutObjectOptions{ContentType: "application/json"}
+	if match == "" {
+		opts.SetMatchETagExcept("*")
+	} else {
+		opts.SetMatchETag(match)
+	}
+	info, err := s.core.PutObject(ctx(), s.bucket, s.stateObject(key), bytes.NewReader(b), int64(len(b)), "", "", opts)
 	if err != nil {
-		return fmt.Errorf("writing state object: %w", classify(err, key))
+		if resp := minio.ToErrorResponse(err); resp.StatusCode == http.StatusPreconditionFailed ||
+			resp.Code == "PreconditionFailed" || resp.Code == "ConditionalRequestConflict" {
+			return "", fmt.Errorf("writing state object: %w (another daemon holds the transfer); the sender retries", errStateChanged)
+		}
+		return "", fmt.Errorf("writing state object: %w", classify(err, key))
 	}
-	return nil
+	return info.ETag, nil
 }
 
 // discard removes key's state object and aborts its upload, if any.
@@ -340,18 +376,17 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 	if err := transfer.CheckChunkSize(chunkSize); err != nil {
 		return nil, false, fmt.Errorf("bug: %w", err)
 	}
-	doc, st, found, err := s.loadState(key)
+	doc, st, etag, found, err := s.loadState(key)
 	if err != nil {
 		return nil, false, err
 	}
-	if found && !restart && st.SameSource(o) && st.Stack.ChunkSize() <= chunkSize && doc.PartSize > 0 &&
-		st.DurableOffset%doc.PartSize == 0 && int64(len(doc.Parts)) == st.DurableOffset/doc.PartSize {
-		ok, err := s.uploadHasParts(st.Name, doc)
+	if found && !restart && st.SameSource(o) && st.Stack.ChunkSize() <= chunkSize && doc.PartSize > 0 {
+		rst, ok, err := s.resolve(doc, st)
 		if err != nil {
 			return nil, false, err // says nothing about the partial: keep it
 		}
 		if ok {
-			p := s.newPartial(key, *st, doc)
+			p := s.newPartial(key, *rst, doc, etag)
 			p.replace = o.Flags&transfer.OfferUpdate != 0
 			return p, false, nil
 		}
@@ -360,51 +395,70 @@ func (s *Store) Open(key string, o *transfer.Offer, chunkSize int, restart bool)
 		if err := s.discard(key, doc, st); err != nil {
 			return nil, false, fmt.Errorf("discarding partial: %w", err)
 		}
+		etag = "" // removed
 	}
 	stack, err := transfer.NewMergeStack(chunkSize)
 	if err != nil {
 		return nil, false, err
 	}
 	nst := daemon.State{Name: o.Name, Size: o.Size, Mode: o.Mode, MtimeNs: o.MtimeNs, Inode: o.Inode, PrefixID: o.PrefixID, Stack: *stack}
-	p := s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)})
+	p := s.newPartial(key, nst, &stateDoc{Version: 1, PartSize: s.partSize(o.Size, chunkSize)}, etag)
 	p.replace = o.Flags&transfer.OfferUpdate != 0
 	return p, found, nil
 }
 
-// uploadHasParts reports whether doc's upload is still open with every
-// part doc records, of the recorded ETags.
-func (s *Store) uploadHasParts(name string, doc *stateDoc) (bool, error) {
-	if doc.UploadID == "" {
-		return len(doc.Parts) == 0, nil
-	}
-	have := make(map[int]string)
-	marker := 0
-	for {
-		res, err := s.core.ListObjectParts(ctx(), s.bucket, s.object(name), doc.UploadID, marker, 1000)
-		if err != nil {
-			if minio.ToErrorResponse(err).Code == "NoSuchUpload" {
-				return false, nil
+// resolve returns the state a partial resumes from: st, or doc.Prev when
+// doc's pending part is not listed whole (its upload was never
+// answered), with doc.Parts completed by the pending part when it is. ok
+// is false when the partial cannot resume: its upload is gone, a part it
+// records is missing or another, or its state is off a part boundary.
+func (s *Store) resolve(doc *stateDoc, st *daemon.State) (*daemon.State, bool, error) {
+	have := make(map[int]minio.ObjectPart)
+	if doc.UploadID != "" {
+		marker := 0
+		for {
+			res, err := s.core.ListObjectParts(ctx(), s.bucket, s.object(st.Name), doc.UploadID, marker, 1000)
+			if err != nil {
+				if minio.ToErrorResponse(err).Code == "NoSuchUpload" {
+					return nil, false, nil
+				}
+				return nil, false, fmt.Errorf("listing parts: %w", err)
 			}
-			return false, fmt.Errorf("listing parts: %w", err)
+			for _, p := range res.ObjectParts {
+				have[p.PartNumber] = p
+			}
+			if !res.IsTruncated {
+				break
+			}
+			marker = res.NextPartNumberMarker
 		}
-		for _, p := range res.ObjectParts {
-			have[p.PartNumber] = strings.Trim(p.ETag, `"`)
-		}
-		if !res.IsTruncated {
-			break
-		}
-		marker = res.NextPartNumberMarker
 	}
 	for _, p := range doc.Parts {
-		if have[p.Number] != strings.Trim(p.ETag, `"`) {
-			return false, nil
+		if lp, ok := have[p.Number]; !ok || strings.Trim(lp.ETag, `"`) != strings.Trim(p.ETag, `"`) {
+			return nil, false, nil
 		}
 	}
-	return true, nil
+	if pp := doc.Pending; pp != nil {
+		if lp, ok := have[pp.Number]; ok && pp.Number == len(doc.Parts)+1 && lp.Size == pp.Size {
+			doc.Parts = append(doc.Parts, part{Number: pp.Number, ETag: strings.Trim(lp.ETag, `"`)})
+		} else {
+			prev, err := daemon.DecodeState(doc.Prev)
+			if err != nil || prev.Stack.ChunkSize() != st.Stack.ChunkSize() || !prev.SameSource(&transfer.Offer{Name: st.Name, Size: st.Size, Mode: st.Mode,
+				MtimeNs: st.MtimeNs, Inode: st.Inode, PrefixID: st.PrefixID}) {
+				return nil, false, nil
+			}
+			st = prev
+		}
+		doc.Pending, doc.Prev = nil, nil
+	}
+	if st.DurableOffset%doc.PartSize != 0 || int64(len(doc.Parts)) != st.DurableOffset/doc.PartSize {
+		return nil, false, nil
+	}
+	return st, true, nil
 }
 
-func (s *Store) newPartial(key string, st daemon.State, doc *stateDoc) *partial {
-	p := &partial{s: s, key: key, st: st, uploadID: doc.UploadID, partSize: doc.PartSize,
+func (s *Store) newPartial(key string, st daemon.State, doc *stateDoc, etag string) *partial {
+	p := &partial{s: s, key: key, st: st, uploadID: doc.UploadID, partSize: doc.PartSize, stateETag: etag,
 		parts: append([]part(nil), doc.Parts...), bufStart: st.DurableOffset}
 	return p
 }
@@ -419,9 +473,14 @@ type partial struct {
 	mu       sync.Mutex
 	st       daemon.State // durable state
 	uploadID string       // "" until the first part is uploaded
-	parts    []part       // uploaded parts, in order: [0, bufStart)
+	parts    []part       // uploaded parts, in order: [0, bufStart) but the handed-over one
 	buf      []byte       // a file of one part: [0, len(buf)), for PutObject
-	bufStart int64        // the end of the uploaded parts
+	bufStart int64        // the end of the parts uploaded or handed over
+	// handed is the part whose bytes were all handed to its upload, whose
+	// answer (an ETag for parts) is not collected yet; nil when none.
+	// collecting serializes its collection.
+	handed     *handedPart
+	collecting sync.Mutex
 	// The part being streamed: pw feeds its upload, which reports on
 	// partDone; streamed of its partLen bytes were written.
 	pw       *io.PipeWriter
@@ -432,6 +491,10 @@ type partial struct {
 	hash     transfer.Hash
 	hashed   bool
 	closed   bool
+	// stateETag is the ETag of the state object as this partial last read
+	// or wrote it ("" when there is none): its next write is conditional
+	// on it (putState).
+	stateETag string
 	// replace says the commit replaces an object at the name (the
 	// sender's --update) instead of refusing to overwrite it.
 	replace bool
@@ -454,8 +517,9 @@ func (p *partial) SetHash(h transfer.Hash) { p.hash, p.hashed = h, true }
 // durable offset. A file of at most one part is buffered for the commit's
 // PutObject. A larger one streams each part to the gateway as its chunks
 // arrive (UploadPart on a pipe), so that no part is held in memory and the
-// upload overlaps the transfer; the chunk that completes a part waits for
-// the gateway to acknowledge it.
+// upload overlaps the transfer; the chunk that completes a part hands it
+// over (handOver), and the part boundary's Sync waits for the gateway's
+// answer.
 func (p *partial) WriteAt(b []byte, off int64) error {
 	p.mu.Lock()
 	end := p.bufStart + int64(len(p.buf)) + p.streamed
@@ -489,7 +553,7 @@ func (p *partial) WriteAt(b []byte, off int64) error {
 		p.mu.Unlock()
 		b = b[n:]
 		if full {
-			if err := p.endPart(nil); err != nil {
+			if err := p.handOver(); err != nil {
 				return err
 			}
 		}
@@ -506,6 +570,13 @@ func (p *partial) WriteAt(b []byte, off int64) error {
 // plain http the gateway checks the request's signature, not the
 // payload: use https on a network that is not trusted.
 var partOptions = minio.PutObjectPartOptions{DisableContentSha256: true}
+
+// handedPart is a part whose bytes were all handed to its upload.
+type handedPart struct {
+	done   chan partResult
+	number int
+	length int64
+}
 
 // partResult is the outcome of a part's upload.
 type partResult struct {
@@ -552,23 +623,62 @@ func (p *partial) startPart() error {
 	return nil
 }
 
-// endPart ends the part being streamed: after its last byte (cause nil)
-// it waits for the gateway's answer and records the part; after a failed
-// write (cause set) it abandons the part and returns the upload's error,
-// or cause.
-func (p *partial) endPart(cause error) error {
-	if cause != nil {
-		p.pw.CloseWithError(cause)
-	} else {
-		_ = p.pw.Close() // the reader sees EOF; closing a pipe does not fail
+// handOver ends the part being streamed after its last byte: its upload
+// goes on, and collect (the part boundary's Sync, the next handOver, the
+// commit) waits for its answer. The upload of the next part, if the file
+// has one, starts at once: its request waits for its first byte at the
+// gateway while this part is answered and recorded, instead of starting
+// after (the sender waits at each part boundary, Accept.Window). It
+// returns the error of the part handed over before, if that failed.
+func (p *partial) handOver() error {
+	if err := p.collect(); err != nil { // one part handed over at a time
+		return err
 	}
+	_ = p.pw.Close() // the reader sees EOF; closing a pipe does not fail
+	p.mu.Lock()
+	p.handed = &handedPart{done: p.partDone, number: p.partNum, length: p.partLen}
+	p.bufStart += p.partLen
+	p.pw, p.partDone, p.streamed = nil, nil, 0
+	more := p.bufStart < p.st.Size
+	p.mu.Unlock()
+	if more {
+		_ = p.startPart() // cannot fail with the upload started; WriteAt starts it otherwise
+	}
+	return nil
+}
+
+// collect waits for the answer of the part handed over, if any, and
+// records it. A part that failed is taken back: the partial's data ends
+// before it.
+func (p *partial) collect() error {
+	p.collecting.Lock()
+	defer p.collecting.Unlock()
+	p.mu.Lock()
+	h := p.handed
+	p.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	res := <-h.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.handed = nil
+	if res.err != nil {
+		p.bufStart -= h.length
+		return res.err
+	}
+	p.parts = append(p.parts, part{Number: h.number, ETag: res.etag})
+	return nil
+}
+
+// endPart abandons the part being streamed after a failed write or when
+// the transfer stops (cause): its upload fails, and endPart returns the
+// upload's error, or cause.
+func (p *partial) endPart(cause error) error {
+	p.pw.CloseWithError(cause)
 	res := <-p.partDone
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cause == nil && res.err == nil {
-		p.parts = append(p.parts, part{Number: p.partNum, ETag: res.etag})
-		p.bufStart += p.partLen
-	}
 	p.pw, p.partDone, p.streamed = nil, nil, 0
 	if res.err != nil {
 		return res.err
@@ -606,21 +716,90 @@ func (p *partial) Sync(stack *transfer.MergeStack) (int64, error) {
 		p.mu.Unlock()
 		return st.DurableOffset, nil
 	}
-	parts := append([]part(nil), p.parts[:d/p.partSize]...)
-	doc := &stateDoc{Version: 1, UploadID: p.uploadID, PartSize: p.partSize, Parts: parts}
+	h := p.handed
+	if h == nil || d != p.bufStart || d-h.length != st.DurableOffset {
+		// The parts up to d are all answered (or will be, one at a
+		// time): record them once they are.
+		p.mu.Unlock()
+		if err := p.collect(); err != nil {
+			return st.DurableOffset, err
+		}
+		return p.record(st, stack, nil)
+	}
 	p.mu.Unlock()
-	st.DurableOffset, st.Stack = d, *stack
-	rec, err := daemon.EncodeState(&st)
+	// The part ending at d is still being answered: its state object is
+	// written meanwhile, with the part as pending, so that the write
+	// costs the transfer nothing. Only once both are done is d durable.
+	prev, err := daemon.EncodeState(&st)
 	if err != nil {
 		return st.DurableOffset, err
 	}
-	doc.State = rec
-	if err := p.s.putState(p.key, doc); err != nil {
+	put := make(chan error, 1)
+	go func() {
+		_, err := p.record(st, stack, &pendingState{part: pendingPart{Number: h.number, Size: h.length}, prev: prev})
+		put <- err
+	}()
+	cerr := p.collect()
+	perr := <-put
+	if err := errors.Join(cerr, perr); err != nil {
 		return p.State().DurableOffset, err
 	}
+	st.DurableOffset, st.Stack = d, *stack
 	p.mu.Lock()
 	p.st = st
 	p.mu.Unlock()
+	return d, nil
+}
+
+// pendingState is what a state object says of a part still being
+// answered: the part, and the state at its start.
+type pendingState struct {
+	part pendingPart
+	prev []byte
+}
+
+// record writes the state object for durable offset stack.Offset(), with
+// the parts before it (and pend, the last of them, still being
+// answered); without pend it then makes st, at that offset, the durable
+// state and returns the offset.
+func (p *partial) record(st daemon.State, stack *transfer.MergeStack, pend *pendingState) (int64, error) {
+	d := stack.Offset()
+	n := d / p.partSize
+	doc := &stateDoc{Version: 1, PartSize: p.partSize}
+	p.mu.Lock()
+	doc.UploadID = p.uploadID
+	if pend != nil {
+		n--
+		doc.Pending, doc.Prev = &pend.part, pend.prev
+	}
+	if int64(len(p.parts)) < n {
+		p.mu.Unlock()
+		return st.DurableOffset, fmt.Errorf("bug: recording offset %d with %d parts uploaded", d, len(p.parts))
+	}
+	doc.Parts = append([]part(nil), p.parts[:n]...)
+	p.mu.Unlock()
+	old := st.DurableOffset
+	st.DurableOffset, st.Stack = d, *stack
+	rec, err := daemon.EncodeState(&st)
+	if err != nil {
+		return old, err
+	}
+	doc.State = rec
+	p.mu.Lock()
+	match := p.stateETag
+	p.mu.Unlock()
+	etag, err := p.s.putState(p.key, doc, match)
+	if err != nil {
+		return old, err
+	}
+	p.mu.Lock()
+	p.stateETag = etag
+	p.mu.Unlock()
+	if pend == nil {
+		p.mu.Lock()
+		p.st = st
+		p.mu.Unlock()
+	}
 	return d, nil
 }
 
@@ -630,6 +809,7 @@ func (p *partial) reset(stack *transfer.MergeStack) (int64, error) {
 	if p.pw != nil {
 		_ = p.endPart(errPartAbandoned) // not reached: a reset follows a complete file
 	}
+	_ = p.collect() // the upload is aborted below either way
 	p.mu.Lock()
 	st := p.st
 	doc := &stateDoc{UploadID: p.uploadID}
@@ -640,7 +820,7 @@ func (p *partial) reset(stack *transfer.MergeStack) (int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.st.DurableOffset, p.st.Stack = 0, *stack
-	p.uploadID, p.parts, p.buf, p.bufStart = "", nil, p.buf[:0], 0
+	p.uploadID, p.parts, p.buf, p.bufStart, p.stateETag = "", nil, p.buf[:0], 0, "" // the state object is removed
 	return 0, nil
 }
 
@@ -658,6 +838,9 @@ func (p *partial) Commit() error {
 // PutObject for a file of at most one part, else the last part and a
 // conditional CompleteMultipartUpload. Then the BLAKE3 tag.
 func (p *partial) commit() error {
+	if err := p.collect(); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
 	p.mu.Lock()
 	size, name, id, end := p.st.Size, p.st.Name, p.uploadID, p.bufStart+int64(len(p.buf))+p.streamed
 	closed := p.closed
@@ -759,6 +942,7 @@ func (p *partial) Close() error {
 	if p.pw != nil {
 		_ = p.endPart(errPartAbandoned) // the part was never durable
 	}
+	_ = p.collect() // a part handed over is answered (and kept, if listed) whatever its Sync did
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
