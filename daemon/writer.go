@@ -53,11 +53,19 @@ type chunkWriter struct {
 // newChunkWriter starts a writer for p with the given chunk buffers;
 // written is the point at which p's data ends now. stop must be called.
 func newChunkWriter(p Partial, s *syncer, written syncPoint, bufs [][]byte) *chunkWriter {
-	w := &chunkWriter{p: p, sync: s, jobs: make(chan writeJob, len(bufs)), free: make(chan []byte, len(bufs)),
-		n: len(bufs), done: make(chan struct{}), written: written}
+	free := make(chan []byte, len(bufs))
 	for _, b := range bufs {
-		w.free <- b
+		free <- b
 	}
+	return newChunkWriterOn(p, s, written, free)
+}
+
+// newChunkWriterOn starts a writer for p that gives the buffers of the
+// chunks it wrote back to free, whose capacity is the number of buffers
+// in all (the session's, shared with its frame reader).
+func newChunkWriterOn(p Partial, s *syncer, written syncPoint, free chan []byte) *chunkWriter {
+	w := &chunkWriter{p: p, sync: s, jobs: make(chan writeJob, cap(free)), free: free,
+		n: cap(free), done: make(chan struct{}), written: written}
 	go w.loop()
 	return w
 }
