@@ -41,10 +41,10 @@ type session struct {
 	queuing atomic.Bool
 
 	chunkSize int
-	peerMinor uint16    // the sender's protocol minor version, from its Hello
+	peerMinor uint16      // the sender's protocol minor version, from its Hello
 	bufs      [][]byte    // the frame buffers, from the server's pool while the session runs
 	free      chan []byte // the buffers of bufs that no reader, loop or writer holds
-	writing   *receiver // the receiver whose writer holds bufs, or nil
+	writing   *receiver   // the receiver whose writer holds bufs, or nil
 
 	intMu       sync.Mutex
 	interrupted bool
