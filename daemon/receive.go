@@ -97,7 +97,7 @@ func (ss *session) serve() error {
 // frameBuffers returns how many frame buffers of chunkSize bytes (plus
 // a chunk header) a session holds: writeDepth for the writer, and one
 // more for the frame the reader reads while the receive loop verifies
-// another.
+// another: 5 MiB at the default chunk size of 1 MiB.
 func frameBuffers(chunkSize int) int { return writeDepth(chunkSize) + 1 }
 
 // rxFrame is one frame read by the frame reader.

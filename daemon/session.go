@@ -19,9 +19,11 @@ import (
 )
 
 // session is one connection: a Hello, then any number of transfers one
-// after another. Its goroutine reads frames and verifies chunks; a writer
-// goroutine writes the chunks of the current data run (chunkWriter) and a
-// syncer goroutine per transfer fsyncs and acknowledges.
+// after another. A reader goroutine reads and decrypts frames
+// (frameReader), the session's goroutine handles them and verifies
+// chunks, a writer goroutine writes the chunks of the current data run
+// (chunkWriter) and a syncer goroutine per transfer fsyncs and
+// acknowledges.
 type session struct {
 	srv  *Server
 	conn net.Conn

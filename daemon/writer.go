@@ -5,9 +5,9 @@ import (
 )
 
 // writeDepth returns how many chunk buffers of chunkSize bytes a
-// transfer cycles through: one being written to the partial while the
+// transfer's writer may hold: one being written to the partial while the
 // session reads and verifies the next ones. Four, or two for chunks above
-// 2 MiB (at most 8 MiB per session). An O_DIRECT write waits for the
+// 2 MiB; the session holds one more (frameBuffers), at most 12 MiB. An O_DIRECT write waits for the
 // device, and its latency varies with what else the disk does: with two
 // buffers, an in-process 1 GiB transfer on a quiet machine waited 164 ms
 // of its 0.85 s for a free buffer, and up to 2 s of 4.2 s on a disk that
