@@ -108,18 +108,22 @@ func TestPipelinedBadChunk(t *testing.T) {
 		}
 		break
 	}
-	// The daemon ignores the trailer (it waits for the run from the bad
-	// chunk) and must not have written any chunk behind the bad one.
-	p.conn.Close()
-	if got := resumeOffer(t, srv, "f", data); got != bad {
-		t.Fatalf("resumed at %d, want the bad chunk's offset %d", got, bad)
-	}
+	// The daemon ignored the trailer: it waits for the run from the bad
+	// chunk. A run from there cut short by a trailer is a protocol error;
+	// the refusal comes after the transfer was dropped, its writer
+	// drained, so the partial's data file is final, and is looked at
+	// before a resume (which truncates it at the durable offset).
+	p.write(msgFrame(&transfer.Data{ID: 1, Offset: bad}), msgFrame(&transfer.Trailer{ID: 1, Hash: transfer.HashBytes(data)}))
+	p.expectRefusal(transfer.CodeProtocol, "trailer at offset")
 	stored := partialData(t, srv.root)
 	for off := int64(bad); off < int64(len(stored)) && off < size; off += testChunk {
 		end := min(off+testChunk, size, int64(len(stored)))
 		if bytes.Equal(stored[off:end], data[off:end]) {
 			t.Fatalf("chunk at %d, the bad chunk at %d or one behind it, was written", off, bad)
 		}
+	}
+	if got := resumeOffer(t, srv, "f", data); got != bad {
+		t.Fatalf("resumed at %d, want the bad chunk's offset %d", got, bad)
 	}
 	res := srv.sendRetryBusy(t, source(data), "f")
 	srv.checkCommitted(t, "f", data, res)
