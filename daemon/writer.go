@@ -123,10 +123,6 @@ func extend(p Partial, off, n int64) error {
 // a write in progress when every buffer is taken.
 func (w *chunkWriter) buffer() []byte { return <-w.free }
 
-// release returns a buffer that buffer handed out and that is not to be
-// written.
-func (w *chunkWriter) release(b []byte) { w.free <- b }
-
 // write queues a verified chunk; j.buf goes back to the free buffers once
 // it is written.
 func (w *chunkWriter) write(j writeJob) { w.jobs <- j }
