@@ -49,23 +49,32 @@ func (ss *session) serve() error {
 	ss.transfers = make(map[uint32]*rxTransfer)
 	ss.byKey = make(map[string]*rxTransfer)
 	ss.commits = newCommitter(ss)
-	// The chunk buffers are held while the session runs. Their data
-	// parts are aligned for direct I/O (the slack pays for that). There
-	// are writeDepth of them, so that one is written while the next are
-	// read (chunkWriter); control frames use the first, once the writer
-	// is drained.
+	// The frame buffers are held while the session runs. Their data
+	// parts are aligned for direct I/O (the slack pays for that). A
+	// frame reader goroutine reads and decrypts frames into them ahead of
+	// this one (readFrames), which verifies chunks and hands them to a
+	// writer goroutine (chunkWriter): one buffer is read while the next
+	// is verified and the ones before are written.
 	n := transfer.ChunkHeaderSize + ss.chunkSize
 	pool := ss.srv.pool(n + DirectAlign)
-	ss.bufs = make([][]byte, writeDepth(ss.chunkSize))
+	ss.bufs = make([][]byte, frameBuffers(ss.chunkSize))
+	ss.free = make(chan []byte, len(ss.bufs))
 	for i := range ss.bufs {
 		buf := pool.Get()
 		defer pool.Put(buf)
 		at := alignedAt(*buf, transfer.ChunkHeaderSize)
 		ss.bufs[i] = (*buf)[at : at+n : at+n]
+		ss.free <- ss.bufs[i]
 	}
-	ss.buf = ss.bufs[0]
 	stopWatch := ss.watchRate(func() bool { return ss.receiving.Load() > 0 })
-	err := ss.loop()
+	fr := newFrameReader(len(ss.bufs))
+	go fr.run(ss)
+	err := ss.loop(fr)
+	// The reader may be blocked in a read: interrupt it (no read
+	// follows), and wait for it before the buffers go back.
+	close(fr.quit)
+	ss.interrupt()
+	<-fr.done
 	stopWatch()
 	if err != nil {
 		// The session is over and its peer may have stopped reading:
@@ -81,11 +90,53 @@ func (ss *session) serve() error {
 	if ss.writing != nil { // not reached: the transfer it writes for was open
 		_ = ss.writing.stopWriter()
 	}
-	ss.buf, ss.bufs = nil, nil
+	ss.bufs, ss.free = nil, nil
 	return err
 }
 
-func (ss *session) loop() error {
+// frameBuffers returns how many frame buffers of chunkSize bytes (plus
+// a chunk header) a session holds: writeDepth for the writer, and one
+// more for the frame the reader reads while the receive loop verifies
+// another: 5 MiB at the default chunk size of 1 MiB.
+func frameBuffers(chunkSize int) int { return writeDepth(chunkSize) + 1 }
+
+// rxFrame is one frame read by the frame reader.
+type rxFrame struct {
+	h   transfer.FrameHeader
+	buf []byte         // the session buffer the frame was read into, or nil; the loop gives it back
+	p   []byte         // the payload of a frame other than a chunk
+	c   transfer.Chunk // a chunk frame's chunk; its data aliases buf
+	// err is why the read failed: io.EOF when the sender closed the
+	// session between frames. The reader stops after it.
+	err error
+	// flushErr says err is a failed write of queued answers, not a read.
+	flushErr bool
+}
+
+// frameReader reads frames on its own goroutine ahead of the receive
+// loop, so that reading and decrypting the next chunk overlaps with
+// verifying this one (on a loopback transfer both cost about as much as
+// the sender's work; issue 10). It reads ahead only within a data run:
+// after any other frame it waits until the loop has handled it, so that
+// control frames are read, and the idle timeout armed, exactly as a loop
+// reading its own frames would, and the loop's answers to a frame are
+// queued before the reader decides whether to flush them.
+type frameReader struct {
+	frames chan rxFrame
+	resume chan struct{} // the loop handled a frame the reader waits on
+	quit   chan struct{} // closed when the loop ends
+	done   chan struct{} // closed when the reader returns
+}
+
+func newFrameReader(n int) *frameReader {
+	return &frameReader{frames: make(chan rxFrame, n), resume: make(chan struct{}, 1),
+		quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// run reads frames into the session's free buffers and sends them to the
+// loop until a read fails or the loop ends.
+func (fr *frameReader) run(ss *session) {
+	defer close(fr.done)
 	for {
 		ss.readDeadline()
 		// Nothing buffered: the read waits for the network, and the
@@ -93,43 +144,101 @@ func (ss *session) loop() error {
 		idle := !ss.buffered()
 		if idle {
 			if err := ss.flushQueued(); err != nil {
-				return err // the connection is closed
+				fr.send(rxFrame{err: err, flushErr: true}) // the connection is closed
+				return
 			}
 		}
 		ss.waiting.Store(idle)
 		h, err := transfer.ReadFrameHeader(ss.r, ss.chunkSize)
 		ss.waiting.Store(false)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
 		if err != nil {
-			return ss.readFailed(err)
+			fr.send(rxFrame{h: h, err: err})
+			return
+		}
+		f := rxFrame{h: h}
+		ahead := false
+		switch h.Type {
+		case transfer.FrameChunk:
+			if f.buf = fr.buffer(ss); f.buf == nil {
+				return
+			}
+			f.err = transfer.ReadChunk(ss.r, h, f.buf, &f.c)
+			ahead = true
+		case transfer.FrameZeroChunk, transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer, transfer.FrameEntry:
+			if f.buf = fr.buffer(ss); f.buf == nil {
+				return
+			}
+			f.p, f.err = transfer.ReadControl(ss.r, h, f.buf[:0])
+			// A zero chunk is part of the data run, like a chunk.
+			ahead = h.Type == transfer.FrameZeroChunk
+		}
+		// Any other frame is unexpected: the loop ends the session.
+		if f.err != nil {
+			f.err = noEOF(f.err)
+		}
+		if !fr.send(f) || f.err != nil {
+			return
+		}
+		if !ahead {
+			select {
+			case <-fr.resume:
+			case <-fr.quit:
+				return
+			}
+		}
+	}
+}
+
+// buffer returns a free buffer, waiting for the writer to give one back,
+// or nil once the loop has ended.
+func (fr *frameReader) buffer(ss *session) []byte {
+	select {
+	case b := <-ss.free:
+		return b
+	case <-fr.quit:
+		return nil
+	}
+}
+
+// send hands f to the loop; false once the loop has ended.
+func (fr *frameReader) send(f rxFrame) bool {
+	select {
+	case fr.frames <- f:
+		return true
+	case <-fr.quit:
+		return false
+	}
+}
+
+// release gives back a buffer that is not to be written.
+func (ss *session) release(buf []byte) {
+	if buf != nil {
+		ss.free <- buf
+	}
+}
+
+func (ss *session) loop(fr *frameReader) error {
+	for {
+		f := <-fr.frames
+		h := f.h
+		if f.err != nil {
+			ss.release(f.buf)
+			switch {
+			case f.flushErr:
+				return f.err // the connection is closed
+			case errors.Is(f.err, io.EOF):
+				return nil
+			}
+			return ss.readFailed(f.err)
 		}
 		switch h.Type {
 		case transfer.FrameChunk:
-			rx := ss.writer()
-			buf := ss.buf
-			if rx != nil {
-				buf = rx.w.buffer()
-			}
-			var c transfer.Chunk
-			if err := transfer.ReadChunk(ss.r, h, buf, &c); err != nil {
-				if rx != nil {
-					rx.w.release(buf)
-				}
-				return ss.readFailed(noEOF(err))
-			}
-			if err := ss.chunk(&c, rx, buf); err != nil {
+			if err := ss.chunk(&f.c, ss.writer(), f.buf); err != nil {
 				return err
 			}
 		case transfer.FrameZeroChunk:
-			// Part of the data run, like a chunk: the writer keeps going.
-			var zb [transfer.ChunkHeaderSize]byte
-			p, err := transfer.ReadControl(ss.r, h, zb[:0])
-			if err != nil {
-				return ss.readFailed(noEOF(err))
-			}
-			m, err := transfer.DecodeMessage(h.Type, p)
+			m, err := transfer.DecodeMessage(h.Type, f.p)
+			ss.release(f.buf)
 			if err != nil {
 				return ss.readFailed(err)
 			}
@@ -137,13 +246,13 @@ func (ss *session) loop() error {
 				return err
 			}
 		case transfer.FrameOffer, transfer.FrameData, transfer.FrameTrailer, transfer.FrameEntry:
-			// The data run's chunks are written before a control frame
-			// is read into ss.buf, and before a trailer is checked, a
-			// transfer dropped or a partial opened again.
+			// The data run's chunks are written before a trailer is
+			// checked, a transfer dropped or a partial opened again.
 			ss.stopWriting()
-			m, err := ss.readControl(h)
+			m, err := transfer.DecodeMessage(h.Type, f.p)
+			ss.release(f.buf) // messages keep no part of their payload
 			if err != nil {
-				return err
+				return ss.readFailed(err)
 			}
 			switch m := m.(type) {
 			case *transfer.Offer:
@@ -159,24 +268,11 @@ func (ss *session) loop() error {
 				ss.refuse(err)
 				return err
 			}
+			fr.resume <- struct{}{}
 		default:
 			return ss.readFailed(fmt.Errorf("%w: unexpected %v frame from a sender", transfer.ErrProtocol, h.Type))
 		}
 	}
-}
-
-// readControl reads and decodes the payload of the control frame whose
-// header h was just read, into the chunk buffer as scratch space.
-func (ss *session) readControl(h transfer.FrameHeader) (transfer.Message, error) {
-	p, err := transfer.ReadControl(ss.r, h, ss.buf[:0])
-	if err != nil {
-		return nil, ss.readFailed(noEOF(err))
-	}
-	m, err := transfer.DecodeMessage(h.Type, p)
-	if err != nil {
-		return nil, ss.readFailed(err)
-	}
-	return m, nil
 }
 
 // writer returns the receiver of the current data run with its writer
@@ -190,7 +286,7 @@ func (ss *session) writer() *receiver {
 	rx := t.rx
 	if ss.writing != rx {
 		ss.stopWriting() // not reached: ss.cur changes only at control frames
-		rx.w = newChunkWriter(rx.p, rx.sync, rx.point(), ss.bufs)
+		rx.w = newChunkWriterOn(rx.p, rx.sync, rx.point(), ss.free)
 		ss.writing = rx
 	}
 	return rx
@@ -217,18 +313,18 @@ func (ss *session) stopWriting() {
 }
 
 // chunk hands a chunk, read into buf, to the transfer of the current data
-// run. rx is what writer returned: buf is its writer's, and goes back to it.
+// run. rx is what writer returned. buf goes back to the session's free
+// buffers once written, or at once when the chunk is not written.
 func (ss *session) chunk(c *transfer.Chunk, rx *receiver, buf []byte) error {
 	t := ss.cur
 	if t == nil {
+		ss.release(buf)
 		err := fmt.Errorf("%w: chunk outside a data run", transfer.ErrProtocol)
 		ss.refuse(err)
 		return err
 	}
-	if t.skip || t.confirm || t.rx.awaiting && c.Offset != t.rx.next {
-		if rx != nil {
-			rx.w.release(buf)
-		}
+	if t.skip || t.confirm || t.rx.awaiting && c.Offset != t.rx.next || rx == nil {
+		ss.release(buf)
 		return nil // refused, already committed, or in flight before the sender saw a nack
 	}
 	err := t.rx.chunk(c, buf)
@@ -778,7 +874,7 @@ func (rx *receiver) chunk(c *transfer.Chunk, buf []byte) error {
 	queued := false
 	defer func() {
 		if !queued {
-			rx.w.release(buf)
+			rx.ss.release(buf)
 		}
 	}()
 	n := int64(len(c.Data))

@@ -19,9 +19,11 @@ import (
 )
 
 // session is one connection: a Hello, then any number of transfers one
-// after another. Its goroutine reads frames and verifies chunks; a writer
-// goroutine writes the chunks of the current data run (chunkWriter) and a
-// syncer goroutine per transfer fsyncs and acknowledges.
+// after another. A reader goroutine reads and decrypts frames
+// (frameReader), the session's goroutine handles them and verifies
+// chunks, a writer goroutine writes the chunks of the current data run
+// (chunkWriter) and a syncer goroutine per transfer fsyncs and
+// acknowledges.
 type session struct {
 	srv  *Server
 	conn net.Conn
@@ -35,16 +37,16 @@ type session struct {
 	wmu sync.Mutex // serialises frames written to conn
 	// queued holds answers of the receive loop not yet written
 	// (sendQueued); guarded by wmu. queuing says the loop queued some
-	// since its last flushQueued; the loop's own, so that it takes wmu
+	// since its last flushQueued, so that the frame reader takes wmu
 	// only then (a committer writing its answers holds it).
 	queued  bytes.Buffer
-	queuing bool
+	queuing atomic.Bool
 
 	chunkSize int
-	peerMinor uint16    // the sender's protocol minor version, from its Hello
-	buf       []byte    // one chunk frame, from the server's pool during a transfer; bufs[0]
-	bufs      [][]byte  // the chunk buffers a writer cycles through (writeDepth of them)
-	writing   *receiver // the receiver whose writer holds bufs, or nil
+	peerMinor uint16      // the sender's protocol minor version, from its Hello
+	bufs      [][]byte    // the frame buffers, from the server's pool while the session runs
+	free      chan []byte // the buffers of bufs that no reader, loop or writer holds
+	writing   *receiver   // the receiver whose writer holds bufs, or nil
 
 	intMu       sync.Mutex
 	interrupted bool
@@ -151,7 +153,7 @@ const maxQueued = 32 << 10
 // network (flushQueued), or once maxQueued bytes are held, so that a
 // re-sent tree's answers go out many to a write (issue 9).
 func (ss *session) sendQueued(m transfer.Message) error {
-	ss.queuing = true
+	ss.queuing.Store(true)
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
 	_ = transfer.WriteMessage(&ss.queued, m) // a bytes.Buffer takes all
@@ -162,12 +164,11 @@ func (ss *session) sendQueued(m transfer.Message) error {
 }
 
 // flushQueued writes the answers sendQueued held back. Called by the
-// receive loop.
+// frame reader (readFrames) when it is about to wait for the network.
 func (ss *session) flushQueued() error {
-	if !ss.queuing {
+	if !ss.queuing.Swap(false) {
 		return nil
 	}
-	ss.queuing = false
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
 	if ss.queued.Len() == 0 {

@@ -5,9 +5,9 @@ import (
 )
 
 // writeDepth returns how many chunk buffers of chunkSize bytes a
-// transfer cycles through: one being written to the partial while the
+// transfer's writer may hold: one being written to the partial while the
 // session reads and verifies the next ones. Four, or two for chunks above
-// 2 MiB (at most 8 MiB per session). An O_DIRECT write waits for the
+// 2 MiB; the session holds one more (frameBuffers), at most 12 MiB. An O_DIRECT write waits for the
 // device, and its latency varies with what else the disk does: with two
 // buffers, an in-process 1 GiB transfer on a quiet machine waited 164 ms
 // of its 0.85 s for a free buffer, and up to 2 s of 4.2 s on a disk that
@@ -53,11 +53,19 @@ type chunkWriter struct {
 // newChunkWriter starts a writer for p with the given chunk buffers;
 // written is the point at which p's data ends now. stop must be called.
 func newChunkWriter(p Partial, s *syncer, written syncPoint, bufs [][]byte) *chunkWriter {
-	w := &chunkWriter{p: p, sync: s, jobs: make(chan writeJob, len(bufs)), free: make(chan []byte, len(bufs)),
-		n: len(bufs), done: make(chan struct{}), written: written}
+	free := make(chan []byte, len(bufs))
 	for _, b := range bufs {
-		w.free <- b
+		free <- b
 	}
+	return newChunkWriterOn(p, s, written, free)
+}
+
+// newChunkWriterOn starts a writer for p that gives the buffers of the
+// chunks it wrote back to free, whose capacity is the number of buffers
+// in all (the session's, shared with its frame reader).
+func newChunkWriterOn(p Partial, s *syncer, written syncPoint, free chan []byte) *chunkWriter {
+	w := &chunkWriter{p: p, sync: s, jobs: make(chan writeJob, cap(free)), free: free,
+		n: cap(free), done: make(chan struct{}), written: written}
 	go w.loop()
 	return w
 }
@@ -114,10 +122,6 @@ func extend(p Partial, off, n int64) error {
 // buffer returns a chunk buffer to read the next chunk into, waiting for
 // a write in progress when every buffer is taken.
 func (w *chunkWriter) buffer() []byte { return <-w.free }
-
-// release returns a buffer that buffer handed out and that is not to be
-// written.
-func (w *chunkWriter) release(b []byte) { w.free <- b }
 
 // write queues a verified chunk; j.buf goes back to the free buffers once
 // it is written.
