@@ -72,6 +72,9 @@ type FreeSpacer interface {
 type OSFS struct {
 	root *os.Root
 	dirs dirCache // open handles of recently used directories, for Lstat
+	// rootDir is the root directory, open since OpenOSFS, for SyncFS:
+	// syncfs reports the writeback errors since the handle was opened.
+	rootDir *os.File
 }
 
 var (
@@ -79,6 +82,7 @@ var (
 	_ TreeFS     = (*OSFS)(nil)
 	_ FreeSpacer = (*OSFS)(nil)
 	_ DirReader  = (*OSFS)(nil)
+	_ FSSyncer   = (*OSFS)(nil)
 )
 
 // OpenOSFS opens dir (creating it with mode 0o750 if absent) as an OSFS.
@@ -99,13 +103,22 @@ func OpenOSFS(dir string) (*OSFS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &OSFS{root: r}, nil
+	d, err := r.Open(".")
+	if err != nil {
+		_ = r.Close() // the open error is the one to report
+		return nil, err
+	}
+	return &OSFS{root: r, rootDir: d}, nil
 }
 
 // Close releases the root and the directory handles it keeps.
 func (f *OSFS) Close() error {
 	f.dirs.close()
-	return f.root.Close()
+	derr := f.rootDir.Close()
+	if err := f.root.Close(); err != nil {
+		return err
+	}
+	return derr
 }
 
 // Name returns the root directory's path.

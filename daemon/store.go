@@ -200,7 +200,10 @@ type DirStore struct {
 	// before the store is used. Off by default.
 	DirectIO bool
 
-	// Sync makes a group's data durable. Defaults to ParallelFsync.
+	// Sync makes a group's data durable; NewDirStore sets it to
+	// SyncFSWhenQuiet on an OSFS. nil means ParallelFsync. A strategy
+	// that is a DirSyncer also makes the group's directory entries
+	// durable. Set it before the store is used.
 	Sync SyncStrategy
 
 	// Preallocate, when set, lets a new partial reserve its blocks at
@@ -225,7 +228,8 @@ type DirStore struct {
 	// (bench/doc.go, "Fsync strategies"). Set it before the store is used.
 	StartWriteback bool
 
-	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
+	skipCommitDirSync  bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
+	skipCommitDataSync bool // set only by a canary in crash_batch_test.go: drops a group's data sync
 }
 
 var _ Store = (*DirStore)(nil)
@@ -238,7 +242,11 @@ func NewDirStore(fs FS) (*DirStore, error) {
 	if err := mkdirs(fs, partialsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", partialsDir, err)
 	}
-	return &DirStore{fs: fs}, nil
+	s := &DirStore{fs: fs}
+	if o, ok := fs.(*OSFS); ok {
+		s.Sync = NewSyncFSWhenQuiet(o)
+	}
+	return s, nil
 }
 
 // FreeSpace returns the bytes available on the store's file system, or -1
@@ -813,9 +821,11 @@ func (s *DirStore) commitGroup(ps []Partial) []error {
 	if strategy == nil {
 		strategy = ParallelFsync{}
 	}
-	for k, err := range strategy.SyncFiles(files) {
-		if err != nil {
-			errs[idx[k]] = fmt.Errorf("fsync before commit: %w", err)
+	if !s.skipCommitDataSync {
+		for k, err := range strategy.SyncFiles(files) {
+			if err != nil {
+				errs[idx[k]] = fmt.Errorf("fsync before commit: %w", err)
+			}
 		}
 	}
 	dirs := make(map[string][]int) // directory to fsync → the files that need it
@@ -865,7 +875,10 @@ func (s *DirStore) commitGroup(ps []Partial) []error {
 		}
 		dirs[parentDir(name)] = append(dirs[parentDir(name)], i)
 	}
-	if s.skipCommitDirSync {
+	if s.skipCommitDirSync || len(dirs) == 0 {
+		return errs
+	}
+	if ds, ok := strategy.(DirSyncer); ok && ds.SyncDirs(len(files)) {
 		return errs
 	}
 	names := make([]string, 0, len(dirs))
