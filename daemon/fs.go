@@ -124,15 +124,40 @@ func (f *OSFS) Close() error {
 // Name returns the root directory's path.
 func (f *OSFS) Name() string { return f.root.Name() }
 
-// OpenFile implements FS with os.Root.OpenFile.
+// OpenFile implements FS with os.Root.OpenFile of name's last component
+// in its parent directory, whose handle is kept as for Lstat (dirCache):
+// a partial's data file is opened with one openat, not three.
 func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
-	return f.root.OpenFile(name, flag, perm)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.OpenFile(name, flag, perm)
+	}
+	defer f.dirs.put(d)
+	return d.root.OpenFile(base, flag, perm)
 }
 
-// Remove implements FS with os.Root.Remove.
+// Remove implements FS with os.Root.Remove, of name's last component in
+// its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Remove(name string) error {
 	f.dirs.forget(name)
-	return f.root.Remove(name)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.Remove(name)
+	}
+	defer f.dirs.put(d)
+	return d.root.Remove(base)
+}
+
+// cachedParent returns the kept handle of name's parent directory (give
+// it back with f.dirs.put) and name's last component, or nil when name
+// is at the top of the root, is not a plain name, or its parent cannot be
+// opened as a directory under the root (os.Root then says why).
+func (f *OSFS) cachedParent(name string) (*cachedDir, string) {
+	dir, base := path.Split(name)
+	if dir == "" || base == "" || base == "." || base == ".." {
+		return nil, ""
+	}
+	return f.dirs.get(f.root, dir[:len(dir)-1]), base
 }
 
 // Rename implements FS with os.Root.Rename.
@@ -153,11 +178,7 @@ func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(
 // so that a tree's quick checks cost one fstatat each rather than an
 // open and close per directory on the path.
 func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
-	dir, base := path.Split(name)
-	if dir == "" || base == "" || base == "." || base == ".." {
-		return f.root.Lstat(name)
-	}
-	d := f.dirs.get(f.root, dir[:len(dir)-1])
+	d, base := f.cachedParent(name)
 	if d == nil {
 		// Not a directory under the root (missing, a file, a symlink
 		// out): os.Root says which, as it always did.
@@ -209,14 +230,17 @@ func (f *OSFS) SyncDir(name string) error {
 // FreeSpace returns the bytes available to unprivileged users on the file
 // system holding the root (statfs f_bavail × f_bsize).
 func (f *OSFS) FreeSpace() (int64, error) {
-	d, err := f.root.Open(".")
+	rc, err := f.rootDir.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
-	defer d.Close() //nolint:errcheck // opened read-only
 	var st syscall.Statfs_t
-	if err := syscall.Fstatfs(int(d.Fd()), &st); err != nil {
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstatfs(int(fd), &st) }); err != nil {
 		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
 	}
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }

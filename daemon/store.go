@@ -462,6 +462,9 @@ func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bo
 	if err != nil {
 		return nil, false, err
 	}
+	// No record at all (the common case of a new file) needs no removal
+	// before the new partial starts.
+	noRecord := st == nil
 	replace := o.Flags&transfer.OfferUpdate != 0
 	if found && st.SameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
@@ -475,7 +478,7 @@ func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bo
 			return nil, false, err
 		}
 	}
-	p, err := s.create(key, o, chunkSize)
+	p, err := s.create(key, o, chunkSize, noRecord)
 	if err != nil {
 		return nil, found, err
 	}
@@ -496,7 +499,8 @@ func validKey(key string) bool {
 
 // loadState reads key's state record; a missing or damaged one counts as
 // no partial at all, since nothing it describes can be trusted. An error
-// reading it is returned, and leaves the partial alone.
+// reading it is returned, and leaves the partial alone. The State is nil
+// only when there is no record file.
 func (s *DirStore) loadState(key string) (*State, bool, error) {
 	_, statePath, _ := s.paths(key)
 	f, err := s.fs.OpenFile(statePath, os.O_RDONLY, 0)
@@ -513,7 +517,10 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	st, err := DecodeState(b[:n])
-	return st, err == nil, nil
+	if err != nil {
+		return &State{}, false, nil
+	}
+	return st, true, nil
 }
 
 // resume opens key's data, drops bytes past the durable offset and
@@ -540,7 +547,7 @@ func (s *DirStore) resume(key string, st *State, chunkSize int) (*dirPartial, er
 		_ = f.Close() // never written
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
-	p := &dirPartial{s: s, key: key, f: f, st: *st, writeback: s.StartWriteback}
+	p := &dirPartial{s: s, key: key, f: f, st: *st, writeback: s.StartWriteback, recorded: true}
 	if err := p.verifyTail(chunkSize); err != nil {
 		_ = f.Close() // the error above is the one to report
 		return nil, err
@@ -604,22 +611,29 @@ func (p *dirPartial) verifyTail(chunkSize int) error {
 	return nil
 }
 
-// create starts an empty partial for o, replacing whatever key held.
-func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPartial, error) {
+// create starts an empty partial for o, replacing whatever key held;
+// noRecord says that key has no state record to remove first.
+func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int, noRecord bool) (*dirPartial, error) {
 	stack, err := transfer.NewMergeStack(chunkSize)
 	if err != nil {
 		return nil, err
 	}
 	dataPath, statePath, _ := s.paths(key)
-	if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-		return nil, err
-	}
-	// Unlink rather than truncate: after a crash at the end of a commit,
-	// KEY.data may still be a hard link of the committed file.
-	if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
-		return nil, err
+	if !noRecord {
+		if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+			return nil, err
+		}
 	}
 	f, err := s.fs.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Unlink rather than truncate: after a crash at the end of a
+		// commit, KEY.data may still be a hard link of the committed
+		// file.
+		if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
+			return nil, err
+		}
+		f, err = s.fs.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -653,6 +667,9 @@ type dirPartial struct {
 	hashed  bool
 	// writeback starts each write's writeback (DirStore.StartWriteback).
 	writeback bool
+	// recorded says a state record (or its temp file) may exist: the
+	// partial was resumed from one or wrote one. Tidy removes it then.
+	recorded bool
 }
 
 // SetHash gives the partial its verified whole-file BLAKE3, which the
@@ -735,6 +752,7 @@ func classify(err error) error {
 // crash_test.go found both).
 func (p *dirPartial) writeState(st *State) error {
 	_, statePath, tmpPath := p.s.paths(p.key)
+	p.recorded = true
 	if p.fresh {
 		if err := p.s.fs.SyncDir(partialsDir); err != nil {
 			return fmt.Errorf("fsync %s: %w", partialsDir, err)
@@ -930,8 +948,10 @@ func (s *DirStore) Tidy(ps []Partial) error {
 		if err := p.Close(); err != nil {
 			note(fmt.Errorf("closing partial data: %w", err))
 		}
-		if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-			note(fmt.Errorf("removing state record: %w", err))
+		if p.recorded {
+			if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+				note(fmt.Errorf("removing state record: %w", err))
+			}
 		}
 		if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
 			note(fmt.Errorf("removing partial data: %w", err))
