@@ -48,6 +48,28 @@ type cachedDir struct {
 	opened  time.Time
 	users   int
 	evicted bool
+
+	// file is the directory opened as a file, for *at() calls that
+	// os.Root does not offer (linkat between two directories); opened
+	// at the first use.
+	fileOnce sync.Once
+	file     *os.File
+	fileErr  error
+}
+
+// dirFile returns the directory open as a file, opening it at the first
+// call. The caller holds the handle (get) while it uses it.
+func (d *cachedDir) dirFile() (*os.File, error) {
+	d.fileOnce.Do(func() { d.file, d.fileErr = d.root.Open(".") })
+	return d.file, d.fileErr
+}
+
+// close closes the handle; no caller holds it.
+func (d *cachedDir) close() {
+	_ = d.root.Close() // read-only directory handle
+	if d.file != nil {
+		_ = d.file.Close() // read-only directory handle
+	}
 }
 
 // get returns the handle of dir (a slash-separated path below root,
@@ -94,7 +116,7 @@ func (c *dirCache) put(d *cachedDir) {
 	last := d.users == 0 && d.evicted
 	c.mu.Unlock()
 	if last {
-		_ = d.root.Close() // read-only directory handle
+		d.close()
 	}
 }
 
@@ -105,7 +127,7 @@ func (c *dirCache) evictLocked(i int) {
 	c.entries = append(c.entries[:i], c.entries[i+1:]...)
 	d.evicted = true
 	if d.users == 0 {
-		_ = d.root.Close() // read-only directory handle
+		d.close()
 	}
 }
 

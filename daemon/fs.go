@@ -167,8 +167,31 @@ func (f *OSFS) Rename(oldname, newname string) error {
 	return f.root.Rename(oldname, newname)
 }
 
-// Link implements FS with os.Root.Link.
-func (f *OSFS) Link(oldname, newname string) error { return f.root.Link(oldname, newname) }
+// Link implements FS with linkat(2) between the kept handles of both
+// names' parent directories (see OpenFile), which follows no symlink, or
+// with os.Root.Link when a parent is not kept.
+func (f *OSFS) Link(oldname, newname string) error {
+	od, ob := f.cachedParent(oldname)
+	if od == nil {
+		return f.root.Link(oldname, newname)
+	}
+	defer f.dirs.put(od)
+	nd, nb := f.cachedParent(newname)
+	if nd == nil {
+		return f.root.Link(oldname, newname)
+	}
+	defer f.dirs.put(nd)
+	of, err1 := od.dirFile()
+	nf, err2 := nd.dirFile()
+	if err1 != nil || err2 != nil {
+		return f.root.Link(oldname, newname)
+	}
+	err := linkAt(of, ob, nf, nb, oldname, newname)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return f.root.Link(oldname, newname)
+	}
+	return err
+}
 
 // Mkdir implements FS with os.Root.Mkdir.
 func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }

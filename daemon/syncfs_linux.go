@@ -91,3 +91,31 @@ func parseDirty(meminfo []byte) (int64, bool) {
 	}
 	return n, found == 2
 }
+
+// linkAt links the entry oldbase of the directory od at newbase in nd
+// (linkat(2) without AT_SYMLINK_FOLLOW: a symlink is linked, never
+// followed; an existing newbase fails with EEXIST). Errors are
+// *os.LinkError naming oldname and newname.
+func linkAt(od *os.File, oldbase string, nd *os.File, newbase, oldname, newname string) error {
+	orc, err := od.SyscallConn()
+	if err != nil {
+		return err
+	}
+	nrc, err := nd.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	cerr := orc.Control(func(ofd uintptr) {
+		if err := nrc.Control(func(nfd uintptr) { lerr = unix.Linkat(int(ofd), oldbase, int(nfd), newbase, 0) }); err != nil {
+			lerr = err
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	if lerr != nil {
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: lerr}
+	}
+	return nil
+}
