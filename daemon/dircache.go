@@ -29,11 +29,12 @@ const (
 // cache adds is staleness, bounded by dirCacheAge: for that long a name
 // is looked up in the directory its path named when the handle was
 // opened. The daemon itself never removes or renames a directory; Remove
-// and Rename forget any handle of their names anyway. OpenFile and Remove
-// use the same handles (a group commit opened and removed each partial
-// through three directory opens): os.Root.OpenFile and Remove of one
-// component in a handle resolve a symlink only inside that directory,
-// which is stricter than in the root.
+// and Rename forget any handle of their names anyway. OpenFile, Remove,
+// Chtimes and Link use the same handles (a group commit opened, timed,
+// linked and removed each partial through three or more directory
+// opens): os.Root's calls of one component in a handle resolve a symlink
+// only inside that directory, which is stricter than in the root, and
+// Link's linkat follows none.
 type dirCache struct {
 	mu      sync.Mutex
 	entries []*cachedDir

@@ -211,9 +211,15 @@ func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
 	return d.root.Lstat(base)
 }
 
-// Chtimes implements FS with os.Root.Chtimes.
+// Chtimes implements FS with os.Root.Chtimes, of name's last component
+// in its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
-	return f.root.Chtimes(name, atime, mtime)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.Chtimes(name, atime, mtime)
+	}
+	defer f.dirs.put(d)
+	return d.root.Chtimes(base, atime, mtime)
 }
 
 // Symlink implements TreeFS with os.Root.Symlink.
