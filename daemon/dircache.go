@@ -39,6 +39,34 @@ type dirCache struct {
 	mu      sync.Mutex
 	entries []*cachedDir
 	closed  bool
+	// missing holds directories found missing, with when, for as long as
+	// a handle is used (dirCacheAge): a new tree's quick checks look up
+	// every file under directories that do not exist yet. Mkdir, Symlink
+	// and Rename of a name forget it.
+	missing map[string]time.Time
+}
+
+// isMissing reports whether dir was found missing less than dirCacheAge
+// ago.
+func (c *dirCache) isMissing(dir string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.missing[dir]
+	if ok && time.Since(at) >= dirCacheAge {
+		delete(c.missing, dir)
+		return false
+	}
+	return ok
+}
+
+// noteMissing records that dir does not exist.
+func (c *dirCache) noteMissing(dir string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.missing == nil || len(c.missing) >= 4*dirCacheSize {
+		c.missing = make(map[string]time.Time)
+	}
+	c.missing[dir] = time.Now()
 }
 
 // cachedDir is one open directory. users counts the calls using it; the
@@ -132,10 +160,12 @@ func (c *dirCache) evictLocked(i int) {
 	}
 }
 
-// forget drops the handles of name and of the directories below it.
+// forget drops the handles of name and of the directories below it, and
+// name's record as missing.
 func (c *dirCache) forget(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.missing, name)
 	for i := 0; i < len(c.entries); {
 		if d := c.entries[i].name; d == name || strings.HasPrefix(d, name+"/") {
 			c.evictLocked(i)

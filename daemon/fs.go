@@ -194,18 +194,33 @@ func (f *OSFS) Link(oldname, newname string) error {
 }
 
 // Mkdir implements FS with os.Root.Mkdir.
-func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }
+func (f *OSFS) Mkdir(name string, perm os.FileMode) error {
+	f.dirs.forget(name)
+	return f.root.Mkdir(name, perm)
+}
 
 // Lstat implements FS: os.Root.Lstat of name's last component in its
 // parent directory, whose handle is kept for dirCacheAge (see dirCache),
 // so that a tree's quick checks cost one fstatat each rather than an
 // open and close per directory on the path.
+//
+// A parent found missing is remembered for as long (dirCache.missing),
+// so that the quick checks of a new tree's files, whose directories do
+// not exist yet, cost no lookup at all.
 func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
+	dir := path.Dir(name)
+	if dir != "." && f.dirs.isMissing(dir) {
+		return nil, &fs.PathError{Op: "statat", Path: name, Err: syscall.ENOENT}
+	}
 	d, base := f.cachedParent(name)
 	if d == nil {
 		// Not a directory under the root (missing, a file, a symlink
 		// out): os.Root says which, as it always did.
-		return f.root.Lstat(name)
+		fi, err := f.root.Lstat(name)
+		if dir != "." && errors.Is(err, syscall.ENOENT) {
+			f.dirs.noteMissing(dir)
+		}
+		return fi, err
 	}
 	defer f.dirs.put(d)
 	return d.root.Lstat(base)
@@ -223,7 +238,10 @@ func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
 }
 
 // Symlink implements TreeFS with os.Root.Symlink.
-func (f *OSFS) Symlink(target, name string) error { return f.root.Symlink(target, name) }
+func (f *OSFS) Symlink(target, name string) error {
+	f.dirs.forget(name)
+	return f.root.Symlink(target, name)
+}
 
 // Readlink implements TreeFS with os.Root.Readlink.
 func (f *OSFS) Readlink(name string) (string, error) { return f.root.Readlink(name) }
