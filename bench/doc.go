@@ -194,6 +194,45 @@
 // another writer (11x slower at 100 files beside dd). So StartWriteback
 // stays off.
 //
+// Since then (issue 9, second session) the daemon makes a group durable
+// with syncfs when the machine holds little dirty data
+// (daemon.SyncFSWhenQuiet): one syncfs(2) for the group's files, then,
+// after they are linked into place, one more for the directories,
+// instead of one fsync per file and per directory; ParallelFsync when
+// Dirty+Writeback in /proc/meminfo exceed 32 MiB (a writer such as dd
+// beside it), for a group of one file (a lone transfer), on a kernel
+// before 5.8 (whose syncfs does not report writeback errors), and for
+// good once a syncfs failed (the group then falls back to each file's
+// fsync, which reports its own loss). What decided it was the "clean"
+// state below: right after sync, with no file deleted within the last
+// minute, rsync -a takes 1.1-1.2 s for the 20,000-file tree and ferry
+// with ParallelFsync 3.6-3.9 s (3.0x; bench/results-trees-syncfs.json,
+// "before"), of which the fsyncs were the largest part (ext4 here runs
+// without a journal: each fsync writes the file's inode block and
+// flushes the device). With syncfs and fewer calls per file (no removal
+// of files that are not there, partials opened, linked, timed and
+// removed through kept directory handles, missing directories
+// remembered) ferry's daemon CPU for the 20,000 files fell from 4.9 s
+// to 2.3 s and its time from 3.7 s to 2.0 s (1.71x rsync -a's 1.12 s,
+// 0.43x rsync -a --fsync's 4.60 s, medians of 3 rounds and of the
+// per-round ratios); for Go's src tree from 3.3 s to 1.7 s of CPU and
+// from 2.5 s to 1.5 s (1.74x rsync -a's 0.89 s, 0.48x --fsync's 3.17
+// s). In the churned state the same build took 5.1 s (1.04x rsync -a,
+// 0.57x --fsync) and 4.6 s (0.52x, 0.41x). syncfs alone, before the
+// per-file calls were cut, gave 2.3 s (1.99x) and 2.0 s (2.31x): not
+// enough by itself. All in bench/results-trees-syncfs.json.
+//
+// On this machine the state that matters for trees is not memory but
+// ext4's inode allocator: without a journal it skips inodes deleted less
+// than a minute ago (find_inode_bit, recently_deleted), and scans them
+// one by one for every new file. Creating 20,000 files right after
+// deleting as many costs 5-10 CPU-seconds in the kernel (cp -a of the
+// small tree: 0.6 s clean, 5.8-12 s right after a deletion), for every
+// tool alike. `-tree-keep` keeps each run's destination until the end,
+// so that no run starts within a minute of a deletion by the benchmark
+// ("clean"); without it each run follows the deletion of the previous
+// run's copy ("churned"), as in bench/results-trees-final.json.
+//
 // # Profiling
 //
 // `ferrybench -profile` instead sends one file (-profile-size, 1 GiB by

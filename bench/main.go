@@ -78,6 +78,7 @@ type config struct {
 	workParent     string // the temporary work directory is made in here
 	out            string // results JSON
 	keep           bool   // keep the work directory
+	treeKeep       bool   // keep each tree run's destination until the end, so that no run starts right after files were deleted
 	syncBytes      int64  // ferryd --sync-bytes; 0 keeps its default
 	syncInterval   time.Duration
 
@@ -134,6 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.workParent, "dir", "", "directory for the temporary work directory (default $TMPDIR); must have room for the files")
 	fs.StringVar(&cfg.out, "out", filepath.Join("bench", "results.json"), "results JSON file; empty skips")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory")
+	fs.BoolVar(&cfg.treeKeep, "tree-keep", false, "keep each tree run's destination until the end instead of deleting it before the next run: on ext4 without a journal, creating files within a minute of deleting many is several times slower (bench/doc.go)")
 	fs.StringVar(&syncBytes, "sync-bytes", "0", "ferryd --sync-bytes; 0 keeps ferryd's default")
 	fs.DurationVar(&cfg.syncInterval, "sync-interval", 0, "ferryd --sync-interval; 0 keeps ferryd's default")
 	fs.StringVar(&trees, "trees", "", "comma-separated `LIST` of tree workloads to run after the sizes ("+strings.Join(allTrees, ", ")+", or all)")

@@ -160,6 +160,9 @@ func (b *bench) treeRound(ctx context.Context, r int, tool string, src treeSourc
 			return err
 		}
 	}
+	if b.cfg.treeKeep {
+		return nil // removed with the work directory, after every run
+	}
 	return os.RemoveAll(dir)
 }
 

@@ -29,11 +29,44 @@ const (
 // cache adds is staleness, bounded by dirCacheAge: for that long a name
 // is looked up in the directory its path named when the handle was
 // opened. The daemon itself never removes or renames a directory; Remove
-// and Rename forget any handle of their names anyway.
+// and Rename forget any handle of their names anyway. OpenFile, Remove,
+// Chtimes and Link use the same handles (a group commit opened, timed,
+// linked and removed each partial through three or more directory
+// opens): os.Root's calls of one component in a handle resolve a symlink
+// only inside that directory, which is stricter than in the root, and
+// Link's linkat follows none.
 type dirCache struct {
 	mu      sync.Mutex
 	entries []*cachedDir
 	closed  bool
+	// missing holds directories found missing, with when, for as long as
+	// a handle is used (dirCacheAge): a new tree's quick checks look up
+	// every file under directories that do not exist yet. Mkdir, Symlink
+	// and Rename of a name forget it.
+	missing map[string]time.Time
+}
+
+// isMissing reports whether dir was found missing less than dirCacheAge
+// ago.
+func (c *dirCache) isMissing(dir string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.missing[dir]
+	if ok && time.Since(at) >= dirCacheAge {
+		delete(c.missing, dir)
+		return false
+	}
+	return ok
+}
+
+// noteMissing records that dir does not exist.
+func (c *dirCache) noteMissing(dir string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.missing == nil || len(c.missing) >= 4*dirCacheSize {
+		c.missing = make(map[string]time.Time)
+	}
+	c.missing[dir] = time.Now()
 }
 
 // cachedDir is one open directory. users counts the calls using it; the
@@ -44,6 +77,28 @@ type cachedDir struct {
 	opened  time.Time
 	users   int
 	evicted bool
+
+	// file is the directory opened as a file, for *at() calls that
+	// os.Root does not offer (linkat between two directories); opened
+	// at the first use.
+	fileOnce sync.Once
+	file     *os.File
+	fileErr  error
+}
+
+// dirFile returns the directory open as a file, opening it at the first
+// call. The caller holds the handle (get) while it uses it.
+func (d *cachedDir) dirFile() (*os.File, error) {
+	d.fileOnce.Do(func() { d.file, d.fileErr = d.root.Open(".") })
+	return d.file, d.fileErr
+}
+
+// close closes the handle; no caller holds it.
+func (d *cachedDir) close() {
+	_ = d.root.Close() // read-only directory handle
+	if d.file != nil {
+		_ = d.file.Close() // read-only directory handle
+	}
 }
 
 // get returns the handle of dir (a slash-separated path below root,
@@ -90,7 +145,7 @@ func (c *dirCache) put(d *cachedDir) {
 	last := d.users == 0 && d.evicted
 	c.mu.Unlock()
 	if last {
-		_ = d.root.Close() // read-only directory handle
+		d.close()
 	}
 }
 
@@ -101,14 +156,16 @@ func (c *dirCache) evictLocked(i int) {
 	c.entries = append(c.entries[:i], c.entries[i+1:]...)
 	d.evicted = true
 	if d.users == 0 {
-		_ = d.root.Close() // read-only directory handle
+		d.close()
 	}
 }
 
-// forget drops the handles of name and of the directories below it.
+// forget drops the handles of name and of the directories below it, and
+// name's record as missing.
 func (c *dirCache) forget(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.missing, name)
 	for i := 0; i < len(c.entries); {
 		if d := c.entries[i].name; d == name || strings.HasPrefix(d, name+"/") {
 			c.evictLocked(i)

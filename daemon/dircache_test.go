@@ -107,3 +107,32 @@ func TestStartWriteback(t *testing.T) {
 		srv.checkCommitted(t, j.Name, data[i], j.Last)
 	}
 }
+
+// TestLstatMissingDirThenMkdir: a directory found missing is remembered
+// for a moment (so that a new tree's quick checks cost nothing), but the
+// daemon's own Mkdir forgets it at once, and a file made in it is seen.
+func TestLstatMissingDirThenMkdir(t *testing.T) {
+	fsys, err := daemon.OpenOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	for range 2 {
+		if _, err := fsys.Lstat("a/b/f"); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("Lstat under a missing directory: %v, want not exist", err)
+		}
+	}
+	for _, d := range []string{"a", "a/b"} {
+		if err := fsys.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := fsys.OpenFile("a/b/f", os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatalf("creating a file in a directory just made: %v", err)
+	}
+	_ = f.Close()
+	if _, err := fsys.Lstat("a/b/f"); err != nil {
+		t.Fatalf("Lstat of a file in a directory just made: %v", err)
+	}
+}

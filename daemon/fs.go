@@ -72,6 +72,9 @@ type FreeSpacer interface {
 type OSFS struct {
 	root *os.Root
 	dirs dirCache // open handles of recently used directories, for Lstat
+	// rootDir is the root directory, open since OpenOSFS, for SyncFS:
+	// syncfs reports the writeback errors since the handle was opened.
+	rootDir *os.File
 }
 
 var (
@@ -79,6 +82,7 @@ var (
 	_ TreeFS     = (*OSFS)(nil)
 	_ FreeSpacer = (*OSFS)(nil)
 	_ DirReader  = (*OSFS)(nil)
+	_ FSSyncer   = (*OSFS)(nil)
 )
 
 // OpenOSFS opens dir (creating it with mode 0o750 if absent) as an OSFS.
@@ -99,27 +103,61 @@ func OpenOSFS(dir string) (*OSFS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &OSFS{root: r}, nil
+	d, err := r.Open(".")
+	if err != nil {
+		_ = r.Close() // the open error is the one to report
+		return nil, err
+	}
+	return &OSFS{root: r, rootDir: d}, nil
 }
 
 // Close releases the root and the directory handles it keeps.
 func (f *OSFS) Close() error {
 	f.dirs.close()
-	return f.root.Close()
+	derr := f.rootDir.Close()
+	if err := f.root.Close(); err != nil {
+		return err
+	}
+	return derr
 }
 
 // Name returns the root directory's path.
 func (f *OSFS) Name() string { return f.root.Name() }
 
-// OpenFile implements FS with os.Root.OpenFile.
+// OpenFile implements FS with os.Root.OpenFile of name's last component
+// in its parent directory, whose handle is kept as for Lstat (dirCache):
+// a partial's data file is opened with one openat, not three.
 func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
-	return f.root.OpenFile(name, flag, perm)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.OpenFile(name, flag, perm)
+	}
+	defer f.dirs.put(d)
+	return d.root.OpenFile(base, flag, perm)
 }
 
-// Remove implements FS with os.Root.Remove.
+// Remove implements FS with os.Root.Remove, of name's last component in
+// its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Remove(name string) error {
 	f.dirs.forget(name)
-	return f.root.Remove(name)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.Remove(name)
+	}
+	defer f.dirs.put(d)
+	return d.root.Remove(base)
+}
+
+// cachedParent returns the kept handle of name's parent directory (give
+// it back with f.dirs.put) and name's last component, or nil when name
+// is at the top of the root, is not a plain name, or its parent cannot be
+// opened as a directory under the root (os.Root then says why).
+func (f *OSFS) cachedParent(name string) (*cachedDir, string) {
+	dir, base := path.Split(name)
+	if dir == "" || base == "" || base == "." || base == ".." {
+		return nil, ""
+	}
+	return f.dirs.get(f.root, dir[:len(dir)-1]), base
 }
 
 // Rename implements FS with os.Root.Rename.
@@ -129,38 +167,81 @@ func (f *OSFS) Rename(oldname, newname string) error {
 	return f.root.Rename(oldname, newname)
 }
 
-// Link implements FS with os.Root.Link.
-func (f *OSFS) Link(oldname, newname string) error { return f.root.Link(oldname, newname) }
+// Link implements FS with linkat(2) between the kept handles of both
+// names' parent directories (see OpenFile), which follows no symlink, or
+// with os.Root.Link when a parent is not kept.
+func (f *OSFS) Link(oldname, newname string) error {
+	od, ob := f.cachedParent(oldname)
+	if od == nil {
+		return f.root.Link(oldname, newname)
+	}
+	defer f.dirs.put(od)
+	nd, nb := f.cachedParent(newname)
+	if nd == nil {
+		return f.root.Link(oldname, newname)
+	}
+	defer f.dirs.put(nd)
+	of, err1 := od.dirFile()
+	nf, err2 := nd.dirFile()
+	if err1 != nil || err2 != nil {
+		return f.root.Link(oldname, newname)
+	}
+	err := linkAt(of, ob, nf, nb, oldname, newname)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return f.root.Link(oldname, newname)
+	}
+	return err
+}
 
 // Mkdir implements FS with os.Root.Mkdir.
-func (f *OSFS) Mkdir(name string, perm os.FileMode) error { return f.root.Mkdir(name, perm) }
+func (f *OSFS) Mkdir(name string, perm os.FileMode) error {
+	f.dirs.forget(name)
+	return f.root.Mkdir(name, perm)
+}
 
 // Lstat implements FS: os.Root.Lstat of name's last component in its
 // parent directory, whose handle is kept for dirCacheAge (see dirCache),
 // so that a tree's quick checks cost one fstatat each rather than an
 // open and close per directory on the path.
+//
+// A parent found missing is remembered for as long (dirCache.missing),
+// so that the quick checks of a new tree's files, whose directories do
+// not exist yet, cost no lookup at all.
 func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
-	dir, base := path.Split(name)
-	if dir == "" || base == "" || base == "." || base == ".." {
-		return f.root.Lstat(name)
+	dir := path.Dir(name)
+	if dir != "." && f.dirs.isMissing(dir) {
+		return nil, &fs.PathError{Op: "statat", Path: name, Err: syscall.ENOENT}
 	}
-	d := f.dirs.get(f.root, dir[:len(dir)-1])
+	d, base := f.cachedParent(name)
 	if d == nil {
 		// Not a directory under the root (missing, a file, a symlink
 		// out): os.Root says which, as it always did.
-		return f.root.Lstat(name)
+		fi, err := f.root.Lstat(name)
+		if dir != "." && errors.Is(err, syscall.ENOENT) {
+			f.dirs.noteMissing(dir)
+		}
+		return fi, err
 	}
 	defer f.dirs.put(d)
 	return d.root.Lstat(base)
 }
 
-// Chtimes implements FS with os.Root.Chtimes.
+// Chtimes implements FS with os.Root.Chtimes, of name's last component
+// in its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
-	return f.root.Chtimes(name, atime, mtime)
+	d, base := f.cachedParent(name)
+	if d == nil {
+		return f.root.Chtimes(name, atime, mtime)
+	}
+	defer f.dirs.put(d)
+	return d.root.Chtimes(base, atime, mtime)
 }
 
 // Symlink implements TreeFS with os.Root.Symlink.
-func (f *OSFS) Symlink(target, name string) error { return f.root.Symlink(target, name) }
+func (f *OSFS) Symlink(target, name string) error {
+	f.dirs.forget(name)
+	return f.root.Symlink(target, name)
+}
 
 // Readlink implements TreeFS with os.Root.Readlink.
 func (f *OSFS) Readlink(name string) (string, error) { return f.root.Readlink(name) }
@@ -196,14 +277,17 @@ func (f *OSFS) SyncDir(name string) error {
 // FreeSpace returns the bytes available to unprivileged users on the file
 // system holding the root (statfs f_bavail × f_bsize).
 func (f *OSFS) FreeSpace() (int64, error) {
-	d, err := f.root.Open(".")
+	rc, err := f.rootDir.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
-	defer d.Close() //nolint:errcheck // opened read-only
 	var st syscall.Statfs_t
-	if err := syscall.Fstatfs(int(d.Fd()), &st); err != nil {
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstatfs(int(fd), &st) }); err != nil {
 		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
 	}
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }

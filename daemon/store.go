@@ -200,7 +200,10 @@ type DirStore struct {
 	// before the store is used. Off by default.
 	DirectIO bool
 
-	// Sync makes a group's data durable. Defaults to ParallelFsync.
+	// Sync makes a group's data durable; NewDirStore sets it to
+	// SyncFSWhenQuiet on an OSFS. nil means ParallelFsync. A strategy
+	// that is a DirSyncer also makes the group's directory entries
+	// durable. Set it before the store is used.
 	Sync SyncStrategy
 
 	// Preallocate, when set, lets a new partial reserve its blocks at
@@ -225,7 +228,8 @@ type DirStore struct {
 	// (bench/doc.go, "Fsync strategies"). Set it before the store is used.
 	StartWriteback bool
 
-	skipCommitDirSync bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
+	skipCommitDirSync  bool // set only by the canary in crash_test.go: drops the commit's directory fsyncs
+	skipCommitDataSync bool // set only by a canary in crash_batch_test.go: drops a group's data sync
 }
 
 var _ Store = (*DirStore)(nil)
@@ -238,7 +242,11 @@ func NewDirStore(fs FS) (*DirStore, error) {
 	if err := mkdirs(fs, partialsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", partialsDir, err)
 	}
-	return &DirStore{fs: fs}, nil
+	s := &DirStore{fs: fs}
+	if o, ok := fs.(*OSFS); ok {
+		s.Sync = NewSyncFSWhenQuiet(o)
+	}
+	return s, nil
 }
 
 // FreeSpace returns the bytes available on the store's file system, or -1
@@ -454,6 +462,9 @@ func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bo
 	if err != nil {
 		return nil, false, err
 	}
+	// No record at all (the common case of a new file) needs no removal
+	// before the new partial starts.
+	noRecord := st == nil
 	replace := o.Flags&transfer.OfferUpdate != 0
 	if found && st.SameSource(o) && !restart {
 		p, err := s.resume(key, st, chunkSize)
@@ -467,7 +478,7 @@ func (s *DirStore) open(key string, o *transfer.Offer, chunkSize int, restart bo
 			return nil, false, err
 		}
 	}
-	p, err := s.create(key, o, chunkSize)
+	p, err := s.create(key, o, chunkSize, noRecord)
 	if err != nil {
 		return nil, found, err
 	}
@@ -488,7 +499,8 @@ func validKey(key string) bool {
 
 // loadState reads key's state record; a missing or damaged one counts as
 // no partial at all, since nothing it describes can be trusted. An error
-// reading it is returned, and leaves the partial alone.
+// reading it is returned, and leaves the partial alone. The State is nil
+// only when there is no record file.
 func (s *DirStore) loadState(key string) (*State, bool, error) {
 	_, statePath, _ := s.paths(key)
 	f, err := s.fs.OpenFile(statePath, os.O_RDONLY, 0)
@@ -505,7 +517,10 @@ func (s *DirStore) loadState(key string) (*State, bool, error) {
 		return nil, false, fmt.Errorf("reading state record: %w", err)
 	}
 	st, err := DecodeState(b[:n])
-	return st, err == nil, nil
+	if err != nil {
+		return &State{}, false, nil
+	}
+	return st, true, nil
 }
 
 // resume opens key's data, drops bytes past the durable offset and
@@ -532,7 +547,7 @@ func (s *DirStore) resume(key string, st *State, chunkSize int) (*dirPartial, er
 		_ = f.Close() // never written
 		return nil, fmt.Errorf("%w: data file has %d links", errDamaged, n)
 	}
-	p := &dirPartial{s: s, key: key, f: f, st: *st, writeback: s.StartWriteback}
+	p := &dirPartial{s: s, key: key, f: f, st: *st, writeback: s.StartWriteback, recorded: true}
 	if err := p.verifyTail(chunkSize); err != nil {
 		_ = f.Close() // the error above is the one to report
 		return nil, err
@@ -596,22 +611,29 @@ func (p *dirPartial) verifyTail(chunkSize int) error {
 	return nil
 }
 
-// create starts an empty partial for o, replacing whatever key held.
-func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int) (*dirPartial, error) {
+// create starts an empty partial for o, replacing whatever key held;
+// noRecord says that key has no state record to remove first.
+func (s *DirStore) create(key string, o *transfer.Offer, chunkSize int, noRecord bool) (*dirPartial, error) {
 	stack, err := transfer.NewMergeStack(chunkSize)
 	if err != nil {
 		return nil, err
 	}
 	dataPath, statePath, _ := s.paths(key)
-	if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-		return nil, err
-	}
-	// Unlink rather than truncate: after a crash at the end of a commit,
-	// KEY.data may still be a hard link of the committed file.
-	if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
-		return nil, err
+	if !noRecord {
+		if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+			return nil, err
+		}
 	}
 	f, err := s.fs.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Unlink rather than truncate: after a crash at the end of a
+		// commit, KEY.data may still be a hard link of the committed
+		// file.
+		if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
+			return nil, err
+		}
+		f, err = s.fs.OpenFile(dataPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -645,6 +667,9 @@ type dirPartial struct {
 	hashed  bool
 	// writeback starts each write's writeback (DirStore.StartWriteback).
 	writeback bool
+	// recorded says a state record (or its temp file) may exist: the
+	// partial was resumed from one or wrote one. Tidy removes it then.
+	recorded bool
 }
 
 // SetHash gives the partial its verified whole-file BLAKE3, which the
@@ -727,6 +752,7 @@ func classify(err error) error {
 // crash_test.go found both).
 func (p *dirPartial) writeState(st *State) error {
 	_, statePath, tmpPath := p.s.paths(p.key)
+	p.recorded = true
 	if p.fresh {
 		if err := p.s.fs.SyncDir(partialsDir); err != nil {
 			return fmt.Errorf("fsync %s: %w", partialsDir, err)
@@ -813,9 +839,11 @@ func (s *DirStore) commitGroup(ps []Partial) []error {
 	if strategy == nil {
 		strategy = ParallelFsync{}
 	}
-	for k, err := range strategy.SyncFiles(files) {
-		if err != nil {
-			errs[idx[k]] = fmt.Errorf("fsync before commit: %w", err)
+	if !s.skipCommitDataSync {
+		for k, err := range strategy.SyncFiles(files) {
+			if err != nil {
+				errs[idx[k]] = fmt.Errorf("fsync before commit: %w", err)
+			}
 		}
 	}
 	dirs := make(map[string][]int) // directory to fsync → the files that need it
@@ -865,7 +893,10 @@ func (s *DirStore) commitGroup(ps []Partial) []error {
 		}
 		dirs[parentDir(name)] = append(dirs[parentDir(name)], i)
 	}
-	if s.skipCommitDirSync {
+	if s.skipCommitDirSync || len(dirs) == 0 {
+		return errs
+	}
+	if ds, ok := strategy.(DirSyncer); ok && ds.SyncDirs(len(files)) {
 		return errs
 	}
 	names := make([]string, 0, len(dirs))
@@ -917,8 +948,10 @@ func (s *DirStore) Tidy(ps []Partial) error {
 		if err := p.Close(); err != nil {
 			note(fmt.Errorf("closing partial data: %w", err))
 		}
-		if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
-			note(fmt.Errorf("removing state record: %w", err))
+		if p.recorded {
+			if err := s.fs.Remove(statePath); err != nil && !isNotExist(err) {
+				note(fmt.Errorf("removing state record: %w", err))
+			}
 		}
 		if err := s.fs.Remove(dataPath); err != nil && !isNotExist(err) {
 			note(fmt.Errorf("removing partial data: %w", err))

@@ -12,13 +12,15 @@
 //     it, directories made in it) become durable only when SyncDir names
 //     that directory. A new directory's own entry is durable only once its
 //     parent is synced.
+//   - SyncFS (syncfs) makes all of the above durable for every file and
+//     directory reachable from the root.
 //   - Nothing else is ever durable.
 //
 // After ResetToSyncedState, a file exists if it can be reached from the
 // root through durable entries, and it holds its durable contents.
 //
 // Hooks make the file system misbehave on purpose: CrashAtSync freezes it
-// at the n-th sync operation (File.Sync and SyncDir count alike), before or
+// at the n-th sync operation (File.Sync, SyncDir and SyncFS count alike), before or
 // after that sync takes effect; SetFault fails any operation with an error
 // of the test's choosing (a failed File.Sync drops the file's unsynced data,
 // as Linux does after an fsync error — "fsyncgate"; later syncs may
@@ -65,12 +67,13 @@ const (
 	OpRename
 	OpLink
 	OpMkdir
+	OpSyncFS // FS.SyncFS
 )
 
 var opNames = map[OpKind]string{
 	OpOpen: "open", OpRead: "read", OpWrite: "write", OpSync: "sync", OpSyncDir: "syncdir",
 	OpTruncate: "truncate", OpStat: "stat", OpChmod: "chmod", OpChtimes: "chtimes",
-	OpRemove: "remove", OpRename: "rename", OpLink: "link", OpMkdir: "mkdir",
+	OpRemove: "remove", OpRename: "rename", OpLink: "link", OpMkdir: "mkdir", OpSyncFS: "syncfs",
 }
 
 func (k OpKind) String() string { return opNames[k] }
@@ -84,8 +87,8 @@ type Op struct {
 	Len  int    // for read and write: the length in bytes
 	// Seq counts operations of this Kind since New, this one included.
 	Seq int
-	// SyncSeq counts sync operations (OpSync and OpSyncDir together) since
-	// New, this one included; 0 for other kinds.
+	// SyncSeq counts sync operations (OpSync, OpSyncDir and OpSyncFS
+	// together) since New, this one included; 0 for other kinds.
 	SyncSeq int
 }
 
@@ -134,6 +137,7 @@ type FS struct {
 var (
 	_ daemon.FS         = (*FS)(nil)
 	_ daemon.FreeSpacer = (*FS)(nil)
+	_ daemon.FSSyncer   = (*FS)(nil)
 	_ daemon.File       = (*file)(nil)
 )
 
@@ -160,6 +164,9 @@ type inode struct {
 
 	nlink int // live entries naming it
 	open  int // live handles
+	// wbErr counts failed writebacks of the file (a failed SyncFS); a
+	// handle opened before one reports it at its next Sync, once.
+	wbErr int
 }
 
 // New returns an empty file system: a root directory, durable, with no
@@ -461,7 +468,7 @@ func (f *FS) begin(op Op) error {
 	}
 	f.seq[op.Kind]++
 	op.Seq = f.seq[op.Kind]
-	if op.Kind == OpSync || op.Kind == OpSyncDir {
+	if op.Kind == OpSync || op.Kind == OpSyncDir || op.Kind == OpSyncFS {
 		f.syncs++
 		op.SyncSeq = f.syncs
 		if f.crashAt > 0 && f.syncs == f.crashAt {
@@ -638,7 +645,7 @@ func (f *FS) OpenFile(name string, flag int, perm os.FileMode) (_ daemon.File, e
 	}
 	n.open++
 	f.handles++
-	return &file{fs: f, n: n, name: name, gen: f.gen, acc: acc}, nil
+	return &file{fs: f, n: n, name: name, gen: f.gen, acc: acc, seenErr: n.wbErr}, nil
 }
 
 // Remove implements daemon.FS: it removes a file or an empty directory.
@@ -817,6 +824,73 @@ func (f *FS) SyncDir(name string) (err error) {
 	return nil
 }
 
+// SyncFS implements daemon.FSSyncer, as syncfs(2) does: the live data,
+// size, mode and mtime of every file and the live entries of every
+// directory reachable from the root become durable. It counts as a sync
+// operation (OpSyncFS) for CrashAtSync and SyncCount; a crash "after" it
+// is a crash while it writes, at the worst moment: every directory's
+// entries are durable, no file's data is (syncfs orders nothing). A fault
+// fails it:
+// then, as after a failed writeback on Linux, every file with unsynced
+// writes loses them as a failed File.Sync does (SetFsyncgate), and each
+// handle open on such a file reports the loss at its next Sync, once.
+func (f *FS) SyncFS() (err error) {
+	f.pause(Op{Kind: OpSyncFS, Name: "."})
+	f.mu.Lock()
+	defer f.end(&err)
+	defer f.mu.Unlock()
+	berr := f.begin(Op{Kind: OpSyncFS, Name: "."})
+	switch {
+	case errors.Is(berr, errCrashAfter):
+	case errors.Is(berr, ErrCrashed):
+		return &fs.PathError{Op: "syncfs", Path: ".", Err: berr}
+	case berr != nil:
+		f.walkLive(func(n *inode) {
+			if n.dir || n.dirtyLo >= n.dirtyHi {
+				return
+			}
+			if f.gate == FsyncgateDrop {
+				f.resize(n, int64(len(n.sData)))
+				copy(n.data, n.sData)
+				n.mode, n.mtime = n.sMode, n.sMtime
+			}
+			n.dirtyLo, n.dirtyHi = 0, 0
+			n.wbErr++
+		})
+		return &fs.PathError{Op: "syncfs", Path: ".", Err: berr}
+	}
+	f.walkLive(func(n *inode) {
+		switch {
+		case n.dir:
+			n.sEntries = maps(n.entries)
+		case berr == nil:
+			n.syncData()
+		}
+	})
+	if berr != nil {
+		return &fs.PathError{Op: "syncfs", Path: ".", Err: ErrCrashed}
+	}
+	return nil
+}
+
+// walkLive calls fn once for every inode reachable from the root through
+// live entries, under f.mu.
+func (f *FS) walkLive(fn func(n *inode)) {
+	seen := make(map[*inode]bool)
+	var walk func(n *inode)
+	walk = func(n *inode) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		fn(n)
+		for _, c := range n.entries {
+			walk(c)
+		}
+	}
+	walk(f.root)
+}
+
 func (n *inode) info(name string) os.FileInfo {
 	mode := n.mode
 	if n.dir {
@@ -843,12 +917,13 @@ func (i *fileInfo) Sys() any           { return i.sys }
 
 // file is an open handle.
 type file struct {
-	fs     *FS
-	n      *inode
-	name   string
-	gen    uint64
-	acc    int
-	closed bool
+	fs      *FS
+	n       *inode
+	name    string
+	gen     uint64
+	acc     int
+	closed  bool
+	seenErr int // the inode's wbErr this handle has reported
 }
 
 // check starts an operation on the handle, under f.fs.mu.
@@ -945,6 +1020,12 @@ func (h *file) Sync() (err error) {
 		}
 		n.dirtyLo, n.dirtyHi = 0, 0
 		return &fs.PathError{Op: "sync", Path: h.name, Err: berr}
+	}
+	if h.seenErr < h.n.wbErr {
+		// A failed SyncFS lost some of this file's writes: like
+		// Linux's errseq, every handle open before reports it once.
+		h.seenErr = h.n.wbErr
+		return &fs.PathError{Op: "sync", Path: h.name, Err: syscall.EIO}
 	}
 	h.n.syncData()
 	if berr != nil {
