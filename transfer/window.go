@@ -638,7 +638,10 @@ func (w *window) writeChunk(f *flight, c *Chunk) error {
 // writeZero sends z, a chunk of f that is a hole, without its data: no
 // data byte counts as sent.
 func (w *window) writeZero(f *flight, z *ZeroChunk) error {
-	if err := WriteMessage(w.c.rwc, z); err != nil {
+	// Through the frame buffer, as every frame of a data run: written
+	// straight to the connection, a zero chunk overtook the Data frame
+	// still buffered before it.
+	if err := WriteMessage(w.frames(), z); err != nil {
 		return err
 	}
 	w.mu.Lock()
