@@ -23,13 +23,9 @@ func TestPendingPartResolvedOnResume(t *testing.T) {
 	gw := versitygw.Start(t)
 	gw.CreateBucket(t, "pending")
 	const partSz, cs = 5 << 20, 1 << 20
-	s := New(gw.Core(t), "pending", "")
-	s.PartSize = partSz
+	s := partStore(t, gw, "pending", partSz)
 	size := int64(3*partSz + 100)
-	b := make([]byte, size)
-	if _, err := rand.NewChaCha8([32]byte{1}).Read(b); err != nil {
-		t.Fatal(err)
-	}
+	b := randomBytes(size, 1)
 	o := &transfer.Offer{Name: "f.bin", Size: size, Mode: 0o644, MtimeNs: 7, Inode: 9}
 	const key = "k"
 
@@ -172,4 +168,18 @@ func TestPendingPartResolvedOnResume(t *testing.T) {
 	never.Pending = &pendingPart{Number: 4, Size: size - 3*partSz}
 	put(&never)
 	resumes(3 * partSz)
+}
+
+// partStore returns a store on bucket whose parts are partSz bytes.
+func partStore(t *testing.T, gw *versitygw.Server, bucket string, partSz int64) *Store {
+	s := New(gw.Core(t), bucket, "")
+	s.PartSize = partSz
+	return s
+}
+
+// randomBytes returns n bytes of a stream that seed picks.
+func randomBytes(n int64, seed byte) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{seed}).Read(b) // never fails
+	return b
 }

@@ -3,7 +3,6 @@ package s3store
 import (
 	"bytes"
 	"errors"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -23,16 +22,9 @@ func TestStateWriteConditional(t *testing.T) {
 	gw := versitygw.Start(t)
 	gw.CreateBucket(t, "cond")
 	const partSz, cs = 5 << 20, 1 << 20
-	newStore := func() *Store {
-		s := New(gw.Core(t), "cond", "")
-		s.PartSize = partSz
-		return s
-	}
+	newStore := func() *Store { return partStore(t, gw, "cond", partSz) }
 	size := int64(4 * partSz)
-	b := make([]byte, size)
-	if _, err := rand.NewChaCha8([32]byte{3}).Read(b); err != nil {
-		t.Fatal(err)
-	}
+	b := randomBytes(size, 3)
 	o := &transfer.Offer{Name: "c.bin", Size: size, Mode: 0o644, MtimeNs: 7, Inode: 9}
 	const key = "k"
 	// writeTo writes p's chunks from stack's offset to `to`, syncing at
