@@ -35,11 +35,16 @@ bench: build
 # Directory trees of issue 9 against rsync -a and rsync -a --fsync (bench/doc.go):
 # 20,000 files of 4 KiB, Go's src tree, a re-send, 500 files over 50 ms more
 # round trip, and peak RSS for 1,000,000 empty files; ~25 min with 3 rounds,
-# so not part of `make bench`. Writes bench/results-trees.json. Quick run:
+# so not part of `make bench`. Both file system states (bench/doc.go): clean
+# (-tree-keep: no run starts within a minute of the benchmark deleting
+# files) into bench/results-trees-clean.json, then churned (each run right
+# after the last run's copy is deleted; small and gosrc) into
+# bench/results-trees-churned.json. Quick run:
 #   make bench-trees BENCHFLAGS='-rounds 1 -trees small,resend -tree-files 2000'
 bench-trees: build
 	$(GO) build -trimpath -o bin/ferrybench ./bench
-	bin/ferrybench -bin bin -out bench/results-trees.json -sizes '' -sparse 0 -concurrent 0 -trees all $(BENCHFLAGS)
+	bin/ferrybench -bin bin -out bench/results-trees-clean.json -sizes '' -sparse 0 -concurrent 0 -trees all -tree-keep $(BENCHFLAGS)
+	bin/ferrybench -bin bin -out bench/results-trees-churned.json -sizes '' -sparse 0 -concurrent 0 -trees small,gosrc $(BENCHFLAGS)
 
 # fsync strategies for group commit (issue 9): sequential, parallel,
 # sync_file_range + fsync, syncfs, fdatasync, on 100, 1000 and 5000 files

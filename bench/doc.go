@@ -121,8 +121,10 @@
 //
 // # Trees (issue 9)
 //
-// `-trees LIST` (or `make bench-trees`, which runs only these, into
-// bench/results-trees.json) adds directory trees, run after the sizes:
+// `-trees LIST` (or `make bench-trees`, which runs only these, once in
+// each file system state described under "Fsync strategies", into
+// bench/results-trees-clean.json and bench/results-trees-churned.json)
+// adds directory trees, run after the sizes:
 //
 //   - small: -tree-files (20,000) files of 4 KiB in -tree-dirs (100)
 //     directories;

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"log/slog"
 	"sync/atomic"
 )
 
@@ -52,6 +53,9 @@ type SyncFSWhenQuiet struct {
 	// it could tell; nil means dirtyBytes (/proc/meminfo). A machine
 	// that cannot tell never uses syncfs.
 	Dirty func() (int64, bool)
+	// Log gets one warning when a syncfs fails and group commits fall
+	// back for good; nil means slog.Default().
+	Log *slog.Logger
 
 	off atomic.Bool // a SyncFS failed, or the kernel cannot report errors: fall back for good
 }
@@ -100,13 +104,21 @@ func (s *SyncFSWhenQuiet) quiet() bool {
 	return ok && n <= limit
 }
 
-// syncFS runs one syncfs; a failure turns syncfs off for good.
+// syncFS runs one syncfs; a failure turns syncfs off for good, with one
+// warning: the operator sees why group commits cost more from then on.
 func (s *SyncFSWhenQuiet) syncFS() bool {
-	if err := s.FS.SyncFS(); err != nil {
-		s.off.Store(true)
-		return false
+	err := s.FS.SyncFS()
+	if err == nil {
+		return true
 	}
-	return true
+	if s.off.CompareAndSwap(false, true) {
+		log := s.Log
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("syncfs failed: group commits fsync each file and directory from now on; check the disk and the kernel log", "err", err)
+	}
+	return false
 }
 
 // SyncFiles implements SyncStrategy.

@@ -58,6 +58,9 @@ func openStore(c *cli.Context, log *slog.Logger, code *int) (*openedStore, error
 		closeAll()
 		return nil, fmt.Errorf("opening root %s: %w", root, err)
 	}
+	if sq, ok := store.Sync.(*daemon.SyncFSWhenQuiet); ok {
+		sq.Log = log // its one warning goes where ferryd's lines go
+	}
 	store.DirectIO = c.Bool("direct-io")
 	store.Preallocate = c.Bool("preallocate")
 	finished, discarded, err := store.FinishCommits()
