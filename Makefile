@@ -63,10 +63,13 @@ bench-hash:
 # S3 of issue 13: 1 GiB through ferryd into versitygw on loopback against a
 # direct multipart upload with minio-go in the same part size, ferryd's peak
 # RSS, and the bytes resent after a daemon kill; needs versitygw (on PATH or
-# in ~/go/bin). Writes bench/results-s3.json. E.g. S3FLAGS='-size 256M -rounds 1'.
+# in ~/go/bin). Runs in both memory states (bench/doc.go): settled into
+# bench/results-s3.json (with the kill), fresh into bench/results-s3-fresh.json.
+# E.g. S3FLAGS='-size 256M -rounds 1'.
 bench-s3: build
 	$(GO) build -trimpath -o bin/ferrybench ./bench
-	bin/ferrybench s3 $(S3FLAGS)
+	bin/ferrybench s3 -memory settled $(S3FLAGS)
+	bin/ferrybench s3 -memory fresh -kill=false -out bench/results-s3-fresh.json $(S3FLAGS)
 
 # What a restarted ferryd reads to resume a 16 GiB sparse partial (issue 10;
 # RESTART_SIZE=4G for a shorter run): /proc/PID/io of ferryd.

@@ -29,12 +29,18 @@ import (
 // through ferryd into versitygw on loopback against a direct multipart
 // upload of the same file with minio-go, in the same part size, round by
 // round; ferryd's peak RSS; and the bytes resent after ferryd is killed
-// mid-file and the sender's retries land on a second ferryd.
+// mid-file and the sender's retries land on a second ferryd. With
+// -memory fresh, each run (the direct upload's and ferry's) starts right
+// after a ballast file of twice the file's bytes is written and deleted,
+// as the main benchmark's fresh state: a direct upload run first after
+// one ballast is faster than anything after it, which alone once made a
+// round's ratio 1.27-1.36.
 
 // s3Result is what `ferrybench s3` writes.
 type s3Result struct {
 	Size        int64     `json:"size"`
 	PartSize    int64     `json:"part_size"`
+	Memory      string    `json:"memory"` // settled or fresh: the state each run starts in
 	Rounds      []s3Round `json:"rounds"`
 	MedianRatio float64   `json:"median_ratio"` // ferry wall / direct wall
 	IdleRSS     int64     `json:"ferryd_idle_rss"`
@@ -77,8 +83,12 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	workParent := fs.String("dir", "", "directory for the work directory (default $TMPDIR)")
 	out := fs.String("out", filepath.Join("bench", "results-s3.json"), "results JSON; empty skips")
 	kill := fs.Bool("kill", true, "also measure the bytes resent after a daemon kill")
+	memory := fs.String("memory", memSettled, "memory `STATE` each run starts in: settled (after sync and the pause), or fresh (then right after a ballast file of twice the file's bytes was written and deleted), as in the main benchmark")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *memory != memSettled && *memory != memFresh {
+		return fmt.Errorf("-memory %q: want %s or %s", *memory, memSettled, memFresh)
 	}
 	sz, err := parseSize(*sizeFlag)
 	if err != nil {
@@ -134,7 +144,18 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	ferry, ferryd := filepath.Join(*binDir, "ferry"), filepath.Join(*binDir, "ferryd")
 	url := "http://" + endpoint
-	res := s3Result{Size: sz.bytes, PartSize: s3store.DefaultPartSize}
+	res := s3Result{Size: sz.bytes, PartSize: s3store.DefaultPartSize, Memory: *memory}
+	// prepare puts the machine in the chosen memory state before each
+	// run, the direct upload's and ferry's alike, so that neither starts
+	// in a state the other's run left.
+	prepare := func() {
+		settle(3*time.Second, time.Minute, stderr)
+		if *memory == memFresh {
+			if err := freshen(work, 2*sz.bytes); err != nil {
+				fmt.Fprintf(stderr, "ferrybench: warning: run not in the fresh memory state: %v\n", err)
+			}
+		}
+	}
 	gwCPU := func() time.Duration { return childCPU(gw.cmd.Process.Pid) }
 	tlsArgs, err := s3TLS(ctx, work, ferryd)
 	if err != nil {
@@ -145,7 +166,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	for r := range *rounds {
 		var rd s3Round
-		settle(3*time.Second, time.Minute, stderr)
+		prepare()
 		g0 := gwCPU()
 		d, cpu, err := directUpload(ctx, core, bucket, fmt.Sprintf("direct-%d", r), src.path, res.PartSize)
 		if err != nil {
@@ -153,7 +174,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		rd.DirectSeconds, rd.DirectCPUSeconds, rd.DirectGWCPU = d.Seconds(), cpu.Seconds(), (gwCPU() - g0).Seconds()
 		_ = client.RemoveObject(ctx, bucket, fmt.Sprintf("direct-%d", r), minio.RemoveObjectOptions{})
-		settle(3*time.Second, time.Minute, stderr)
+		prepare()
 		logs := filepath.Join(work, fmt.Sprintf("round-%d", r))
 		dp, addr, err := startListener(ctx, logs+"-ferryd.log", ferryd, append([]string{"--listen", "127.0.0.1:0",
 			"--store", fmt.Sprintf("s3://%s/ferry-%d", bucket, r), "--s3-endpoint", url}, tlsArgs...)...)
