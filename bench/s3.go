@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferry-dev/ferry/daemon/s3store"
 	"github.com/ferry-dev/ferry/internal/faultproxy"
+	"github.com/ferry-dev/ferry/internal/versitygw"
 )
 
 // The S3 benchmark of issue 13 (`ferrybench s3`, `make bench-s3`): a file
@@ -79,7 +80,7 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sizeFlag := fs.String("size", "1G", "file `SIZE`")
 	rounds := fs.Int("rounds", 3, "rounds; each runs the direct upload, then ferry")
 	binDir := fs.String("bin", "bin", "directory holding ferry and ferryd")
-	gwBin := fs.String("versitygw", "", "versitygw binary (default: on PATH, else $HOME/go/bin)")
+	gwBin := fs.String("versitygw", "", "versitygw binary (default: on PATH, else in $(go env GOPATH)/bin)")
 	workParent := fs.String("dir", "", "directory for the work directory (default $TMPDIR)")
 	out := fs.String("out", filepath.Join("bench", "results-s3.json"), "results JSON; empty skips")
 	kill := fs.Bool("kill", true, "also measure the bytes resent after a daemon kill")
@@ -95,9 +96,9 @@ func s3Bench(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *gwBin == "" {
-		if *gwBin, err = exec.LookPath("versitygw"); err != nil {
-			home, _ := os.UserHomeDir()
-			*gwBin = filepath.Join(home, "go", "bin", "versitygw")
+		var ok bool
+		if *gwBin, ok = versitygw.Binary(); !ok {
+			return errors.New("versitygw not found on PATH or in $(go env GOPATH)/bin; install it with go install github.com/versity/versitygw/cmd/versitygw@" + versitygw.Version)
 		}
 	}
 	work, err := os.MkdirTemp(*workParent, "ferrybench-s3-")

@@ -128,24 +128,34 @@ func (f *OSFS) Name() string { return f.root.Name() }
 // in its parent directory, whose handle is kept as for Lstat (dirCache):
 // a partial's data file is opened with one openat, not three.
 func (f *OSFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
-	d, base := f.cachedParent(name)
-	if d == nil {
-		return f.root.OpenFile(name, flag, perm)
+	var file *os.File
+	err := f.atParent(name, func(r *os.Root, name string) (err error) {
+		file, err = r.OpenFile(name, flag, perm)
+		return err
+	})
+	if err != nil {
+		return nil, err // not a nil *os.File in a File
 	}
-	defer f.dirs.put(d)
-	return d.root.OpenFile(base, flag, perm)
+	return file, nil
 }
 
 // Remove implements FS with os.Root.Remove, of name's last component in
 // its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Remove(name string) error {
 	f.dirs.forget(name)
+	return f.atParent(name, (*os.Root).Remove)
+}
+
+// atParent runs op with the kept handle of name's parent directory and
+// name's last component (cachedParent), or with the root and name when
+// the parent is not kept.
+func (f *OSFS) atParent(name string, op func(r *os.Root, name string) error) error {
 	d, base := f.cachedParent(name)
 	if d == nil {
-		return f.root.Remove(name)
+		return op(f.root, name)
 	}
 	defer f.dirs.put(d)
-	return d.root.Remove(base)
+	return op(d.root, base)
 }
 
 // cachedParent returns the kept handle of name's parent directory (give
@@ -229,12 +239,7 @@ func (f *OSFS) Lstat(name string) (os.FileInfo, error) {
 // Chtimes implements FS with os.Root.Chtimes, of name's last component
 // in its parent directory's kept handle, as OpenFile.
 func (f *OSFS) Chtimes(name string, atime, mtime time.Time) error {
-	d, base := f.cachedParent(name)
-	if d == nil {
-		return f.root.Chtimes(name, atime, mtime)
-	}
-	defer f.dirs.put(d)
-	return d.root.Chtimes(base, atime, mtime)
+	return f.atParent(name, func(r *os.Root, name string) error { return r.Chtimes(name, atime, mtime) })
 }
 
 // Symlink implements TreeFS with os.Root.Symlink.

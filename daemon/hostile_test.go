@@ -395,26 +395,11 @@ func TestHostileResume(t *testing.T) {
 	// first session may still be letting go of the name.
 	resumed := func(t *testing.T) *rawPeer {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			p := srv.raw(t)
-			p.hello()
-			p.write(msgFrame(offerFor("r", data)))
-			m, err := p.read()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if acc, ok := m.(*transfer.Accept); ok {
-				if acc.DurableOffset != durable || acc.Flags&transfer.AcceptRestarted != 0 {
-					t.Fatalf("accept %+v, want a resume at %d", acc, durable)
-				}
-				return p
-			}
-			if re, ok := m.(*transfer.RemoteError); !ok || re.Code != transfer.CodeBusy || time.Now().After(deadline) {
-				t.Fatalf("offer to resume: %#v", m)
-			}
-			time.Sleep(5 * time.Millisecond)
+		p, acc := offerUntilAccepted(t, srv, "r", data)
+		if acc.DurableOffset != durable || acc.Flags&transfer.AcceptRestarted != 0 {
+			t.Fatalf("accept %+v, want a resume at %d", acc, durable)
 		}
+		return p
 	}
 	tests := []struct {
 		name string

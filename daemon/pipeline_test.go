@@ -40,6 +40,20 @@ func partialData(t *testing.T, root string) []byte {
 // durable offset it resumes at.
 func resumeOffer(t *testing.T, srv *testServer, name string, data []byte) int64 {
 	t.Helper()
+	p, acc := offerUntilAccepted(t, srv, name, data)
+	if acc.Flags&transfer.AcceptRestarted != 0 {
+		t.Fatalf("accept %+v: restarted, want a resume", acc)
+	}
+	p.conn.Close()
+	return acc.DurableOffset
+}
+
+// offerUntilAccepted offers data under name on new sessions, again while
+// the daemon answers busy (a session before may still be letting go of
+// the name, which no answer tells), for up to 5 s, and returns the session
+// that got the Accept with it.
+func offerUntilAccepted(t *testing.T, srv *testServer, name string, data []byte) (*rawPeer, *transfer.Accept) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		p := srv.raw(t)
@@ -50,16 +64,12 @@ func resumeOffer(t *testing.T, srv *testServer, name string, data []byte) int64 
 			t.Fatal(err)
 		}
 		if acc, ok := m.(*transfer.Accept); ok {
-			if acc.Flags&transfer.AcceptRestarted != 0 {
-				t.Fatalf("accept %+v: restarted, want a resume", acc)
-			}
-			p.conn.Close()
-			return acc.DurableOffset
+			return p, acc
 		}
 		if re, ok := m.(*transfer.RemoteError); !ok || re.Code != transfer.CodeBusy || time.Now().After(deadline) {
 			t.Fatalf("offer to resume: %#v", m)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polling: busy is the only answer until the name is free
 	}
 }
 
