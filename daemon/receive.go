@@ -301,15 +301,34 @@ func (ss *session) stopWriting() {
 		return
 	}
 	if err := rx.stopWriter(); err != nil {
-		t := rx.t
-		err = storageError("writing chunk", err)
-		cur := ss.cur == t
-		ss.dropTransfer(t, err)
-		ss.refuseTransfer(t, err)
-		if cur {
-			ss.cur = &rxTransfer{id: t.id, skip: true}
-		}
+		ss.failRun(rx.t, storageError("writing chunk", err))
 	}
+}
+
+// failRun fails t and the session goes on: when t's data run is the
+// current one, the rest of the run is dropped.
+func (ss *session) failRun(t *rxTransfer, err error) {
+	cur := ss.cur == t
+	ss.dropTransfer(t, err)
+	ss.refuseTransfer(t, err)
+	if cur {
+		ss.cur = &rxTransfer{id: t.id, skip: true}
+	}
+}
+
+// chunkDone acts on what handing a chunk (or zero chunk) of t, the
+// current run's transfer, to its receiver returned: a protocol violation
+// ends the session (and is returned); any other error fails only t.
+func (ss *session) chunkDone(t *rxTransfer, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, transfer.ErrProtocol):
+		ss.refuse(err)
+		return err
+	}
+	ss.failRun(t, err)
+	return nil
 }
 
 // chunk hands a chunk, read into buf, to the transfer of the current data
@@ -327,20 +346,7 @@ func (ss *session) chunk(c *transfer.Chunk, rx *receiver, buf []byte) error {
 		ss.release(buf)
 		return nil // refused, already committed, or in flight before the sender saw a nack
 	}
-	err := t.rx.chunk(c, buf)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, transfer.ErrProtocol):
-		ss.refuse(err)
-		return err
-	}
-	// The transfer fails, the session goes on: the rest of the run is
-	// dropped.
-	ss.dropTransfer(t, err)
-	ss.refuseTransfer(t, err)
-	ss.cur = &rxTransfer{id: t.id, skip: true}
-	return nil
+	return ss.chunkDone(t, t.rx.chunk(c, buf))
 }
 
 // zeroChunk hands a zero chunk (a hole) to the transfer of the current
@@ -355,18 +361,7 @@ func (ss *session) zeroChunk(z *transfer.ZeroChunk, rx *receiver) error {
 	if t.skip || t.confirm || t.rx.awaiting && z.Offset != t.rx.next || rx == nil {
 		return nil // as for a chunk
 	}
-	err := rx.zero(z)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, transfer.ErrProtocol):
-		ss.refuse(err)
-		return err
-	}
-	ss.dropTransfer(t, err)
-	ss.refuseTransfer(t, err)
-	ss.cur = &rxTransfer{id: t.id, skip: true}
-	return nil
+	return ss.chunkDone(t, rx.zero(z))
 }
 
 // offer admits a transfer. A refusal leaves the session open; the data
