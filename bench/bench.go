@@ -324,8 +324,9 @@ func (b *bench) runSize(ctx context.Context, src source, tools []string) error {
 	return nil
 }
 
-// runConcurrent runs the senders together against one daemon, after one
-// raw copy of the same bytes as the reference: the file sent -concurrent
+// runConcurrent runs the senders together against one daemon in the same
+// rounds and memory states as the sizes, each run right after one raw copy
+// of the same bytes as the reference: the file sent -concurrent
 // times down one connection into one file. A raw copy of just one 256 MiB
 // file would be the wrong reference on these machines: so little dirty
 // data is absorbed by the host and fsyncs at twice the speed of 2 GiB.
@@ -336,10 +337,18 @@ func (b *bench) runConcurrent(ctx context.Context) error {
 	}
 	defer os.Remove(src.path) //nolint:errcheck // best effort: the run cleans b.work up
 	n := b.cfg.concurrent
-	if err := b.measure(ctx, "raw", job{group: "concurrent", src: src, senders: 1, repeat: n}, "reference"); err != nil {
-		return err
+	for r := range b.cfg.rounds {
+		for _, m := range b.cfg.memory {
+			what := fmt.Sprintf("round %d/%d", r+1, b.cfg.rounds)
+			if err := b.measure(ctx, "raw", job{group: "concurrent", src: src, senders: 1, repeat: n, memory: m}, what); err != nil {
+				return err
+			}
+			if err := b.measure(ctx, "ferry", job{group: "concurrent", src: src, senders: n, memory: m}, what); err != nil {
+				return err
+			}
+		}
 	}
-	return b.measure(ctx, "ferry", job{group: "concurrent", src: src, senders: n}, fmt.Sprintf("%d senders", n))
+	return nil
 }
 
 // measure runs one timed transfer and records it.

@@ -8,6 +8,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -387,5 +389,55 @@ func TestFreshen(t *testing.T) {
 	}
 	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
 		t.Errorf("after freshen: %v, %v; want an empty directory", ents, err)
+	}
+}
+
+// TestConcurrentTargetsPerMemory checks that the concurrent senders are
+// judged in each memory state against raw's copy of as many bytes in the
+// same state, with raw's time beside the ratio and a per-round ratio.
+func TestConcurrentTargetsPerMemory(t *testing.T) {
+	src := source{size: size{bytes: 256 << 20, label: "256M"}}
+	var rec recorder
+	walls := map[string][]time.Duration{ // settled raw slow, fresh raw fast
+		"raw " + memSettled: {3 * time.Second, 3 * time.Second}, "ferry " + memSettled: {2 * time.Second, 2 * time.Second},
+		"raw " + memFresh: {time.Second, 2 * time.Second}, "ferry " + memFresh: {2 * time.Second, 2 * time.Second},
+	}
+	for round := range 2 {
+		for _, mem := range allMemory {
+			rec.add("raw", job{group: "concurrent", src: src, senders: 1, repeat: 8, memory: mem}, sample{wall: walls["raw "+mem][round]})
+			rec.add("ferry", job{group: "concurrent", src: src, senders: 8, memory: mem}, sample{wall: walls["ferry "+mem][round]})
+		}
+	}
+	b := &bench{cfg: &config{}, rec: rec}
+	res := b.results(time.Now())
+	var ferries int
+	for _, r := range res.Rows {
+		if r.Tool != "ferry" {
+			continue
+		}
+		ferries++
+		wantRaw := map[string]float64{memSettled: 3, memFresh: 1.5}[r.Memory]
+		wantRound := map[string]float64{memSettled: round3(2.0 / 3), memFresh: 1.5}[r.Memory] // fresh: median of 2 and 1
+		if r.RawWallSeconds == nil || math.Abs(*r.RawWallSeconds-wantRaw) > 0.01 {
+			t.Errorf("%s: raw wall %v, want %v", r.Memory, optional(r.RawWallSeconds, "%.3f"), wantRaw)
+		}
+		if r.RatioToRawPerRound == nil || *r.RatioToRawPerRound != wantRound {
+			t.Errorf("%s: per-round ratio %v, want %v", r.Memory, optional(r.RatioToRawPerRound, "%.3f"), wantRound)
+		}
+	}
+	if ferries != 2 {
+		t.Fatalf("%d ferry rows, want one per memory state", ferries)
+	}
+	met := map[string]bool{}
+	for _, tg := range res.Targets {
+		for _, mem := range allMemory {
+			if strings.Contains(tg.Name, "8 senders") && strings.Contains(tg.Name, "("+mem+" memory)") {
+				met[mem] = *tg.Met
+			}
+		}
+	}
+	// settled: 3 s against 2 s, 1.5 of raw's throughput; fresh: 1.5 s against 2 s, 0.75.
+	if want := map[string]bool{memSettled: true, memFresh: false}; !maps.Equal(met, want) {
+		t.Errorf("concurrent targets by memory state: %v, want %v", met, want)
 	}
 }

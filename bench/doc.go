@@ -62,7 +62,9 @@
 //     benchmark creates /run/sshd, which sshd requires.
 //
 // The concurrent run starts -concurrent senders of one -concurrent-size file
-// at once against one ferryd, each under its own --dest. Its reference is
+// at once against one ferryd, each under its own --dest, in -rounds rounds
+// and every -memory state, like the sizes; each run follows its own
+// reference run in the same state. Its reference is
 // one raw copy of the same bytes (raw-send -repeat N: the file N times down
 // one connection into one file), not of one file: a 256 MiB copy is mostly
 // absorbed by the host's write cache and measures twice the speed a 2 GiB
