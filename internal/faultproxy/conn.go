@@ -24,8 +24,8 @@ type conn struct {
 	client    net.Conn
 	server    net.Conn // nil until dialled
 	bytes     [2]int64
-	sent      int64 // client→server bytes claimed on this connection
-	cutAt     int64 // per-connection cut position; -1: none
+	sent      int64  // client→server bytes claimed on this connection
+	cutAt     int64  // per-connection cut position; -1: none
 	head      []byte // the first client→server bytes, up to headLimit
 	back      []byte // the first server→client bytes, up to headLimit
 	headLimit int
