@@ -160,8 +160,10 @@ func (ss *session) admit(o *transfer.Offer) (newDirs int, err error) {
 // after the commit), a send run again, or the same content touched on the
 // sender. sameMtime says its mtime matches too (rsync's quick check: taken
 // as unchanged without reading it); otherwise confirmCommitted proves it by
-// hash instead of refusing.
-func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err error) {
+// hash instead of refusing. replaces is the size in bytes of the committed
+// file an --update offer (OfferUpdate) is to replace at its commit, 0 when
+// it replaces none: the token's quota counts only what the new file adds.
+func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, replaces int64, err error) {
 	store := ss.srv.cfg.Store
 	// Stat first: a re-sent tree's names are taken by regular files, and
 	// one lookup answers for them.
@@ -171,32 +173,32 @@ func (ss *session) checkExists(o *transfer.Offer) (exists, sameMtime bool, err e
 		// name that cannot be resolved inside the root.
 		taken, err := store.Exists(o.Name)
 		if err != nil || !taken {
-			return false, false, err
+			return false, false, 0, err
 		}
-		return false, false, existsError(o.Name) // not a regular file: never replaced
+		return false, false, 0, existsError(o.Name) // not a regular file: never replaced
 	}
 	if o.Flags&transfer.OfferRestart != 0 {
 		if o.Flags&transfer.OfferUpdate != 0 {
 			if !ss.mayOverwrite() {
-				return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
+				return false, false, 0, errNoOverwrite(ss.tok.Load(), o.Name)
 			}
-			return false, false, nil // replaced, as below
+			return false, false, size, nil // replaced, as below
 		}
-		return false, false, existsError(o.Name) // the sender's file differs from the committed one
+		return false, false, 0, existsError(o.Name) // the sender's file differs from the committed one
 	}
 	same := size == o.Size && mtime.UnixNano() == o.MtimeNs
 	if o.Flags&transfer.OfferUpdate != 0 && !same {
 		// --update: received as a new file, renamed over the old one
 		// at its commit (Partial.Commit).
 		if !ss.mayOverwrite() {
-			return false, false, errNoOverwrite(ss.tok.Load(), o.Name)
+			return false, false, 0, errNoOverwrite(ss.tok.Load(), o.Name)
 		}
-		return false, false, nil
+		return false, false, size, nil
 	}
 	if size != o.Size {
-		return false, false, existsError(o.Name)
+		return false, false, 0, existsError(o.Name)
 	}
-	return true, same, nil
+	return true, same, 0, nil
 }
 
 // existsError refuses a name that a committed file of other content holds.

@@ -38,11 +38,23 @@ type authState struct {
 	mu       sync.Mutex
 	tokens   []auth.Token
 	stamp    auth.Stamp
-	limiters map[string]*rate.Limiter    // failed authentications by remote address
-	usage    map[string]auth.Usage       // by Token.ID
-	dirty    bool                        // usage changed since it was written
-	reserved map[string]map[string]int64 // token name → partial key → declared size
+	limiters map[string]*rate.Limiter   // failed authentications by remote address
+	usage    map[string]auth.Usage      // by Token.ID
+	dirty    bool                       // usage changed since it was written
+	reserved map[string]map[string]held // token name → partial key → what the partial holds
 }
+
+// held is what one of a token's partials counts against its quota: the
+// file's declared size, less the bytes of the committed file an --update
+// replaces at its commit, never below zero (until the commit the replaced
+// file is still on disk, so a smaller file frees nothing yet).
+type held struct {
+	size     int64 // the file's declared size in bytes
+	replaces int64 // the bytes of the committed file it replaces taken off the token's committed bytes; 0: none
+}
+
+// charge returns the bytes the partial counts against its token's quota.
+func (h held) charge() int64 { return max(h.size-h.replaces, 0) }
 
 // Messages of the refusals a sender sees for its credential.
 const (
@@ -65,7 +77,7 @@ func (s *Server) initAuth() error {
 	}
 	a := &authState{file: s.cfg.TokenFile, tokens: tokens, stamp: stamp,
 		limiters: make(map[string]*rate.Limiter), usage: map[string]auth.Usage{},
-		reserved: make(map[string]map[string]int64)}
+		reserved: make(map[string]map[string]held)}
 	if fs := s.rootFS(); fs != nil {
 		if b, err := readSmall(fs, usageFile); err == nil {
 			if u, err := auth.ParseUsage(b); err == nil {
@@ -84,7 +96,7 @@ func (s *Server) initAuth() error {
 		}
 		for _, p := range parts {
 			if p.Token != "" {
-				a.reserve(p.Token, p.Key, p.Size)
+				a.reserve(p.Token, p.Key, held{size: p.Size}) // what it replaces is judged again at its resume
 			}
 		}
 	}
@@ -278,21 +290,26 @@ func (a *authState) limiter(addr string) *rate.Limiter {
 	return l
 }
 
-// reserve records the partial under key of the token named name, of size
-// bytes. Called with a.mu held, or before the state is shared.
-func (a *authState) reserve(name, key string, size int64) {
+// reserve records the partial under key of the token named name. Called
+// with a.mu held, or before the state is shared.
+func (a *authState) reserve(name, key string, h held) {
 	m := a.reserved[name]
 	if m == nil {
-		m = make(map[string]int64)
+		m = make(map[string]held)
 		a.reserved[name] = m
 	}
-	m[key] = size
+	m[key] = h
 }
 
 // checkQuota refuses an offer of size bytes under key when the token's
-// committed bytes, the sizes of its other partials and size exceed its
-// Quota; otherwise it records the partial as the token's.
-func (s *Server) checkQuota(tok *auth.Token, key string, size int64) error {
+// committed bytes, what its other partials hold and size exceed its
+// Quota; otherwise it records the partial as the token's. replaces is the
+// size in bytes of the committed file the offer replaces (--update), 0
+// for none: it is taken off the committed bytes, so that replacing a file
+// of S bytes with one of S' counts S'-S. The daemon does not record which
+// token committed which file, so it takes off at most the token's
+// committed bytes. The refusal is a RemoteError of CodeNoSpace.
+func (s *Server) checkQuota(tok *auth.Token, key string, size, replaces int64) error {
 	a := s.auth
 	if a == nil || tok == nil {
 		return nil
@@ -301,24 +318,30 @@ func (s *Server) checkQuota(tok *auth.Token, key string, size int64) error {
 	defer a.mu.Unlock()
 	if tok.Quota > 0 {
 		used := a.usage[tok.ID()].CommittedBytes
-		for k, n := range a.reserved[tok.Name] {
+		credit := min(replaces, used)
+		for k, h := range a.reserved[tok.Name] {
 			if k != key {
-				used += n
+				used += h.charge()
 			}
 		}
-		if used+size > tok.Quota {
+		if used-credit+size > tok.Quota {
+			offered := fmt.Sprintf("%d offered", size)
+			if replaces > 0 {
+				offered = fmt.Sprintf("%d offered to replace a file of %d (%d more)", size, replaces, size-credit)
+			}
 			return &transfer.RemoteError{Code: transfer.CodeNoSpace, Message: fmt.Sprintf(
-				"token %s's quota: %d bytes committed or held by its partials, and %d offered, exceed its quota of %d bytes; "+
+				"token %s's quota: %d bytes committed or held by its partials, and %s, exceed its quota of %d bytes; "+
 					"remove files or partials, or ask the daemon's operator for a larger --quota",
-				tok.Name, used, size, tok.Quota)}
+				tok.Name, used, offered, tok.Quota)}
 		}
 	}
-	a.reserve(tok.Name, key, size)
+	a.reserve(tok.Name, key, held{size: size, replaces: min(replaces, a.usage[tok.ID()].CommittedBytes)})
 	return nil
 }
 
 // committedBy counts a committed file of size bytes, whose partial was
-// under key, against the token.
+// under key, against the token: less the file it replaced, if its offer
+// said it would replace one (checkQuota), down to nothing.
 func (s *Server) committedBy(tok *auth.Token, key string, size int64) {
 	a := s.auth
 	if a == nil || tok == nil {
@@ -326,9 +349,10 @@ func (s *Server) committedBy(tok *auth.Token, key string, size int64) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	h := a.reserved[tok.Name][key]
 	delete(a.reserved[tok.Name], key)
 	u := a.usage[tok.ID()]
-	u.CommittedBytes += size
+	u.CommittedBytes += size - min(h.replaces, u.CommittedBytes)
 	a.usage[tok.ID()] = u
 	a.dirty = true
 }

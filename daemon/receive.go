@@ -332,7 +332,7 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 	if finished {
 		t.log.Info("interrupted commit finished")
 	}
-	exists, sameMtime, err := ss.checkExists(o)
+	exists, sameMtime, replaces, err := ss.checkExists(o)
 	if err != nil {
 		return err
 	}
@@ -349,7 +349,7 @@ func (ss *session) admitTransfer(t *rxTransfer) error {
 		}
 		return ss.acceptCommitted(t)
 	}
-	if err := ss.srv.checkQuota(ss.tok.Load(), t.key, o.Size); err != nil {
+	if err := ss.srv.checkQuota(ss.tok.Load(), t.key, o.Size, replaces); err != nil {
 		return err
 	}
 	p, restarted, err := ss.srv.cfg.Store.Open(t.key, o, ss.chunkSize, o.Flags&transfer.OfferRestart != 0 || speculative)

@@ -217,13 +217,17 @@ func (ss *session) refuse(err error) {
 
 // refuseAndClose turns a connection away before its Hello: with a
 // refusal when shutting down, silently when too many are pending (writing
-// to each of a flood of clients would only feed it).
+// to each of a flood of clients would only feed it). The refusal is
+// bounded by HandshakeTimeout: on a TLS connection its write first runs
+// the TLS handshake, which a peer that sends nothing would otherwise hold
+// open for good.
 func (ss *session) refuseAndClose(full bool) {
 	defer ss.conn.Close() //nolint:errcheck // turned away; nothing to report to
 	if full {
 		ss.log.Warn("connection dropped", "reason", "too many connections waiting for their hello")
 		return
 	}
+	_ = ss.conn.SetDeadline(time.Now().Add(ss.srv.cfg.HandshakeTimeout)) // fails only once closed, when the refusal fails anyway
 	ss.refuse(&transfer.RemoteError{Code: transfer.CodeShuttingDown, Message: "daemon is shutting down; retry later"})
 }
 

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -154,5 +156,55 @@ func TestTLSReadBufferAfterHello(t *testing.T) {
 	}
 	if res.Hash != transfer.HashBytes(data) {
 		t.Errorf("committed %x, want the data's hash", res.Hash)
+	}
+}
+
+// TestRefusalAfterShutdownBoundsHandshake: a TLS connection handed to a
+// server that is shutting down is refused, and the TLS handshake that
+// refusal needs is bounded by HandshakeTimeout: a peer that never sends
+// its ClientHello is closed, not held (nor its goroutine) for good.
+func TestRefusalAfterShutdownBoundsHandshake(t *testing.T) {
+	fsys, err := OpenOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	store, err := NewDirStore(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := GeneratedCertificate(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(Config{Store: store, Logger: slog.New(slog.DiscardHandler), HandshakeTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	conn, err := NewTLSListener(ln, cert.ServerTLS()).Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.ServeConn(conn) // accepted as Shutdown closed the listener
+	if err := peer.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(peer)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("a silent peer refused during shutdown was held open past HandshakeTimeout (read %q)", b)
 	}
 }

@@ -177,11 +177,19 @@ func TestOperatorCertificateReload(t *testing.T) {
 	wantCode(t, runFerry(t, "send", "--to", d.addr, "--fingerprint", second.fingerprint(), "--dest", "c", src), exitOK)
 }
 
-// TestCaptureHidesNameAndContent: every byte the sender sends, captured
-// between sender and daemon, holds neither the file's name nor its
-// content.
+// TestCaptureHidesNameAndContent: every byte between sender and daemon,
+// captured in both directions, holds neither the file's name, nor its
+// content, nor the token's secret: through a send that commits the file
+// and one the daemon refuses (the name is taken by other content) with a
+// message that names the file.
 func TestCaptureHidesNameAndContent(t *testing.T) {
 	root := t.TempDir()
+	tokenFile := addToken(t, root, "capture")
+	secret, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret = bytes.TrimSpace(secret)
 	d := startDaemon(t, root)
 	p, err := faultproxy.New(d.addr) // a plain relay: it sees what the network sees
 	if err != nil {
@@ -197,23 +205,66 @@ func TestCaptureHidesNameAndContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	known := filepath.Join(t.TempDir(), "known_hosts")
-	wantCode(t, runFerry(t, "send", "--to", p.Addr(), "--known-hosts", known, src), exitOK)
+	wantCode(t, runFerry(t, "send", "--to", p.Addr(), "--known-hosts", known, "--token-file", tokenFile, src), exitOK)
 	sameFile(t, src, filepath.Join(root, name))
+
+	// Other content under the same name, without --update: the refusal
+	// the daemon sends back names the file.
+	other := filepath.Join(t.TempDir(), name)
+	writeRandom(t, other, 200<<10, 18)
+	otherData, err := os.ReadFile(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runFerry(t, "send", "--to", p.Addr(), "--known-hosts", known, "--token-file", tokenFile, other)
+	wantCode(t, r, exitRefused)
+	oneLine(t, "refusal", r.stderr, "capture-secret-name", "already on the daemon")
+
 	conns := p.Conns()
-	if len(conns) != 1 {
-		t.Fatalf("%d connections through the proxy, want 1", len(conns))
+	if len(conns) != 2 {
+		t.Fatalf("%d connections through the proxy, want 2", len(conns))
 	}
-	wire := conns[0].Head
-	if int64(len(wire)) != conns[0].Bytes[faultproxy.ClientToServer] || len(wire) < len(data) {
-		t.Fatalf("captured %d of %d bytes sent", len(wire), conns[0].Bytes[faultproxy.ClientToServer])
-	}
-	if bytes.Contains(wire, []byte("capture-secret-name")) {
-		t.Error("the file's name crossed the network in the clear")
-	}
-	for off := 0; off+32 <= len(data); off += 1024 {
-		if bytes.Contains(wire, data[off:off+32]) {
-			t.Fatalf("the file's content at offset %d crossed the network in the clear", off)
+	for i, c := range conns {
+		for _, dir := range []faultproxy.Direction{faultproxy.ClientToServer, faultproxy.ServerToClient} {
+			wire := c.Head
+			if dir == faultproxy.ServerToClient {
+				wire = c.Back
+			}
+			if int64(len(wire)) != c.Bytes[dir] || len(wire) == 0 {
+				t.Fatalf("connection %d %v: captured %d of %d bytes", i+1, dir, len(wire), c.Bytes[dir])
+			}
+			if bytes.Contains(wire, []byte("capture-secret-name")) {
+				t.Errorf("connection %d %v: the file's name crossed the network in the clear", i+1, dir)
+			}
+			if bytes.Contains(wire, secret) || bytes.Contains(wire, secret[len(secret)-16:]) {
+				t.Errorf("connection %d %v: the token's secret crossed the network in the clear", i+1, dir)
+			}
+			for _, content := range [][]byte{data, otherData} {
+				for off := 0; off+32 <= len(content); off += 1024 {
+					if bytes.Contains(wire, content[off:off+32]) {
+						t.Fatalf("connection %d %v: a file's content at offset %d crossed the network in the clear", i+1, dir, off)
+					}
+				}
+			}
 		}
+	}
+	if conns[0].Bytes[faultproxy.ClientToServer] < int64(len(data)) {
+		t.Errorf("the first send carried %d bytes, fewer than the file's %d", conns[0].Bytes[faultproxy.ClientToServer], len(data))
+	}
+
+	// The canary: the same refused send through a proxy that sees the
+	// plaintext puts the secret on the way in and the name on the way
+	// back, so the checks above can fail.
+	mitm, err := faultproxy.NewTLS(d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mitm.Close() })
+	mitm.RecordHead(4 << 20)
+	wantCode(t, runFerry(t, "send", "--to", mitm.Addr(), "--fingerprint", mitm.Fingerprint(), "--token-file", tokenFile, other), exitRefused)
+	plain := mitm.Conns()
+	if len(plain) != 1 || !bytes.Contains(plain[0].Head, secret) || !bytes.Contains(plain[0].Back, []byte("capture-secret-name")) {
+		t.Errorf("the plaintext of a refused send holds no secret sent or no name sent back; the capture checks prove nothing")
 	}
 }
 

@@ -220,6 +220,73 @@ func TestTokenLimits(t *testing.T) {
 	}
 }
 
+// TestTokenQuotaUpdate: a file a token replaces with --update counts
+// only what it adds to the token's quota (its size less the replaced
+// file's): a token at its quota replaces a file with one of the same
+// size, and one larger than its room is refused with exit 3. The totals
+// after each commit, after an interrupted replacement and after a refused
+// one are what the files hold.
+func TestTokenQuotaUpdate(t *testing.T) {
+	root := t.TempDir()
+	quota := addToken(t, root, "quota", "--quota", "300KiB", "--overwrite")
+	d := startDaemon(t, root)
+	dir := t.TempDir()
+	a, b, c, e := filepath.Join(dir, "a.bin"), filepath.Join(dir, "b.bin"), filepath.Join(dir, "c.bin"), filepath.Join(dir, "e.bin")
+	send := func(extra ...string) result {
+		t.Helper()
+		return runFerry(t, append([]string{"send", "--to", d.addr, "--token-file", quota}, extra...)...)
+	}
+
+	writeRandom(t, a, 200<<10, 20)
+	wantCode(t, send(a), exitOK)
+	writeRandom(t, a, 200<<10, 21) // 200 KiB committed: replacing it with 200 KiB adds nothing
+	wantCode(t, send("--update", a), exitOK)
+	sameFile(t, a, filepath.Join(root, "a.bin"))
+
+	// A replacement cut short leaves its partial, which adds nothing
+	// either, and the committed total as it was.
+	writeRandom(t, a, 200<<10, 22)
+	p := newProxy(t, d.addr)
+	p.CutAfter(100 << 10)
+	from := d.mark()
+	wantCode(t, runFerry(t, "send", "--to", p.Addr(), "--token-file", quota, "--retries", "0", "--update", a), exitFailed)
+	d.waitLine(from, "transfer interrupted", "token=quota")
+
+	writeRandom(t, b, 100<<10, 25) // 200 + 100: at the quota
+	wantCode(t, send(b), exitOK)
+
+	writeRandom(t, a, 250<<10, 23) // 300 - 200 + 250
+	r := send("--update", a)
+	wantCode(t, r, exitRefused)
+	oneLine(t, "quota of a larger replacement", r.stderr, "token quota's quota", "offered to replace a file of 204800 (51200 more)",
+		"exceed its quota of 307200 bytes", "--quota")
+
+	writeRandom(t, a, 150<<10, 24) // 300 - 200 + 150
+	wantCode(t, send("--update", a), exitOK)
+	sameFile(t, a, filepath.Join(root, "a.bin"))
+	writeRandom(t, c, 50<<10, 26) // 250 + 50: at the quota again
+	wantCode(t, send(c), exitOK)
+	writeRandom(t, e, 1, 27)
+	r = send(e)
+	wantCode(t, r, exitRefused)
+	oneLine(t, "quota", r.stderr, "307200 bytes committed or held by its partials, and 1 offered")
+
+	if code := d.term(); code != 0 {
+		t.Fatalf("ferryd exited %d", code)
+	}
+	list := runFerryd(t, "token", "list", "--root", root, "--json")
+	var toks []struct {
+		Name           string `json:"name"`
+		CommittedBytes int64  `json:"committed_bytes"`
+	}
+	if err := json.Unmarshal([]byte(list.stdout), &toks); err != nil {
+		t.Fatalf("token list --json: %v\n%s", err, list)
+	}
+	if len(toks) != 1 || toks[0].CommittedBytes != 300<<10 {
+		t.Errorf("token list: %+v, want 307200 committed bytes (a.bin 150 KiB, b.bin 100 KiB, c.bin 50 KiB)", toks)
+	}
+}
+
 // TestTokenUpdateNeedsOverwrite: only a token with --overwrite may
 // replace a committed file with --update.
 func TestTokenUpdateNeedsOverwrite(t *testing.T) {

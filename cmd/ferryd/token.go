@@ -65,7 +65,7 @@ func tokenCommand(stdout, stderr io.Writer, st *runState) *cli.Command {
 			Flags: append(common(),
 				&cli.StringFlag{Name: "dest", Usage: "confine the token to `PREFIX` under the root (e.g. hosts/web1)"},
 				&cli.GenericFlag{Name: "max-size", Value: sizeflag.New(0), Usage: "refuse files larger than `SIZE` from this token (0: no limit)"},
-				&cli.GenericFlag{Name: "quota", Value: sizeflag.New(0), Usage: "refuse offers once the token's committed files and partials would exceed `SIZE` (0: no quota)"},
+				&cli.GenericFlag{Name: "quota", Value: sizeflag.New(0), Usage: "refuse offers once the token's committed files and partials would exceed `SIZE`; a file replaced with --update counts only what it adds (0: no quota)"},
 				&cli.BoolFlag{Name: "overwrite", Usage: "let the token replace committed files (ferry send --update)"}),
 			OnUsageError: usage,
 			Action: func(c *cli.Context) error {

@@ -24,9 +24,10 @@ type conn struct {
 	client    net.Conn
 	server    net.Conn // nil until dialled
 	bytes     [2]int64
-	sent      int64 // client→server bytes claimed on this connection
-	cutAt     int64 // per-connection cut position; -1: none
-	head      []byte
+	sent      int64  // client→server bytes claimed on this connection
+	cutAt     int64  // per-connection cut position; -1: none
+	head      []byte // the first client→server bytes, up to headLimit
+	back      []byte // the first server→client bytes, up to headLimit
 	headLimit int
 	cut       bool
 	closed    bool
@@ -339,8 +340,12 @@ func (c *conn) record(d Direction, b []byte) {
 	defer p.mu.Unlock()
 	c.bytes[d] += int64(len(b))
 	p.total[d] += int64(len(b))
-	if d == ClientToServer && len(c.head) < c.headLimit {
-		c.head = append(c.head, b[:min(len(b), c.headLimit-len(c.head))]...)
+	rec := &c.head
+	if d == ServerToClient {
+		rec = &c.back
+	}
+	if len(*rec) < c.headLimit {
+		*rec = append(*rec, b[:min(len(b), c.headLimit-len(*rec))]...)
 	}
 	p.notify()
 }

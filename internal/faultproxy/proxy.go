@@ -50,6 +50,7 @@ type ConnStats struct {
 	ID     int      // 1-based, in the order connections were accepted
 	Bytes  [2]int64 // bytes forwarded, indexed by Direction
 	Head   []byte   // the first client→server bytes, up to RecordHead's limit
+	Back   []byte   // the first server→client bytes, up to RecordHead's limit
 	Cut    bool     // closed by a cut fault
 	Closed bool     // both sides are closed
 }
@@ -264,8 +265,9 @@ func (p *Proxy) SetDelay(d time.Duration) {
 }
 
 // RecordHead makes connections accepted from now on keep their first n
-// client→server bytes in ConnStats.Head, for tests that locate protocol
-// frames. The default is 0.
+// client→server bytes in ConnStats.Head, and their first n server→client
+// bytes in ConnStats.Back, for tests that locate protocol frames or look
+// at what crossed the network. The default is 0.
 func (p *Proxy) RecordHead(n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -285,7 +287,7 @@ func (p *Proxy) Conns() []ConnStats {
 	defer p.mu.Unlock()
 	out := make([]ConnStats, len(p.conns))
 	for i, c := range p.conns {
-		out[i] = ConnStats{ID: c.id, Bytes: c.bytes, Head: append([]byte(nil), c.head...), Cut: c.cut, Closed: c.closed}
+		out[i] = ConnStats{ID: c.id, Bytes: c.bytes, Head: append([]byte(nil), c.head...), Back: append([]byte(nil), c.back...), Cut: c.cut, Closed: c.closed}
 	}
 	return out
 }

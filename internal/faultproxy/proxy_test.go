@@ -369,17 +369,27 @@ func TestHalfClosePassesThrough(t *testing.T) {
 	}
 }
 
+// TestRecordHead: RecordHead keeps the first bytes of each direction,
+// client→server in Head and server→client in Back.
 func TestRecordHead(t *testing.T) {
-	s := newSink(t, false)
+	s := newSink(t, true)
 	p := newProxy(t, s.ln.Addr().String())
 	p.RecordHead(10)
-	send(dial(t, p), []byte("0123456789abcdef"))
+	c := dial(t, p)
+	send(c, []byte("0123456789abcdef"))
 	s.next(t)
+	if echo, err := io.ReadAll(c); err != nil || string(echo) != "0123456789abcdef" {
+		t.Fatalf("read %q, %v; want the echo", echo, err)
+	}
 	if err := p.WaitBytes(ctx(t), 16); err != nil {
 		t.Fatal(err)
 	}
-	if got := string(p.Conns()[0].Head); got != "0123456789" {
-		t.Fatalf("Head = %q, want the first 10 bytes", got)
+	st := p.Conns()[0]
+	if string(st.Head) != "0123456789" {
+		t.Fatalf("Head = %q, want the first 10 bytes", st.Head)
+	}
+	if string(st.Back) != "0123456789" {
+		t.Fatalf("Back = %q, want the first 10 bytes of the echo", st.Back)
 	}
 }
 
