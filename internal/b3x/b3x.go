@@ -1,0 +1,94 @@
+package b3x
+
+import (
+	"sync"
+	"unsafe"
+
+	"lukechampine.com/blake3/guts"
+)
+
+const (
+	// Lanes is how many inputs the kernel compresses at once: 16 BLAKE3
+	// chunks, or 16 parent nodes.
+	Lanes = 16
+	// PieceSize is what one kernel call over chunks hashes: 16 BLAKE3
+	// chunks of 1 KiB, 16 KiB.
+	PieceSize = Lanes * guts.ChunkSize
+	// MaxPieces is the most pieces SubtreeNode hashes in one call, so that
+	// the parent layers above them run 16 lanes wide: 16 pieces, 256 KiB.
+	MaxPieces = 16
+)
+
+// scratch is SubtreeNode's working memory: the piece being hashed, copied
+// into L1, and the chaining values of the BLAKE3 chunks below the subtree
+// (8 KiB), reduced in place one layer at a time.
+type scratch struct {
+	piece [PieceSize]byte
+	cvs   [MaxPieces * Lanes][8]uint32
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// SubtreeNode returns the top node of the BLAKE3 subtree over data with
+// the key IV and no flags, whose first BLAKE3 chunk has counter counter:
+// the parent node of its two halves, not yet compressed, so that the
+// caller can add guts.FlagRoot or take guts.ChainingValue. len(data) must
+// be PieceSize times a power of two up to MaxPieces (16 KiB to 256 KiB);
+// SubtreeNode panics otherwise. It requires Available. It is safe for
+// concurrent use.
+//
+// Each 16 KiB piece is copied into a buffer in L1 before the kernel
+// reads it as 16 streams 1 KiB apart, which hardware prefetchers follow
+// badly on data that is not in cache (transfer's piecePool explains the
+// figures). The parent layers run 16 at a time while there are 32 chaining
+// values or more, then one call each for the last layers but the top.
+func SubtreeNode(data []byte, counter uint64) guts.Node {
+	pieces := len(data) / PieceSize
+	if len(data)%PieceSize != 0 || pieces == 0 || pieces > MaxPieces || pieces&(pieces-1) != 0 {
+		panic("bug: b3x.SubtreeNode of a length that is not 16 KiB times a power of two up to 16")
+	}
+	s := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(s)
+	key := &guts.IV
+	for p := range pieces {
+		copy(s.piece[:], data[p*PieceSize:])
+		hashMany16((*[Lanes][8]uint32)(s.cvs[p*Lanes:]), &s.piece[0], guts.ChunkSize, guts.ChunkSize/guts.BlockSize,
+			key, counter+uint64(p*Lanes), 0, guts.FlagChunkStart, guts.FlagChunkEnd, 1)
+	}
+	for n := pieces * Lanes; n > 2; n /= 2 {
+		// Parent i of this layer is the block cvs[2i] ‖ cvs[2i+1]; it
+		// overwrites cvs[i], which the calls after this one no longer read
+		// (a call reads all its blocks before it writes). Below 32 values
+		// the call reads stale values past n as spare lanes.
+		for i := 0; i < max(n/2, Lanes); i += Lanes {
+			hashMany16((*[Lanes][8]uint32)(s.cvs[i:]), (*byte)(unsafe.Pointer(&s.cvs[2*i])), guts.BlockSize, 1,
+				key, 0, guts.FlagParent, 0, 0, 0)
+			if n/2 < Lanes {
+				break
+			}
+		}
+	}
+	return guts.ParentNode(s.cvs[0], s.cvs[1], key, 0)
+}
+
+// hashManyGeneric is hashMany16 in Go, one lane after another with
+// guts.CompressNode: the fallback without assembly, and a reference for
+// the tests.
+func hashManyGeneric(out *[Lanes][8]uint32, in *byte, stride uintptr, blocks uintptr, key *[8]uint32, counter uint64, flags uint32, flagsStart uint32, flagsEnd uint32, inc uint32) {
+	for lane := range Lanes {
+		n := guts.Node{CV: *key, Counter: counter + uint64(lane)*uint64(inc), BlockLen: guts.BlockSize}
+		for b := range blocks {
+			block := (*[guts.BlockSize]byte)(unsafe.Add(unsafe.Pointer(in), uintptr(lane)*stride+b*guts.BlockSize))
+			n.Block = guts.BytesToWords(*block)
+			n.Flags = flags
+			if b == 0 {
+				n.Flags |= flagsStart
+			}
+			if b == blocks-1 {
+				n.Flags |= flagsEnd
+			}
+			n.CV = guts.ChainingValue(n)
+		}
+		out[lane] = n.CV
+	}
+}
