@@ -38,3 +38,24 @@ func BenchmarkSubtreeNode(b *testing.B) {
 		SubtreeNode(data, 0)
 	}
 }
+
+// BenchmarkParents is one kernel call over 16 parent nodes, next to 16
+// guts.ParentNode compressions in Go.
+func BenchmarkParents(b *testing.B) {
+	in := randomBytes(Lanes*guts.BlockSize, 1)
+	b.Run("b3x", func(b *testing.B) {
+		skipWithoutKernel(b)
+		var out [Lanes][8]uint32
+		for range b.N {
+			hashMany16(&out, &in[0], guts.BlockSize, 1, &guts.IV, 0, guts.FlagParent, 0, 0, 0)
+		}
+	})
+	b.Run("guts-generic", func(b *testing.B) {
+		var l, r [8]uint32
+		for range b.N {
+			for range Lanes {
+				l = guts.ChainingValue(guts.ParentNode(l, r, &guts.IV, 0))
+			}
+		}
+	})
+}
