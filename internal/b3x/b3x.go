@@ -19,14 +19,10 @@ const (
 	MaxPieces = 16
 )
 
-// scratch is SubtreeNode's working memory: the chaining values of the
+// cvPool holds SubtreeNode's working memory: the chaining values of the
 // BLAKE3 chunks below the subtree (8 KiB), reduced in place one layer at a
 // time.
-type scratch struct {
-	cvs [MaxPieces * Lanes][8]uint32
-}
-
-var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+var cvPool = sync.Pool{New: func() any { return new([MaxPieces * Lanes][8]uint32) }}
 
 // SubtreeNode returns the top node of the BLAKE3 subtree over data with
 // the key IV and no flags, whose first BLAKE3 chunk has counter counter:
@@ -48,27 +44,24 @@ func SubtreeNode(data []byte, counter uint64) guts.Node {
 	if len(data)%PieceSize != 0 || pieces == 0 || pieces > MaxPieces || pieces&(pieces-1) != 0 {
 		panic("bug: b3x.SubtreeNode of a length that is not 16 KiB times a power of two up to 16")
 	}
-	s := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(s)
+	cvs := cvPool.Get().(*[MaxPieces * Lanes][8]uint32)
+	defer cvPool.Put(cvs)
 	key := &guts.IV
 	for p := range pieces {
-		hashMany16((*[Lanes][8]uint32)(s.cvs[p*Lanes:]), &data[p*PieceSize], guts.ChunkSize, guts.ChunkSize/guts.BlockSize,
+		hashMany16((*[Lanes][8]uint32)(cvs[p*Lanes:]), &data[p*PieceSize], guts.ChunkSize, guts.ChunkSize/guts.BlockSize,
 			key, counter+uint64(p*Lanes), 0, guts.FlagChunkStart, guts.FlagChunkEnd, 1)
 	}
 	for n := pieces * Lanes; n > 2; n /= 2 {
 		// Parent i of this layer is the block cvs[2i] ‖ cvs[2i+1]; it
 		// overwrites cvs[i], which the calls after this one no longer read
 		// (a call reads all its blocks before it writes). Below 32 values
-		// the call reads stale values past n as spare lanes.
+		// the one call reads stale values past n as spare lanes.
 		for i := 0; i < max(n/2, Lanes); i += Lanes {
-			hashMany16((*[Lanes][8]uint32)(s.cvs[i:]), (*byte)(unsafe.Pointer(&s.cvs[2*i])), guts.BlockSize, 1,
+			hashMany16((*[Lanes][8]uint32)(cvs[i:]), (*byte)(unsafe.Pointer(&cvs[2*i])), guts.BlockSize, 1,
 				key, 0, guts.FlagParent, 0, 0, 0)
-			if n/2 < Lanes {
-				break
-			}
 		}
 	}
-	return guts.ParentNode(s.cvs[0], s.cvs[1], key, 0)
+	return guts.ParentNode(cvs[0], cvs[1], key, 0)
 }
 
 // hashManyGeneric is hashMany16 in Go, one lane after another with
