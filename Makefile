@@ -55,7 +55,9 @@ bench-fsync:
 
 # Hash-only benchmarks of issue 10 on a 256 MiB buffer (FERRY_HASH_BENCH_MIB=1024
 # for 1 GiB): two zeebo/blake3 passes against one chunk-tree pass, chunk
-# sizes, and the parallel hasher at GOMAXPROCS 1, 2 and 4.
+# sizes, and the parallel hasher at GOMAXPROCS 1, 2 and 4; each with
+# internal/b3x's kernel (b3x-avx512) and with guts alone, where the CPU
+# has them.
 bench-hash:
 	$(GO) test -run='^$$' -bench='^Benchmark(HashPasses|ChunkSizes)$$' -cpu 1 ./transfer/
 	$(GO) test -run='^$$' -bench='^BenchmarkHashParallel$$' -cpu 1,2,4 ./transfer/
@@ -119,6 +121,7 @@ fuzz:
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeChunk$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzValidateName$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeMergeStack$$' ./transfer/
+	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzSubtreeB3X$$' ./transfer/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzDecodeState$$' ./daemon/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzParseTokens$$' ./daemon/auth/
 	$(GO) test $(FUZZFLAGS) -fuzz='^FuzzParseKnownHosts$$' ./internal/knownhosts/

@@ -3,6 +3,8 @@ package transfer
 import (
 	"testing"
 	_ "unsafe" // for go:linkname
+
+	"github.com/ferry-dev/ferry/internal/b3x"
 )
 
 // gutsHaveAVX512 and gutsHaveAVX2 are guts' CPU switches, which it exports
@@ -19,27 +21,33 @@ var gutsHaveAVX2 bool
 type gutsMode struct {
 	name         string
 	avx512, avx2 bool
+	b3x          bool // internal/b3x's kernel for whole pieces (useB3X)
 }
 
-// gutsModes are the SIMD paths of guts this CPU can run, fastest first:
-// AVX-512 when it has it, AVX2 with AVX-512 switched off, when it has AVX2.
+// gutsModes are the SIMD paths this CPU can run, fastest first:
+// internal/b3x's AVX-512 kernel when it has it (named b3x-avx512, with
+// guts' AVX-512 for the pieces that are not whole), guts' AVX-512 alone,
+// AVX2 with AVX-512 switched off, when it has AVX2.
 func gutsModes() []gutsMode {
 	var modes []gutsMode
+	if b3x.Available && gutsHaveAVX512 {
+		modes = append(modes, gutsMode{"b3x-avx512", true, true, true})
+	}
 	if gutsHaveAVX512 {
-		modes = append(modes, gutsMode{"avx512", true, true})
+		modes = append(modes, gutsMode{"avx512", true, true, false})
 	}
 	if gutsHaveAVX2 {
-		modes = append(modes, gutsMode{"avx2", false, true})
+		modes = append(modes, gutsMode{"avx2", false, true, false})
 	}
 	return modes
 }
 
-// withSIMD runs f with guts' paths limited to m and restores them. Nothing
+// withSIMD runs f with the paths limited to m and restores them. Nothing
 // else may hash meanwhile.
 func withSIMD(m gutsMode, f func()) {
-	avx512, avx2 := gutsHaveAVX512, gutsHaveAVX2
-	gutsHaveAVX512, gutsHaveAVX2 = m.avx512 && avx512, m.avx2 && avx2
-	defer func() { gutsHaveAVX512, gutsHaveAVX2 = avx512, avx2 }()
+	avx512, avx2, useb3x := gutsHaveAVX512, gutsHaveAVX2, useB3X
+	gutsHaveAVX512, gutsHaveAVX2, useB3X = m.avx512 && avx512, m.avx2 && avx2, m.b3x && useb3x
+	defer func() { gutsHaveAVX512, gutsHaveAVX2, useB3X = avx512, avx2, useb3x }()
 	f()
 }
 

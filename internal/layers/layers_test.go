@@ -46,7 +46,7 @@ func TestLayers(t *testing.T) {
 	}{
 		{"transfer imports only the stdlib and BLAKE3", module + "/transfer", func(d string) bool {
 			return strings.HasPrefix(d, "github.com/zeebo/blake3") || strings.HasPrefix(d, "lukechampine.com/blake3") || strings.HasPrefix(d, "github.com/klauspost/cpuid") ||
-				strings.HasPrefix(d, "golang.org/x/sys")
+				strings.HasPrefix(d, "golang.org/x/sys") || d == module+"/internal/b3x"
 		}},
 		{"daemon imports no CLI, UI or cmd package", module + "/daemon", func(d string) bool {
 			return !strings.HasPrefix(d, module+"/cmd") && !strings.Contains(d, "urfave/cli") &&
