@@ -896,9 +896,14 @@ func (n *inode) info(name string) os.FileInfo {
 	if n.dir {
 		mode |= fs.ModeDir
 	}
-	return &fileInfo{name: name, size: int64(len(n.data)), mode: mode, mtime: n.mtime,
-		sys: &syscall.Stat_t{Dev: 0xc7a5, Ino: n.ino, Nlink: uint64(max(n.nlink, 0))}}
+	st := &syscall.Stat_t{Dev: 0xc7a5, Ino: n.ino}
+	setNlink(&st.Nlink, max(n.nlink, 0))
+	return &fileInfo{name: name, size: int64(len(n.data)), mode: mode, mtime: n.mtime, sys: st}
 }
+
+// setNlink stores n in a Stat_t's Nlink, which is a uint64 on amd64 and a
+// uint32 on arm64 and others.
+func setNlink[T uint32 | uint64](p *T, n int) { *p = T(n) }
 
 type fileInfo struct {
 	name  string
