@@ -112,9 +112,12 @@ func TestFirstZeroChunkNotHeld(t *testing.T) {
 				return err
 			}
 			m, err := ReadMessage(r)
+			if err != nil {
+				return fmt.Errorf("reading the offer: %w", err)
+			}
 			o, ok := m.(*Offer)
-			if err != nil || !ok {
-				return fmt.Errorf("reading the offer: %v, %T", err, m)
+			if !ok {
+				return fmt.Errorf("got a %T, want an offer", m)
 			}
 			if err := WriteMessage(d, &Accept{ID: o.ID, ChunkSize: cs}); err != nil {
 				return err
