@@ -87,23 +87,7 @@ func (l acceptedTLS) Accept() (net.Conn, error) {
 // buffer of TLSReadBuffer bytes once the Hello is accepted, and a file of
 // several chunks then arrives verified through it.
 func TestTLSReadBufferAfterHello(t *testing.T) {
-	fsys, err := OpenOSFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	store, err := NewDirStore(fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := GeneratedCertificate(fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(Config{Store: store, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cert := tlsTestServer(t, Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -164,23 +148,7 @@ func TestTLSReadBufferAfterHello(t *testing.T) {
 // refusal needs is bounded by HandshakeTimeout: a peer that never sends
 // its ClientHello is closed, not held (nor its goroutine) for good.
 func TestRefusalAfterShutdownBoundsHandshake(t *testing.T) {
-	fsys, err := OpenOSFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	store, err := NewDirStore(fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := GeneratedCertificate(fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(Config{Store: store, Logger: slog.New(slog.DiscardHandler), HandshakeTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cert := tlsTestServer(t, Config{HandshakeTimeout: 200 * time.Millisecond})
 	if err := srv.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -207,4 +175,30 @@ func TestRefusalAfterShutdownBoundsHandshake(t *testing.T) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("a silent peer refused during shutdown was held open past HandshakeTimeout (read %q)", b)
 	}
+}
+
+// tlsTestServer returns a Server with cfg on a DirStore in a temporary
+// root (cfg's Store and Logger are set here) and a generated certificate
+// of that root, both closed when the test ends.
+func tlsTestServer(t *testing.T, cfg Config) (*Server, *Certificate) {
+	t.Helper()
+	fsys, err := OpenOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fsys.Close() }) // a directory handle
+	store, err := NewDirStore(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := GeneratedCertificate(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store, cfg.Logger = store, slog.New(slog.DiscardHandler)
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, cert
 }

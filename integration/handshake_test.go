@@ -65,20 +65,7 @@ func waitClosed(t *testing.T, what string, c net.Conn) {
 func TestTLSHandshakeTimeout(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root, "--handshake-timeout", "1s", "--idle-timeout", "10m")
-	idle, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	slowHello, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slowHello.Close()
-	if _, err := slowHello.Write(partialClientHello()); err != nil {
-		t.Fatal(err)
-	}
-	go trickle(slowHello, 100*time.Millisecond) // far slower than 16 KiB a second: never a whole record
+	idle, slowHello := stalledHandshakes(t, d.addr)
 	waitClosed(t, "a peer that sends nothing", idle)
 	waitClosed(t, "a peer that trickles its ClientHello", slowHello)
 	src := t.TempDir() + "/after.bin"
@@ -93,20 +80,7 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 func TestDrainClosesHandshakes(t *testing.T) {
 	root := t.TempDir()
 	d := startDaemon(t, root, "--handshake-timeout", "10m", "--idle-timeout", "10m", "--shutdown-timeout", "10m")
-	idle, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	slowHello, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slowHello.Close()
-	if _, err := slowHello.Write(partialClientHello()); err != nil {
-		t.Fatal(err)
-	}
-	go trickle(slowHello, 100*time.Millisecond)
+	idle, slowHello := stalledHandshakes(t, d.addr)
 	// A sender that completes a session proves both connections were
 	// accepted (the daemon accepts in order) before the signal.
 	src := t.TempDir() + "/before.bin"
@@ -121,4 +95,28 @@ func TestDrainClosesHandshakes(t *testing.T) {
 	}
 	waitClosed(t, "a silent peer after the drain", idle)
 	waitClosed(t, "a trickling peer after the drain", slowHello)
+}
+
+// stalledHandshakes connects two peers to addr that never finish their
+// TLS handshake: idle sends nothing, slowHello sends part of a
+// ClientHello and then trickles a byte every 100 ms, far slower than
+// 16 KiB a second, so never a whole record. Both are closed when the test
+// ends.
+func stalledHandshakes(t *testing.T, addr string) (idle, slowHello net.Conn) {
+	t.Helper()
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = idle.Close() }) // the test has its verdict
+	slowHello, err = net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = slowHello.Close() })
+	if _, err := slowHello.Write(partialClientHello()); err != nil {
+		t.Fatal(err)
+	}
+	go trickle(slowHello, 100*time.Millisecond)
+	return idle, slowHello
 }

@@ -58,16 +58,7 @@ func TestResumeInHoleOpensDataRunFirst(t *testing.T) {
 		}
 		first <- h.Type
 	}()
-	cl, err := Handshake(context.Background(), c, ClientOptions{ChunkSize: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	sent := make(chan error, 1)
-	go func() {
-		_, err := cl.Send(context.Background(), src, "sparse", SendOptions{})
-		sent <- err
-	}()
+	sent := sendInBackground(t, c, cs, src)
 	select {
 	case ft := <-first:
 		if ft != FrameData {
@@ -134,16 +125,7 @@ func TestFirstZeroChunkNotHeld(t *testing.T) {
 			}
 		}()
 	}()
-	cl, err := Handshake(context.Background(), c, ClientOptions{ChunkSize: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	sent := make(chan error, 1)
-	go func() {
-		_, err := cl.Send(context.Background(), src, "sparse", SendOptions{})
-		sent <- err
-	}()
+	sent := sendInBackground(t, c, cs, src)
 	select {
 	case err := <-got:
 		if err != nil {
@@ -156,4 +138,22 @@ func TestFirstZeroChunkNotHeld(t *testing.T) {
 	}
 	c.Close()
 	<-sent
+}
+
+// sendInBackground starts a session on c with chunk size cs and sends src
+// as "sparse" on a goroutine; the channel gets Send's error. The session
+// is closed when the test ends.
+func sendInBackground(t *testing.T, c net.Conn, cs int, src Source) <-chan error {
+	t.Helper()
+	cl, err := Handshake(context.Background(), c, ClientOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() }) // the test has its verdict
+	sent := make(chan error, 1)
+	go func() {
+		_, err := cl.Send(context.Background(), src, "sparse", SendOptions{})
+		sent <- err
+	}()
+	return sent
 }
