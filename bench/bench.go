@@ -375,7 +375,7 @@ func (b *bench) measure(ctx context.Context, tool string, j job, what string) er
 // probe runs one untimed ferry transfer through the relay and records only
 // its first chunk.
 func (b *bench) probe(ctx context.Context, j job) error {
-	s, err := b.runFerry(ctx, j)
+	s, err := b.runFerry(ctx, j, false)
 	if err != nil {
 		return fmt.Errorf("%s first-chunk probe: %w", j.label(), err)
 	}
@@ -392,7 +392,9 @@ func (b *bench) runTool(ctx context.Context, tool string, j job) (sample, error)
 	case "raw":
 		return b.runRaw(ctx, j)
 	case "ferry":
-		return b.runFerry(ctx, j)
+		return b.runFerry(ctx, j, false)
+	case "ferry-unix":
+		return b.runFerry(ctx, j, true)
 	case "rsync":
 		return b.runRsync(ctx, j)
 	case "scp":

@@ -28,7 +28,7 @@
 // trusted.
 //
 // Sizes run in rounds, and within a round the tools run in turn
-// (raw, ferry, rsync, scp, raw, ferry, rsync, scp, ..., once per memory
+// (raw, ferry, ferry-unix, rsync, scp, raw, ..., once per memory
 // state), so that drift of the machine
 // hits all tools alike. Figures are medians over the rounds; peak RSS is the
 // maximum.
@@ -44,6 +44,10 @@
 //     run only. Wall time runs from the sender's start to its exit, which
 //     follows the daemon's commit: whole-file hash check, fsync, link into
 //     place, directory fsync. The daemon's BLAKE3 must equal the source's.
+//     Over loopback TCP, so inside TLS 1.3 with the daemon's key pinned.
+//   - ferry-unix: the same over a Unix socket, which ferryd serves in
+//     plaintext: what ferry's own work costs without TLS, against the same
+//     raw TCP copy (a Unix socket also skips the TCP stack, which raw pays).
 //   - rsync: `rsync --fsync --whole-file FILE rsync://127.0.0.1:PORT/bench/`
 //     to an `rsync --daemon --no-detach` started for this run on a free port
 //     (rsync cannot listen on port 0). --fsync makes the receiver fsync the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -20,17 +21,27 @@ type sendRecord struct {
 }
 
 // runFerry sends j's file from j.senders `ferry send` processes at once to
-// one fresh ferryd, each under its own --dest.
-func (b *bench) runFerry(ctx context.Context, j job) (sample, error) {
+// one fresh ferryd, each under its own --dest: over loopback TCP, inside
+// TLS 1.3 as every TCP session of ferry, or with unix over a Unix socket
+// in plaintext, as ferryd serves Unix sockets (the tool ferry-unix: what
+// ferry costs without TLS, against the same raw TCP copy).
+func (b *bench) runFerry(ctx context.Context, j job, unix bool) (sample, error) {
 	dir, logs, err := b.newRun("ferry")
 	if err != nil {
 		return sample{}, err
 	}
-	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(dir)...)
+	listen := "127.0.0.1:0"
+	if unix {
+		listen = "unix:" + filepath.Join(dir, "ferryd.sock")
+	}
+	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(dir, listen)...)
 	if err != nil {
 		return sample{}, err
 	}
 	to := addr
+	if unix {
+		to = "unix:" + addr
+	}
 	var rl *relay
 	if j.relay {
 		if rl, err = startRelay(addr); err != nil {
@@ -59,8 +70,10 @@ func (b *bench) runFerry(ctx context.Context, j job) (sample, error) {
 	return s, os.RemoveAll(dir)
 }
 
-func (b *bench) ferrydArgs(root string) []string {
-	args := []string{"--listen", "127.0.0.1:0", "--root", root}
+// ferrydArgs returns ferryd's arguments for a run in root, listening on
+// listen.
+func (b *bench) ferrydArgs(root, listen string) []string {
+	args := []string{"--listen", listen, "--root", root}
 	if b.cfg.syncBytes > 0 {
 		args = append(args, "--sync-bytes", strconv.FormatInt(b.cfg.syncBytes, 10))
 	}
@@ -77,8 +90,11 @@ func (b *bench) ferrySenders(ctx context.Context, j job, to, fingerprint, logs s
 	var errs []error
 	for i := range j.senders {
 		// --retries 0: a failure must fail the run, not hide in a resume.
-		p, err := startProc(ctx, fmt.Sprintf("%s-send%d.log", logs, i), b.ferry,
-			"send", "--to", to, "--fingerprint", fingerprint, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path)
+		args := []string{"send", "--to", to, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path}
+		if fingerprint != "" { // none on a Unix socket, which is plaintext
+			args = append(args[:3], append([]string{"--fingerprint", fingerprint}, args[3:]...)...)
+		}
+		p, err := startProc(ctx, fmt.Sprintf("%s-send%d.log", logs, i), b.ferry, args...)
 		if err != nil {
 			errs = append(errs, err)
 			break

@@ -115,7 +115,7 @@ const (
 var allMemory = []string{memSettled, memFresh}
 
 // allTools lists the tools in the order they run within a round.
-var allTools = []string{"raw", "ferry", "rsync", "scp"}
+var allTools = []string{"raw", "ferry", "ferry-unix", "rsync", "scp"}
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet(filepath.Base(args[0]), flag.ContinueOnError)

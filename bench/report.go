@@ -172,7 +172,7 @@ func (b *bench) results(started time.Time) *results {
 			Rounds:        b.cfg.rounds,
 			PauseSeconds:  b.cfg.pause.Seconds(),
 			QuietLimit:    quietLimit,
-			FerrydArgs:    strings.Join(b.ferrydArgs("ROOT"), " "),
+			FerrydArgs:    strings.Join(b.ferrydArgs("ROOT", "127.0.0.1:0"), " "),
 			RSSFloorBytes: b.rssFloor,
 			FirstChunkMethod: "ferry: a relay in the benchmark timestamps the header of the first chunk frame " +
 				"from the sender, in one extra untimed run per size (the sparse run itself); " +

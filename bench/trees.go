@@ -208,7 +208,7 @@ type treeRecord struct {
 // this run on root (empty, or holding an earlier run's copy for the
 // re-send), through a delaying relay when src has a delay.
 func (b *bench) runFerryTree(ctx context.Context, src treeSource, root, logs string) (treeSample, error) {
-	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(root)...)
+	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(root, "127.0.0.1:0")...)
 	if err != nil {
 		return treeSample{}, err
 	}
@@ -460,7 +460,7 @@ func (b *bench) runMillion(ctx context.Context) error {
 		return err
 	}
 	logs := filepath.Join(b.work, "logs", "million")
-	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(root)...)
+	daemon, addr, err := startListener(ctx, logs+"-ferryd.log", b.ferryd, b.ferrydArgs(root, "127.0.0.1:0")...)
 	if err != nil {
 		return err
 	}
