@@ -90,10 +90,11 @@ func (b *bench) ferrySenders(ctx context.Context, j job, to, fingerprint, logs s
 	var errs []error
 	for i := range j.senders {
 		// --retries 0: a failure must fail the run, not hide in a resume.
-		args := []string{"send", "--to", to, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path}
+		args := []string{"send", "--to", to}
 		if fingerprint != "" { // none on a Unix socket, which is plaintext
-			args = append(args[:3], append([]string{"--fingerprint", fingerprint}, args[3:]...)...)
+			args = append(args, "--fingerprint", fingerprint)
 		}
+		args = append(args, "--dest", fmt.Sprintf("s%d", i), "--json", "--quiet", "--retries", "0", j.src.path)
 		p, err := startProc(ctx, fmt.Sprintf("%s-send%d.log", logs, i), b.ferry, args...)
 		if err != nil {
 			errs = append(errs, err)

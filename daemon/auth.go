@@ -316,9 +316,9 @@ func (s *Server) checkQuota(tok *auth.Token, key string, size, replaces int64) e
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	used := a.usage[tok.ID()].CommittedBytes
+	credit := min(replaces, used) // what the commit will take off the committed bytes
 	if tok.Quota > 0 {
-		used := a.usage[tok.ID()].CommittedBytes
-		credit := min(replaces, used)
 		for k, h := range a.reserved[tok.Name] {
 			if k != key {
 				used += h.charge()
@@ -335,7 +335,7 @@ func (s *Server) checkQuota(tok *auth.Token, key string, size, replaces int64) e
 				tok.Name, used, offered, tok.Quota)}
 		}
 	}
-	a.reserve(tok.Name, key, held{size: size, replaces: min(replaces, a.usage[tok.ID()].CommittedBytes)})
+	a.reserve(tok.Name, key, held{size: size, replaces: credit})
 	return nil
 }
 

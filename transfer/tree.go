@@ -131,26 +131,49 @@ func subtreeNode(data []byte, counter uint64) guts.Node {
 	}
 	buf := piecePool.Get().(*[pieceSize]byte)
 	defer piecePool.Put(buf)
-	var stack [maxPieceStack][8]uint32
-	depth := 0
-	var pieces uint64
+	var stack cvStack
 	for len(data) > pieceSize {
 		copy(buf[:], data)
-		cv := guts.ChainingValue(guts.CompressBuffer(buf, pieceSize, &guts.IV, counter, 0))
-		pieces++
-		for t := pieces; t&1 == 0; t >>= 1 {
-			depth--
-			cv = guts.ChainingValue(guts.ParentNode(stack[depth], cv, &guts.IV, 0))
-		}
-		stack[depth] = cv
-		depth++
+		stack.merge(guts.ChainingValue(guts.CompressBuffer(buf, pieceSize, &guts.IV, counter, 0)))
 		data = data[pieceSize:]
 		counter += guts.MaxSIMD
 	}
-	n := guts.CompressBuffer(buf, copy(buf[:], data), &guts.IV, counter, 0)
-	for depth > 0 {
-		depth--
-		n = guts.ParentNode(stack[depth], guts.ChainingValue(n), &guts.IV, 0)
+	return stack.fold(guts.CompressBuffer(buf, copy(buf[:], data), &guts.IV, counter, 0))
+}
+
+// cvStack holds the chaining values of the left subtrees of a subtree
+// being hashed, for subtreeNode and subtreeNodeB3X: at most
+// maxPieceStack of them.
+type cvStack struct {
+	cvs    [maxPieceStack][8]uint32
+	depth  int
+	merged uint64 // subtrees given to merge so far
+}
+
+// merge pushes the chaining value of the next of a run of equal subtrees
+// and merges it eagerly: the n-th one merges with as many values below it
+// as n has trailing zero bits, while more subtrees follow.
+func (s *cvStack) merge(cv [8]uint32) {
+	s.merged++
+	for t := s.merged; t&1 == 0; t >>= 1 {
+		s.depth--
+		cv = guts.ChainingValue(guts.ParentNode(s.cvs[s.depth], cv, &guts.IV, 0))
+	}
+	s.push(cv)
+}
+
+// push pushes cv without merging.
+func (s *cvStack) push(cv [8]uint32) {
+	s.cvs[s.depth] = cv
+	s.depth++
+}
+
+// fold merges n, the last subtree, with the stack right to left, and
+// returns the top node, not yet compressed.
+func (s *cvStack) fold(n guts.Node) guts.Node {
+	for s.depth > 0 {
+		s.depth--
+		n = guts.ParentNode(s.cvs[s.depth], guts.ChainingValue(n), &guts.IV, 0)
 	}
 	return n
 }
@@ -171,49 +194,29 @@ const b3xGroupSize = b3x.MaxPieces * pieceSize
 // pieces before its last piece, and that last piece, through
 // guts.CompressBuffer if it is not whole; then the stack right to left.
 func subtreeNodeB3X(data []byte, counter uint64) guts.Node {
-	var stack [maxPieceStack][8]uint32
-	depth := 0
-	push := func(cv [8]uint32) {
-		stack[depth] = cv
-		depth++
-	}
-	var groups uint64
+	var stack cvStack
 	for len(data) > b3xGroupSize {
-		cv := guts.ChainingValue(b3x.SubtreeNode(data[:b3xGroupSize], counter))
-		groups++
-		for t := groups; t&1 == 0; t >>= 1 {
-			depth--
-			cv = guts.ChainingValue(guts.ParentNode(stack[depth], cv, &guts.IV, 0))
-		}
-		push(cv)
+		stack.merge(guts.ChainingValue(b3x.SubtreeNode(data[:b3xGroupSize], counter)))
 		data = data[b3xGroupSize:]
 		counter += b3xGroupSize / guts.ChunkSize
 	}
-	var n guts.Node
 	if len(data) == b3xGroupSize {
-		n = b3x.SubtreeNode(data, counter)
-	} else {
-		before := (len(data) - 1) / pieceSize // whole pieces before the last
-		for p := b3x.MaxPieces / 2; p > 0; p /= 2 {
-			if before&p != 0 {
-				push(guts.ChainingValue(b3x.SubtreeNode(data[:p*pieceSize], counter)))
-				data = data[p*pieceSize:]
-				counter += uint64(p) * guts.MaxSIMD
-			}
-		}
-		if len(data) == pieceSize {
-			n = b3x.SubtreeNode(data, counter)
-		} else {
-			buf := piecePool.Get().(*[pieceSize]byte)
-			n = guts.CompressBuffer(buf, copy(buf[:], data), &guts.IV, counter, 0)
-			piecePool.Put(buf)
+		return stack.fold(b3x.SubtreeNode(data, counter))
+	}
+	before := (len(data) - 1) / pieceSize // whole pieces before the last
+	for p := b3x.MaxPieces / 2; p > 0; p /= 2 {
+		if before&p != 0 {
+			stack.push(guts.ChainingValue(b3x.SubtreeNode(data[:p*pieceSize], counter)))
+			data = data[p*pieceSize:]
+			counter += uint64(p) * guts.MaxSIMD
 		}
 	}
-	for depth > 0 {
-		depth--
-		n = guts.ParentNode(stack[depth], guts.ChainingValue(n), &guts.IV, 0)
+	if len(data) == pieceSize {
+		return stack.fold(b3x.SubtreeNode(data, counter))
 	}
-	return n
+	buf := piecePool.Get().(*[pieceSize]byte)
+	defer piecePool.Put(buf)
+	return stack.fold(guts.CompressBuffer(buf, copy(buf[:], data), &guts.IV, counter, 0))
 }
 
 // parentCV returns the chaining value of the parent of left and right; with

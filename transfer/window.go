@@ -295,11 +295,9 @@ func (w *window) run(next func() (*Job, bool), settle func(*Job, error)) error {
 		case f != nil:
 			err = w.accepted(f)
 		case room:
-			if w.out.Buffered() > 0 && time.Since(w.outSince) >= outDelay {
-				if err := w.flush(); err != nil {
-					w.fail(err)
-					continue
-				}
+			if err := w.flushAged(false); err != nil {
+				w.fail(err)
+				continue
 			}
 			var job *Job
 			var ok bool
@@ -717,7 +715,7 @@ func (w *window) stream(f *flight, off int64) (cut bool, err error) {
 			err = w.writeChunk(f, &Chunk{Offset: o, Hash: Hash(cv), Data: data})
 		}
 		if err == nil {
-			err = w.flushRun(first)
+			err = w.flushAged(first) // a data run's first chunk goes out at once
 		}
 		first = false
 		if err != nil {
@@ -747,15 +745,16 @@ func (w *window) stream(f *flight, off int64) (cut bool, err error) {
 	}
 }
 
-// flushRun flushes the frames a data run left in the writer's buffer
-// after its first chunk, and after any later one once the oldest frame
-// buffered is outDelay old. A data chunk leaves nothing there (its
-// payload is written straight through), but zero chunks are a few dozen
-// bytes each: a run of holes would fill the 64 KiB buffer, about 1,300
-// chunks of the file, before its first chunk reached the daemon (199 ms
-// on a 16 GiB sparse file, against the 100 ms that PRODUCT.md promises).
-func (w *window) flushRun(first bool) error {
-	if w.out.Buffered() == 0 || (!first && time.Since(w.outSince) < outDelay) {
+// flushAged flushes the writer's buffer once its oldest frame is
+// outDelay old, or at once with now, so that no frame waits long behind
+// frames that come too slowly to fill it: a window's offers, or the zero
+// chunks of a data run. A data chunk leaves nothing there (its payload is
+// written straight through), but zero chunks are a few dozen bytes each:
+// a run of holes would fill the 64 KiB buffer, about 1,300 chunks of the
+// file, before its first chunk reached the daemon (199 ms on a 16 GiB
+// sparse file, against the 100 ms that PRODUCT.md promises).
+func (w *window) flushAged(now bool) error {
+	if w.out.Buffered() == 0 || (!now && time.Since(w.outSince) < outDelay) {
 		return nil
 	}
 	return w.flush()
